@@ -1,0 +1,3 @@
+"""mailbeacon: self-hostable email open and click tracking."""
+
+__version__ = "0.1.0"

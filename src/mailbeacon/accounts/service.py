@@ -1,0 +1,426 @@
+"""Accounts rules: users, sign-in, sessions, API tokens and the mailbox connection."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from mailbeacon.accounts import repository
+from mailbeacon.accounts.credentials import CredentialBox
+from mailbeacon.accounts.schemas import MailboxSettings, NewUser, TrackingOptions, field_errors
+from mailbeacon.accounts.security import (
+    EMAIL_LIMIT,
+    IP_LIMIT,
+    SESSION_LIFETIME,
+    SESSION_TOUCH_INTERVAL,
+    RateLimit,
+    hash_password,
+    hash_token,
+    ip_prefix,
+    new_api_token,
+    new_secret,
+    password_needs_rehash,
+    verify_password,
+)
+from mailbeacon.kit.clock import as_utc, utcnow
+from mailbeacon.mail.addresses import parse_address
+from mailbeacon.mail.mailer import is_loopback_host, test_smtp_connection
+from mailbeacon.models import ApiToken, MailboxConnection, Organisation, Security, User, UserSession
+
+DEFAULT_ORGANISATION = "My organisation"
+
+
+class AccountError(Exception):
+    """Base of the accounts domain's errors; the web layer maps them to responses."""
+
+
+class InvalidInput(AccountError):
+    """Input that breaks a rule, with readable messages per field."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(m for ms in errors.values() for m in ms))
+        self.errors = errors
+
+
+class SignInRefused(AccountError):
+    """Wrong email or password; deliberately does not say which."""
+
+    def __init__(self, message: str = "Wrong email or password.") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TooManyAttempts(SignInRefused):
+    def __init__(self, minutes: int) -> None:
+        unit = "minute" if minutes == 1 else "minutes"
+        super().__init__(f"Too many attempts, try again in {minutes} {unit}.")
+        self.minutes = minutes
+
+
+class NoMailboxConnection(AccountError):
+    """The user has not connected a mailbox yet."""
+
+
+class ApiTokenNotFound(AccountError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """A new browser session; the token is shown once (in the cookie), only its hash is kept."""
+
+    user: User
+    session_token: str
+    csrf_secret: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpParams:
+    host: str
+    port: int
+    security: Security
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionReport:
+    """The outcome of "Test connection", in words a person can act on."""
+
+    ok: bool
+    stage: str
+    headline: str
+    detail: str
+
+    @property
+    def summary(self) -> str:
+        return f"{self.headline} {self.detail}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeSwitches:
+    """Which tracking switches compose offers, and where they start."""
+
+    offer_open: bool
+    offer_link: bool
+    open_tracking: bool
+    link_tracking: bool
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _remaining_minutes(attempts: Sequence[datetime], limit: RateLimit, now: datetime) -> int:
+    # The block lifts when enough failures have left the window for fewer than
+    # `limit.failures` to remain in it.
+    frees_at = as_utc(attempts[len(attempts) - limit.failures]) + limit.window
+    return max(1, math.ceil((frees_at - now).total_seconds() / 60))
+
+
+class AccountService:
+    # -- users ---------------------------------------------------------------
+
+    def create_user(self, session: Session, data: NewUser) -> User:
+        """Add a user, in the named organisation (made if new) or the first one there is."""
+        try:
+            email = validate_email(
+                data.email, check_deliverability=False, globally_deliverable=False
+            ).normalized.lower()
+        except EmailNotValidError as exc:
+            raise InvalidInput({"email": [str(exc)]}) from exc
+        if repository.get_user_by_email(session, email) is not None:
+            raise InvalidInput({"email": [f"There is already a user with the email {email}."]})
+        org = (
+            repository.get_organisation_by_name(session, data.organisation)
+            if data.organisation
+            else repository.get_first_organisation(session)
+        )
+        if org is None:
+            org = Organisation(name=data.organisation or DEFAULT_ORGANISATION)
+            session.add(org)
+            session.flush()
+        user = User(
+            organisation_id=org.id,
+            email=email,
+            display_name=data.name,
+            password_hash=hash_password(data.password),
+            is_active=True,
+            open_tracking_enabled=True,
+            link_tracking_enabled=True,
+            notify_tracking=True,
+            last_open_tracking=True,
+            last_link_tracking=True,
+        )
+        session.add(user)
+        session.flush()
+        return user
+
+    def organisation_name(self, session: Session, user: User) -> str:
+        org = repository.get_organisation(session, user.organisation_id)
+        return org.name if org else ""
+
+    def has_users(self, session: Session) -> bool:
+        return repository.count_users(session) > 0
+
+    # -- sign-in and sessions --------------------------------------------------
+
+    def sign_in(
+        self,
+        session: Session,
+        email: str,
+        password: str,
+        client_ip: str | None,
+        now: datetime | None = None,
+    ) -> SignedIn:
+        """Check a password under the rate limits and open a session.
+
+        Failures are written to the session before SignInRefused is raised: the
+        caller must commit it anyway, or the limit would never count them.
+        """
+        now = now or utcnow()
+        email = normalise_email(email)[:320]
+        email_key, ip_key = f"email:{email}", f"ip:{ip_prefix(client_ip)}"
+        repository.prune_attempts(session, [email_key, ip_key], now - 4 * EMAIL_LIMIT.window)
+        for key, limit in ((email_key, EMAIL_LIMIT), (ip_key, IP_LIMIT)):
+            attempts = repository.failure_times(session, key, now - limit.window)
+            if len(attempts) >= limit.failures:
+                # Refused without checking the password and without counting:
+                # otherwise a steady trickle would keep the owner locked out.
+                raise TooManyAttempts(_remaining_minutes(attempts, limit, now))
+        user = repository.get_user_by_email(session, email)
+        usable = user is not None and user.is_active
+        # Unknown emails cost one hash verification too (against a dummy hash).
+        if not verify_password(user.password_hash if usable and user else None, password):
+            repository.add_attempt(session, email_key, now, succeeded=False)
+            repository.add_attempt(session, ip_key, now, succeeded=False)
+            raise SignInRefused()
+        assert user is not None
+        assert user.password_hash is not None
+        if password_needs_rehash(user.password_hash):
+            user.password_hash = hash_password(password)
+        repository.forget_failures(session, email_key)
+        repository.add_attempt(session, email_key, now, succeeded=True)
+        repository.delete_expired_sessions(session, user.id, now)
+        token, csrf = new_secret(), new_secret()
+        record = UserSession(
+            token_hash=hash_token(token),
+            user_id=user.id,
+            csrf_secret=csrf,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + SESSION_LIFETIME,
+        )
+        session.add(record)
+        session.flush()
+        return SignedIn(
+            user=user, session_token=token, csrf_secret=csrf, expires_at=record.expires_at
+        )
+
+    def session_user(
+        self, session: Session, token: str | None, now: datetime | None = None
+    ) -> tuple[User, UserSession] | None:
+        """The user a session cookie belongs to, or None if it is unknown or expired."""
+        if not token or len(token) > 200:
+            return None
+        found = repository.get_session_with_user(session, hash_token(token))
+        if found is None:
+            return None
+        record, user = found
+        now = now or utcnow()
+        if as_utc(record.expires_at) <= now:
+            session.delete(record)
+            return None
+        if not user.is_active:
+            return None
+        if now - as_utc(record.last_seen_at) > SESSION_TOUCH_INTERVAL:
+            record.last_seen_at = now
+        return user, record
+
+    def sign_out(self, session: Session, token: str | None) -> None:
+        """End a browser session; an unknown token is not an error."""
+        if token and len(token) <= 200:
+            repository.delete_session(session, hash_token(token))
+
+    # -- API tokens ----------------------------------------------------------
+
+    def create_api_token(self, session: Session, user: User, name: str) -> tuple[ApiToken, str]:
+        """Mint a token for the JSON API; the plain value is returned once and never stored."""
+        name = name.strip()
+        if not name:
+            raise InvalidInput({"name": ["Give the token a name, e.g. the script that uses it."]})
+        if len(name) > 100:
+            raise InvalidInput({"name": ["Use at most 100 characters."]})
+        plain = new_api_token()
+        token = ApiToken(
+            user_id=user.id,
+            name=name,
+            token_hash=hash_token(plain),
+            prefix=plain[:11],
+            created_at=utcnow(),
+        )
+        session.add(token)
+        session.flush()
+        return token, plain
+
+    def api_token_user(
+        self, session: Session, plain: str, now: datetime | None = None
+    ) -> User | None:
+        """The user an API token belongs to, or None if it is unknown or revoked."""
+        if not plain or len(plain) > 200:
+            return None
+        found = repository.get_api_token_with_user(session, hash_token(plain))
+        if found is None:
+            return None
+        token, user = found
+        if not user.is_active:
+            return None
+        now = now or utcnow()
+        if token.last_used_at is None or now - as_utc(token.last_used_at) > SESSION_TOUCH_INTERVAL:
+            token.last_used_at = now
+        return user
+
+    def list_api_tokens(self, session: Session, user: User) -> Sequence[ApiToken]:
+        return repository.list_api_tokens(session, user.id)
+
+    def revoke_api_token(self, session: Session, user: User, token_id: int) -> None:
+        """Revoke one of the user's own tokens; someone else's is "not found"."""
+        token = repository.get_api_token(session, user.id, token_id)
+        if token is None or token.revoked_at is not None:
+            raise ApiTokenNotFound()
+        token.revoked_at = utcnow()
+
+    # -- mailbox connection ----------------------------------------------------
+
+    def get_mailbox(self, session: Session, user: User) -> MailboxConnection | None:
+        return repository.get_mailbox(session, user.id)
+
+    def parse_mailbox_settings(self, values: dict[str, str]) -> MailboxSettings:
+        """Validate the Email sync form; raise InvalidInput with a message per field."""
+        try:
+            data = MailboxSettings.model_validate(values)
+        except ValidationError as exc:
+            raise InvalidInput(field_errors(exc)) from exc
+        errors: dict[str, list[str]] = {}
+        if data.smtp_security == Security.NONE and not is_loopback_host(data.smtp_host):
+            errors["smtp_security"] = [
+                "Without TLS the password would cross the network in clear text; "
+                "choose implicit TLS or STARTTLS (no encryption is allowed for this "
+                "machine's own loopback address only)."
+            ]
+        try:
+            parse_address(data.sender_address)
+        except ValueError as exc:
+            errors["sender_address"] = [f"This is not a valid address ({exc})."]
+        if errors:
+            raise InvalidInput(errors)
+        return data
+
+    def save_mailbox(
+        self, session: Session, user: User, data: MailboxSettings, box: CredentialBox
+    ) -> MailboxConnection:
+        """Store the user's SMTP settings; the password only ever sealed."""
+        mailbox = repository.get_mailbox(session, user.id)
+        if mailbox is None:
+            mailbox = MailboxConnection(user_id=user.id)
+            session.add(mailbox)
+        elif mailbox.is_demo:
+            # Leaving the demo mailbox: its (empty) credentials mean nothing here.
+            mailbox.smtp_password_encrypted = ""
+        mailbox.is_demo = False
+        mailbox.sender_name = data.sender_name
+        mailbox.sender_address = data.sender_address
+        mailbox.smtp_host = data.smtp_host
+        mailbox.smtp_port = data.smtp_port
+        mailbox.smtp_security = data.smtp_security
+        mailbox.smtp_username = data.smtp_username
+        if data.smtp_password:
+            mailbox.smtp_password_encrypted = box.seal(data.smtp_password)
+        mailbox.last_test_at = None
+        mailbox.last_test_result = ""
+        session.flush()
+        return mailbox
+
+    def use_demo_mailbox(self, session: Session, user: User, port: int) -> MailboxConnection:
+        """Send through the built-in demo mailbox (loopback SMTP into the Demo inbox)."""
+        from mailbeacon.mail.demo import ensure_demo_mailbox
+
+        return ensure_demo_mailbox(session, user, port=port)
+
+    def smtp_params(self, session: Session, user: User, box: CredentialBox) -> SmtpParams:
+        mailbox = repository.get_mailbox(session, user.id)
+        if mailbox is None:
+            raise NoMailboxConnection()
+        return SmtpParams(
+            host=mailbox.smtp_host,
+            port=mailbox.smtp_port,
+            security=Security(mailbox.smtp_security),
+            username=mailbox.smtp_username,
+            password=box.open(mailbox.smtp_password_encrypted),
+        )
+
+    async def test_connection(self, params: SmtpParams) -> ConnectionReport:
+        """Connect, secure and sign in as the worker would, and say which step failed."""
+        result = await test_smtp_connection(
+            params.host, params.port, params.security, params.username, params.password
+        )
+        headline = {
+            "connect": "Cannot connect.",
+            "tls": "TLS failure.",
+            "auth": "Authentication refused.",
+            "ok": "Connection works.",
+        }.get(result.stage, "The test failed.")
+        if not result.ok and result.stage == "ok":
+            headline = "The test failed."
+        return ConnectionReport(
+            ok=result.ok, stage=result.stage, headline=headline, detail=result.message
+        )
+
+    def record_test(self, session: Session, user: User, report: ConnectionReport) -> None:
+        mailbox = repository.get_mailbox(session, user.id)
+        if mailbox is not None:
+            mailbox.last_test_at = utcnow()
+            mailbox.last_test_result = report.summary[:500]
+
+    # -- tracking options ------------------------------------------------------
+
+    def save_tracking_options(self, session: Session, user: User, data: TrackingOptions) -> None:
+        """What the user allows at all; compose stops offering an option switched off."""
+        user.open_tracking_enabled = data.open_tracking_enabled
+        user.link_tracking_enabled = data.link_tracking_enabled
+        user.notify_tracking = data.notify_tracking
+
+    def compose_switches(self, user: User) -> ComposeSwitches:
+        return ComposeSwitches(
+            offer_open=user.open_tracking_enabled,
+            offer_link=user.link_tracking_enabled,
+            open_tracking=user.open_tracking_enabled and user.last_open_tracking,
+            link_tracking=user.link_tracking_enabled and user.last_link_tracking,
+        )
+
+    def resolve_switches(
+        self, user: User, open_tracking: bool | None, link_tracking: bool | None
+    ) -> tuple[bool, bool]:
+        """The switches of one send: None means "as last time"; an option off is an error."""
+        defaults = self.compose_switches(user)
+        errors: dict[str, list[str]] = {}
+        if open_tracking and not defaults.offer_open:
+            errors["open_tracking"] = ["Open tracking is switched off in Settings > Email sync."]
+        if link_tracking and not defaults.offer_link:
+            errors["link_tracking"] = ["Link tracking is switched off in Settings > Email sync."]
+        if errors:
+            raise InvalidInput(errors)
+        return (
+            defaults.open_tracking if open_tracking is None else open_tracking,
+            defaults.link_tracking if link_tracking is None else link_tracking,
+        )
+
+
+account_service = AccountService()

@@ -1,0 +1,421 @@
+"""The `mailbeacon` command: serve, migrate, instrument, classify, inspect events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mailbeacon.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    # --data-dir wins over MAILBEACON_DATA_DIR; the environment is updated so
+    # that anything started from here (uvicorn workers) sees the same folder.
+    if args.data_dir:
+        os.environ["MAILBEACON_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    return Settings()
+
+
+def _upgrade(settings: Settings) -> None:
+    from mailbeacon.migrate import upgrade
+
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url())
+
+
+def _runtime(settings: Settings, *, migrate: bool = True) -> Any:
+    from mailbeacon.db import is_sqlite
+    from mailbeacon.runtime import Runtime
+
+    # The embedded database migrates itself; a PostgreSQL server is migrated
+    # explicitly by its operator (`mailbeacon db upgrade`).
+    if migrate and is_sqlite(settings.database_url()):
+        _upgrade(settings)
+    return Runtime.from_settings(settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    if not args.no_migrate:
+        _upgrade(settings)
+    host = args.host or settings.HOST
+    port = args.port or settings.PORT
+    print(f"mailbeacon serving on http://{host}:{port} (data in {settings.DATA_DIR.resolve()})",
+          file=sys.stderr)
+    _print_sign_in_hint(args, settings, f"http://{host}:{port}")
+    uvicorn.run(
+        "mailbeacon.asgi:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _upgrade(settings)
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    from mailbeacon.migrate import check
+
+    settings = _settings(args)
+    check(settings.database_url())
+    print("models and migrations agree")
+    return 0
+
+
+def cmd_instrument(args: argparse.Namespace) -> int:
+    from mailbeacon.kit.clock import utcnow
+    from mailbeacon.models import CopyStatus, Message, RecipientCopy
+    from mailbeacon.tracking.charset import decode_html_bytes, encode_html
+    from mailbeacon.tracking.service import tracking_service
+
+    settings = _settings(args)
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"mailbeacon instrument: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.text:
+        body, encoding = data.decode("utf-8", errors="surrogateescape"), "utf-8"
+    else:
+        body, encoding = decode_html_bytes(data)
+    runtime = _runtime(settings)
+    with runtime.database.unit_of_work() as session:
+        message = Message(
+            user_id=None,
+            subject=path.name[:998],
+            body_html=None if args.text else body,
+            body_text=body if args.text else None,
+            open_tracking=not args.no_open,
+            link_tracking=not args.no_links,
+            is_preview=True,
+            created_at=utcnow(),
+        )
+        session.add(message)
+        session.flush()
+        copy = RecipientCopy(
+            message_id=message.id,
+            address=args.to or "preview@mailbeacon.invalid",
+            status=CopyStatus.PREVIEW,
+            decision="tracked",
+        )
+        session.add(copy)
+        session.flush()
+        tracking_service.record_links(session, message)
+        result = tracking_service.instrument_copy(
+            session, message, copy, runtime.codec, settings.BASE_URL.rstrip("/")
+        )
+        copy_id, decision = copy.id, copy.decision
+    out = result.text if args.text else result.html
+    assert out is not None
+    sys.stdout.buffer.write(encode_html(out, encoding) if not args.text
+                            else out.encode("utf-8", errors="surrogateescape"))
+    sys.stdout.buffer.flush()
+    print(
+        f"mailbeacon: copy {copy_id}: {decision}, {len(result.links)} link(s) tracked, "
+        f"pixel {'added' if result.open_tracked else 'not added'}",
+        file=sys.stderr,
+    )
+    runtime.database.dispose()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from mailbeacon.mail.tasks import OutboxWorker
+
+    settings = _settings(args)
+    runtime = _runtime(settings)
+
+    async def run() -> int:
+        worker = OutboxWorker(runtime)
+        if args.once:
+            handled = await worker.run_once()
+            print(f"mailbeacon worker: {handled} copies handled", file=sys.stderr)
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.start()
+        print(f"mailbeacon worker {worker.worker_id} running (data in "
+              f"{settings.DATA_DIR.resolve()})", file=sys.stderr)
+        await stop.wait()
+        await worker.stop()
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        runtime.database.dispose()
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from mailbeacon.tracking.classify import Policy, explain_hit
+    from mailbeacon.tracking.networks import NetworkMap
+
+    settings = _settings(args)
+    verdict = explain_hit(
+        args.kind,
+        args.ua,
+        args.ip,
+        args.seconds_after_send,
+        args.head,
+        NetworkMap.load(settings.DATA_DIR),
+        Policy(too_fast_seconds=settings.TOO_FAST_SECONDS),
+    )
+    if args.json:
+        print(json.dumps({"label": str(verdict.label), "reason": verdict.reason,
+                          "certainty": verdict.certainty}))
+    else:
+        print(f"{verdict.label}\t{verdict.reason}")
+    return 0
+
+
+def _jsonable(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from mailbeacon.tracking.repository import count_events, latest_events
+
+    settings = _settings(args)
+    runtime = _runtime(settings)
+    with runtime.database.engine.connect() as conn:
+        if args.count:
+            print(count_events(conn))
+        else:
+            for row in latest_events(conn, args.limit):
+                print(json.dumps({k: _jsonable(v) for k, v in row.items()}))
+    runtime.database.dispose()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from mailbeacon.kit.datadir import load_secrets, new_secret, save_secrets
+
+    settings = _settings(args)
+    data = load_secrets(settings.DATA_DIR)
+    keys: list[dict[str, Any]] = data["token_keys"]
+    if args.keys_command == "add":
+        new_id = max(k["id"] for k in keys) + 1
+        if new_id > 255:
+            print("no key ids left (0..255); remove old keys first", file=sys.stderr)
+            return 2
+        keys.append({"id": new_id, "secret": new_secret(64)})
+        data["primary_token_key"] = new_id
+        save_secrets(settings.DATA_DIR, data)
+        print(f"added key {new_id}; new tokens use it, tokens of older keys still verify")
+    elif args.keys_command == "remove":
+        if not any(k["id"] == args.id for k in keys):
+            print(f"no key {args.id}", file=sys.stderr)
+            return 2
+        if len(keys) == 1:
+            print("cannot remove the only key", file=sys.stderr)
+            return 2
+        data["token_keys"] = [k for k in keys if k["id"] != args.id]
+        if data.get("primary_token_key") == args.id:
+            data["primary_token_key"] = max(k["id"] for k in data["token_keys"])
+        save_secrets(settings.DATA_DIR, data)
+        print(f"removed key {args.id}; links and pixels minted with it no longer verify")
+    else:
+        primary = data.get("primary_token_key") or max(k["id"] for k in keys)
+        for k in keys:
+            print(f"{k['id']}{' (primary)' if k['id'] == primary else ''}")
+    return 0
+
+
+def cmd_networks_refresh(args: argparse.Namespace) -> int:
+    from mailbeacon.tracking.networks import refresh_networks
+
+    settings = _settings(args)
+    sources = dict(s.split("=", 1) for s in args.source) if args.source else None
+    try:
+        counts = refresh_networks(settings.DATA_DIR, sources)
+    except Exception as exc:
+        print(f"mailbeacon networks refresh: {exc}", file=sys.stderr)
+        return 1
+    for name, n in sorted(counts.items()):
+        print(f"{name}\t{n} ranges")
+    return 0
+
+
+def _print_sign_in_hint(args: argparse.Namespace, settings: Settings, address: str) -> None:
+    """Tell the person starting `serve` how to sign in (and first, on a fresh install, how
+    to create the user to sign in with)."""
+    from mailbeacon.accounts.service import account_service
+    from mailbeacon.db import Database
+
+    database = Database(settings.database_url())
+    try:
+        with database.sessions() as session:
+            has_users = account_service.has_users(session)
+    except Exception:  # not migrated yet (PostgreSQL with --no-migrate): serve says more
+        return
+    finally:
+        database.dispose()
+    if has_users:
+        print(f"sign in at {address}/sign-in", file=sys.stderr)
+        return
+    where = f" --data-dir {settings.DATA_DIR.resolve()}" if args.data_dir else ""
+    print("No user yet: create one with `mailbeacon user create --email you@example.com`"
+          + (f" (add{where})" if where else "")
+          + f", then sign in at {address}/sign-in", file=sys.stderr)
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    import getpass
+
+    from pydantic import ValidationError
+
+    from mailbeacon.accounts.schemas import NewUser, field_errors
+    from mailbeacon.accounts.service import InvalidInput, account_service
+
+    settings = _settings(args)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        password = args.password
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            print("mailbeacon user create: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        print("mailbeacon user create: give --password-stdin (or --password)", file=sys.stderr)
+        return 2
+    try:
+        data = NewUser(email=args.email, password=password, name=args.name or "",
+                       organisation=args.org or "")
+    except ValidationError as exc:
+        for name, messages in field_errors(exc).items():
+            for message in messages:
+                print(f"mailbeacon user create: {name}: {message}", file=sys.stderr)
+        return 2
+    runtime = _runtime(settings)
+    try:
+        with runtime.database.unit_of_work() as session:
+            user = account_service.create_user(session, data)
+            email, organisation = user.email, account_service.organisation_name(session, user)
+    except InvalidInput as exc:
+        for name, messages in exc.errors.items():
+            for message in messages:
+                print(f"mailbeacon user create: {name}: {message}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.database.dispose()
+    print(f"created {email} in organisation '{organisation}'; "
+          f"sign in at {settings.BASE_URL.rstrip('/')}/sign-in")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailbeacon", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data folder (default: $MAILBEACON_DATA_DIR or ./var)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="run the web app and the tracking edge")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--access-log", action="store_true")
+    p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database first")
+    p.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    p = db.add_parser("upgrade", parents=[common], help="apply migrations")
+    p.set_defaults(func=cmd_db_upgrade)
+    p = db.add_parser("check", parents=[common], help="fail if models and migrations disagree")
+    p.set_defaults(func=cmd_db_check)
+
+    p = sub.add_parser("instrument", parents=[common],
+                       help="print a body as it would be sent, with tracking")
+    p.add_argument("file")
+    p.add_argument("--text", action="store_true", help="the file is plain text")
+    p.add_argument("--no-open", action="store_true", help="no open tracking")
+    p.add_argument("--no-links", action="store_true", help="no link tracking")
+    p.add_argument("--to", help="recipient address of the preview copy")
+    p.set_defaults(func=cmd_instrument)
+
+    p = sub.add_parser("worker", parents=[common],
+                       help="deliver queued email (serve runs one too unless RUN_WORKER=false)")
+    p.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("classify", parents=[common], help="how a hit like this would be labelled")
+    p.add_argument("--kind", choices=["open", "click"], required=True)
+    p.add_argument("--ua", required=True, help="User-Agent")
+    p.add_argument("--ip")
+    p.add_argument("--seconds-after-send", type=float)
+    p.add_argument("--head", action="store_true", help="the request was a HEAD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("events", parents=[common], help="latest events as JSON lines")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--count", action="store_true", help="print how many events are stored")
+    p.set_defaults(func=cmd_events)
+
+    keys = sub.add_parser("keys", help="token keys").add_subparsers(dest="keys_command",
+                                                                    required=True)
+    keys.add_parser("list", parents=[common]).set_defaults(func=cmd_keys)
+    keys.add_parser("add", parents=[common], help="add a key and make it primary").set_defaults(
+        func=cmd_keys)
+    p = keys.add_parser("remove", parents=[common], help="remove a key: its tokens stop verifying")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_keys)
+
+    users = sub.add_parser("user", help="user accounts").add_subparsers(dest="user_command",
+                                                                         required=True)
+    p = users.add_parser("create", parents=[common], help="add a user who can sign in")
+    p.add_argument("--email", required=True)
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="the password (visible to other local users: "
+                                           "prefer --password-stdin)")
+    secret.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+    p.add_argument("--name", help="display name")
+    p.add_argument("--org", help="organisation name (made if new; default: the first one)")
+    p.set_defaults(func=cmd_user_create)
+
+    nets = sub.add_parser("networks", help="published network ranges").add_subparsers(
+        dest="networks_command", required=True)
+    p = nets.add_parser("refresh", parents=[common], help="download the published lists")
+    p.add_argument("--source", action="append", metavar="NAME=URL",
+                   help="refresh only these sources (URL or file path) instead of the published defaults")
+    p.set_defaults(func=cmd_networks_refresh)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

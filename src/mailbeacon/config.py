@@ -1,0 +1,69 @@
+"""Settings from MAILBEACON_* environment variables, with embedded-mode defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILBEACON_", extra="ignore")
+
+    # Everything the product keeps on disk (SQLite database, keys, spool) lives here.
+    DATA_DIR: Path = Path("var")
+    # Empty means the embedded SQLite database inside DATA_DIR.
+    DATABASE_URL: str = ""
+    # The public address that goes into emails; the tracking edge answers under /t/.
+    BASE_URL: str = "http://127.0.0.1:8000"
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+
+    # Only trust X-Forwarded-For when a reverse proxy that sets it sits in front.
+    TRUST_FORWARDED_FOR: bool = False
+
+    # Classification thresholds.
+    TOO_FAST_SECONDS: float = Field(default=5.0, ge=0)
+    BURST_SECONDS: float = Field(default=5.0, ge=0)
+    BURST_LINKS: int = Field(default=2, ge=2)
+    DUPLICATE_SECONDS: float = Field(default=10.0, ge=0)
+
+    # Ingest: how many hits one group commit may carry.
+    INGEST_BATCH_MAX: int = Field(default=1024, ge=1)
+    # Seconds before retrying the database after it failed (spooling meanwhile).
+    INGEST_RETRY_SECONDS: float = Field(default=1.0, gt=0)
+
+    # Sending. `serve` runs the outbox worker unless RUN_WORKER is off (then run
+    # `mailbeacon worker` separately), and the demo mailbox's loopback SMTP server
+    # on DEMO_SMTP_PORT (0 = off).
+    RUN_WORKER: bool = True
+    DEMO_SMTP_PORT: int = Field(default=2525, ge=0, le=65535)
+    # SMTP sessions one worker keeps busy at once (also the most per mailbox).
+    SEND_CONCURRENCY: int = Field(default=3, ge=1, le=64)
+    # Temporary failures (4xx, connection lost) are retried this many times in all,
+    # waiting SEND_BACKOFF_SECONDS, then twice as long each time (at most an hour).
+    SEND_MAX_ATTEMPTS: int = Field(default=8, ge=1)
+    SEND_BACKOFF_SECONDS: float = Field(default=30.0, ge=0)
+    # Seconds to wait for each SMTP answer.
+    SEND_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
+    # A copy still `sending` after this long is marked `unknown` even if its worker
+    # seems alive; far beyond any SMTP timeout.
+    SEND_LEASE_SECONDS: float = Field(default=3600.0, gt=0)
+
+    def database_url(self) -> str:
+        return self.DATABASE_URL or f"sqlite:///{self.DATA_DIR.resolve() / 'mailbeacon.db'}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.DATA_DIR / "spool"
+
+
+settings = Settings()
+
+
+def reload_settings(**overrides: object) -> Settings:
+    """Re-read the environment (the CLI calls this after parsing --data-dir)."""
+    global settings
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    return settings

@@ -1,0 +1,1 @@
+"""Composing MIME, per-recipient copies, SMTP delivery and the outbox worker."""

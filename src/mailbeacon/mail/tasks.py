@@ -1,0 +1,509 @@
+"""The outbox worker: delivers queued copies, one SMTP transaction per recipient.
+
+Per copy: claim it (queued -> sending, ``attempts + 1``), commit, and only then
+open the SMTP transaction; afterwards write the outcome. A crash between the
+claim and the outcome leaves the copy in ``sending``, and a later worker marks it
+``unknown``: it may or may not have reached the server, so it is never resent
+without the user's say (``MessageService.retry_unknown``). That is how "at most
+once per recipient per send request" survives a crash.
+
+Claims are made only for lanes that start their SMTP transaction right away, so
+after a crash exactly the copies that were in flight become ``unknown``. The
+outcome of finished copies and the claims of the lanes they free share one
+transaction (one commit, one fsync), which keeps the database off the critical
+path when the SMTP server answers fast.
+
+**Telling a dead worker from a live one.** Every worker holds a lock for as long
+as its process lives: on PostgreSQL a session-level advisory lock keyed by its
+id, on SQLite (one machine by definition) an ``flock`` on a file next to the
+database. The operating system or the database server drops the lock when the
+process dies, however it dies. A worker that finds copies in ``sending`` probes
+their owners' locks; a lock it can take belongs to a dead worker. Copies
+claimed longer ago than ``SEND_LEASE_SECONDS`` (far beyond any SMTP timeout)
+count as orphaned too, whatever the lock says. This runs when a worker starts
+and every minute after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from mailbeacon.db import Database
+from mailbeacon.kit.clock import utcnow
+from mailbeacon.mail import repository
+from mailbeacon.mail.mailer import Delivery, Mailer, Outcome, SmtpMailer, SmtpSettings
+from mailbeacon.mail.mime import CopyTemplate, VisibleHeaders
+from mailbeacon.mail.repository import ClaimedCopy, SendContext, Settlement
+from mailbeacon.models import CopyStatus, Security
+from mailbeacon.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+RECOVER_EVERY_SECONDS = 60.0
+IDLE_CONNECTION_SECONDS = 30.0
+STOP_GRACE_SECONDS = 10.0
+BACKOFF_CAP_SECONDS = 3600.0
+ORPHAN_REPLY = (
+    "the worker sending this copy stopped during the SMTP transaction; the server may or "
+    "may not have received it, so it is not resent without your say"
+)
+
+MailerFactory = Callable[[SmtpSettings], Mailer]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+# ------------------------------------------------------------------ presence
+
+
+class Presence:
+    """Holds "worker X is alive" for this process, and probes it for others."""
+
+    def __init__(self, database: Database, worker_id: str) -> None:
+        self.database = database
+        self.worker_id = worker_id
+        self._pg: Connection | None = None
+        self._file: IO[bytes] | None = None
+        path = make_url(database.url).database if database.is_sqlite else None
+        self._dir = Path(f"{path}.workers") if path and path != ":memory:" else None
+
+    def _lock_path(self, worker_id: str) -> Path:
+        assert self._dir is not None
+        return self._dir / (hashlib.sha256(worker_id.encode()).hexdigest()[:32] + ".lock")
+
+    def acquire(self) -> None:
+        if self.database.is_sqlite:
+            if self._dir is None or self._file is not None:
+                return
+            import fcntl
+
+            self._dir.mkdir(parents=True, exist_ok=True)
+            fh = open(self._lock_path(self.worker_id), "ab")  # noqa: SIM115 (held for life)
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._file = fh
+        else:
+            if self._pg is not None:
+                return
+            conn = self.database.engine.connect()
+            if not repository.hold_presence_lock(conn, self.worker_id):
+                conn.close()
+                raise RuntimeError(f"another live worker uses the id {self.worker_id!r}")
+            conn.commit()  # the lock is session-level; it outlives the transaction
+            self._pg = conn
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._lock_path(self.worker_id).unlink()
+            self._file.close()
+            self._file = None
+        if self._pg is not None:
+            # Invalidate rather than return to the pool: a pooled connection would
+            # keep the lock, and the worker would look alive forever.
+            with contextlib.suppress(SQLAlchemyError):
+                self._pg.invalidate()
+            self._pg.close()
+            self._pg = None
+
+    def check(self) -> None:
+        """Re-take the PostgreSQL lock if its connection was lost (database restart)."""
+        if self._pg is None:
+            return
+        try:
+            self._pg.exec_driver_sql("SELECT 1")
+            self._pg.commit()
+        except SQLAlchemyError:
+            log.warning("presence connection lost; taking the worker lock again")
+            with contextlib.suppress(SQLAlchemyError):
+                self._pg.invalidate()
+            self._pg = None
+            self.acquire()
+
+    def is_alive(self, conn: Connection, worker_id: str) -> bool:
+        """Whether the worker with that id still runs. ``conn`` must be inside a transaction."""
+        if worker_id == self.worker_id:
+            return True
+        if not self.database.is_sqlite:
+            return not repository.presence_lock_is_free(conn, worker_id)
+        if self._dir is None:
+            return True  # nothing to probe: only the lease can tell
+        import fcntl
+
+        path = self._lock_path(worker_id)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return False
+
+
+# ------------------------------------------------------------------ connections
+
+
+class MailerPool:
+    """Kept-open SMTP sessions per mailbox settings; at most one per lane in use."""
+
+    def __init__(self, factory: MailerFactory) -> None:
+        self._factory = factory
+        self._idle: dict[SmtpSettings, list[tuple[Mailer, float]]] = {}
+
+    def take(self, settings: SmtpSettings) -> Mailer:
+        idle = self._idle.get(settings)
+        if idle:
+            return idle.pop()[0]
+        return self._factory(settings)
+
+    def give_back(self, settings: SmtpSettings, mailer: Mailer) -> None:
+        self._idle.setdefault(settings, []).append((mailer, time.monotonic()))
+
+    async def close_idle(self, older_than: float = 0.0) -> None:
+        cutoff = time.monotonic() - older_than
+        closing: list[Mailer] = []
+        for settings, idle in list(self._idle.items()):
+            keep = [(m, t) for m, t in idle if t > cutoff]
+            closing.extend(m for m, t in idle if t <= cutoff)
+            if keep:
+                self._idle[settings] = keep
+            else:
+                del self._idle[settings]
+        await asyncio.gather(*(m.close() for m in closing), return_exceptions=True)
+
+
+# ------------------------------------------------------------------ the worker
+
+
+@dataclass
+class _Plan:
+    """A message as the worker sends it: envelope sender, SMTP settings, MIME templates."""
+
+    context: SendContext
+    smtp: SmtpSettings | None
+    problem: str  # why the message cannot be sent at all, if it cannot
+    templates: dict[bool, CopyTemplate] = field(default_factory=dict)
+
+    def render(self, copy: ClaimedCopy) -> bytes:
+        has_html = copy.html_body is not None
+        template = self.templates.get(has_html)
+        if template is None:
+            c = self.context
+            headers = VisibleHeaders(
+                sender_name=c.sender_name,
+                sender_address=c.sender_address,
+                to=c.to_header,
+                cc=c.cc_header,
+                subject=c.subject,
+                date=c.created_at,
+                message_id=c.message_id_header,
+            )
+            template = self.templates[has_html] = CopyTemplate.build(headers, has_html=has_html)
+        return template.render(html=copy.html_body, text=copy.text_body)
+
+
+class OutboxWorker:
+    """Delivers every due copy; runs inside ``serve`` and as ``mailbeacon worker``."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        worker_id: str | None = None,
+        poll_seconds: float = 1.0,
+        concurrency: int | None = None,
+        mailer_factory: MailerFactory = SmtpMailer,
+    ) -> None:
+        self.runtime = runtime
+        self.database = runtime.database
+        settings = runtime.settings
+        self.worker_id = (worker_id or default_worker_id())[:100]
+        self.poll_seconds = poll_seconds
+        self.concurrency = concurrency or settings.SEND_CONCURRENCY
+        self.max_attempts = settings.SEND_MAX_ATTEMPTS
+        self.backoff_seconds = settings.SEND_BACKOFF_SECONDS
+        self.lease_seconds = settings.SEND_LEASE_SECONDS
+        self.smtp_timeout = settings.SEND_TIMEOUT_SECONDS
+        self.presence = Presence(runtime.database, self.worker_id)
+        self.pool = MailerPool(mailer_factory)
+        self._credentials = runtime.credentials
+        self._plans: dict[int, _Plan] = {}
+        self._drain_lock = asyncio.Lock()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._abandoned: list[Settlement] = []
+        self._recovered_own = False
+        self.stats = {"sent": 0, "failed": 0, "retried": 0, "unknown": 0}
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Take the presence lock, mark dead workers' copies unknown, start polling."""
+        if self._task is not None:
+            return
+        self._stopping = False
+        await asyncio.to_thread(self.presence.acquire)
+        await self.recover_orphans()
+        self._task = asyncio.create_task(self._poll_loop(), name="mailbeacon-outbox-worker")
+
+    async def stop(self) -> None:
+        """Claim nothing more, let in-flight transactions finish (briefly), and stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        if self._abandoned:
+            abandoned, self._abandoned = self._abandoned, []
+            with contextlib.suppress(SQLAlchemyError):
+                await asyncio.to_thread(self._settle_and_claim, abandoned, 0)
+        await self.pool.close_idle()
+        await asyncio.to_thread(self.presence.release)
+
+    def wake(self) -> None:
+        """Look for due copies now instead of at the next poll (after a send is planned)."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Deliver every copy due now (retries that fall due meanwhile too); return how many."""
+        own_presence = self._task is None
+        if own_presence:
+            await asyncio.to_thread(self.presence.acquire)
+        try:
+            await self.recover_orphans()
+            handled = await self._drain()
+        finally:
+            if own_presence:
+                await self.pool.close_idle()
+                await asyncio.to_thread(self.presence.release)
+        return handled
+
+    async def recover_orphans(self) -> int:
+        """Mark ``unknown`` the copies left in ``sending`` by dead workers; return how many."""
+        count = await asyncio.to_thread(self._recover_orphans)
+        if count:
+            log.warning("%d copies were left mid-send by a stopped worker: marked unknown", count)
+        return count
+
+    # -- the loop
+
+    async def _poll_loop(self) -> None:
+        next_recovery = time.monotonic() + RECOVER_EVERY_SECONDS
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + RECOVER_EVERY_SECONDS
+                    await asyncio.to_thread(self.presence.check)
+                    await self.recover_orphans()
+                if await asyncio.to_thread(self._has_due):
+                    await self._drain()
+                else:
+                    await self.pool.close_idle(IDLE_CONNECTION_SECONDS)
+            except Exception:
+                log.exception("outbox worker pass failed; trying again shortly")
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def _drain(self) -> int:
+        async with self._drain_lock:
+            try:
+                return await self._drain_locked()
+            finally:
+                self._plans.clear()
+
+    async def _drain_locked(self) -> int:
+        handled = 0
+        in_flight: dict[asyncio.Task[Settlement], ClaimedCopy] = {}
+        finished: list[Settlement] = []
+        try:
+            while True:
+                want = 0 if self._stopping else self.concurrency - len(in_flight)
+                if finished or want > 0:
+                    try:
+                        claimed = await asyncio.to_thread(self._settle_and_claim, finished, want)
+                    except SQLAlchemyError:
+                        # The outcomes stay in memory and are written when the database
+                        # answers again; nothing new is claimed meanwhile.
+                        log.exception("outbox worker cannot reach the database")
+                        if self._stopping and not in_flight:
+                            raise
+                        await asyncio.sleep(min(self.poll_seconds, 1.0))
+                        claimed = []
+                    else:
+                        handled += len(finished)
+                        finished = []
+                    for copy in claimed:
+                        task = asyncio.create_task(self._deliver(copy))
+                        in_flight[task] = copy
+                if not in_flight:
+                    if not finished:
+                        return handled
+                    continue
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    in_flight.pop(task)
+                    finished.append(task.result())
+        except BaseException:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            self._abandoned.extend(finished)
+            raise
+
+    async def _deliver(self, copy: ClaimedCopy) -> Settlement:
+        plan = self._plans[copy.message_id]
+        if plan.smtp is None:
+            return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, plan.problem)
+        mailer = self.pool.take(plan.smtp)
+        try:
+            data = plan.render(copy)
+            delivery = await mailer.send(plan.context.sender_address, copy.address, data)
+        except asyncio.CancelledError:
+            in_data = mailer.in_data_phase
+            mailer.abort()
+            self._abandoned.append(
+                self._settlement(
+                    copy,
+                    Delivery(
+                        Outcome.UNKNOWN if in_data else Outcome.TEMPORARY,
+                        "the worker stopped during the SMTP transaction"
+                        if in_data
+                        else "the worker stopped before sending",
+                    ),
+                    release=not in_data,
+                )
+            )
+            raise
+        except Exception as exc:
+            log.exception("sending copy %d failed unexpectedly", copy.id)
+            in_data = mailer.in_data_phase
+            mailer.abort()
+            delivery = Delivery(
+                Outcome.UNKNOWN if in_data else Outcome.TEMPORARY, f"internal error: {exc}"
+            )
+        else:
+            self.pool.give_back(plan.smtp, mailer)
+        return self._settlement(copy, delivery)
+
+    def _settlement(
+        self, copy: ClaimedCopy, delivery: Delivery, *, release: bool = False
+    ) -> Settlement:
+        mid = copy.message_id
+        if delivery.outcome == Outcome.SENT:
+            self.stats["sent"] += 1
+            return Settlement(copy.id, mid, CopyStatus.SENT, delivery.reply)
+        if delivery.outcome == Outcome.UNKNOWN:
+            self.stats["unknown"] += 1
+            return Settlement(copy.id, mid, CopyStatus.UNKNOWN, delivery.reply)
+        if delivery.outcome == Outcome.TEMPORARY and (release or copy.attempts < self.max_attempts):
+            self.stats["retried"] += 1
+            delay = 0.0 if release else self.backoff(copy.attempts)
+            return Settlement(
+                copy.id,
+                mid,
+                CopyStatus.QUEUED,
+                delivery.reply,
+                next_attempt_at=utcnow() + timedelta(seconds=delay),
+                release=release,
+            )
+        self.stats["failed"] += 1
+        reply = delivery.reply
+        if delivery.outcome == Outcome.TEMPORARY:
+            reply = f"gave up after {copy.attempts} attempts; last answer: {reply}"
+        return Settlement(copy.id, mid, CopyStatus.FAILED, reply)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before the next try: doubling from the base, capped, with 10% jitter."""
+        if self.backoff_seconds <= 0:
+            return 0.0
+        delay = min(self.backoff_seconds * 2.0 ** max(attempts - 1, 0), BACKOFF_CAP_SECONDS)
+        return float(delay * random.uniform(0.9, 1.1))
+
+    # -- database work (runs in a thread)
+
+    def _connect(self) -> Any:
+        # On SQLite, BEGIN IMMEDIATE takes the write lock first: the claim reads and
+        # writes without another writer in between, and never hits SQLITE_BUSY on
+        # a lock upgrade (the option is ignored by PostgreSQL).
+        return self.database.engine.connect().execution_options(sqlite_immediate=True)
+
+    def _has_due(self) -> bool:
+        with self.database.engine.connect() as conn:
+            return repository.has_due_copies(conn, utcnow())
+
+    def _settle_and_claim(self, settlements: list[Settlement], want: int) -> list[ClaimedCopy]:
+        now = utcnow()
+        with self._connect() as conn, conn.begin():
+            repository.settle_copies(conn, self.worker_id, now, settlements)
+            claimed = repository.claim_copies(conn, self.worker_id, now, want)
+            missing = {c.message_id for c in claimed} - self._plans.keys()
+            contexts = repository.load_send_contexts(conn, missing)
+        for message_id, context in contexts.items():
+            self._plans[message_id] = self._plan(context)
+        return claimed
+
+    def _plan(self, context: SendContext) -> _Plan:
+        if context.mailbox_id is None:
+            return _Plan(
+                context, None, "the mailbox this email was sent from is no longer connected"
+            )
+        try:
+            password = self._credentials.open(context.smtp_password_encrypted)
+        except ValueError as exc:
+            return _Plan(context, None, str(exc))
+        smtp = SmtpSettings(
+            host=context.smtp_host,
+            port=context.smtp_port,
+            security=Security(context.smtp_security),
+            username=context.smtp_username,
+            password=password,
+            timeout=self.smtp_timeout,
+        )
+        return _Plan(context, smtp, "")
+
+    def _recover_orphans(self) -> int:
+        now = utcnow()
+        with self._connect() as conn, conn.begin():
+            owners = repository.sending_workers(conn, exclude=self.worker_id)
+            dead = [w for w in owners if not self.presence.is_alive(conn, w)]
+            if not self._recovered_own:
+                # Copies under our own id before we claimed anything come from an
+                # earlier process that used the same (configured) worker id.
+                dead.append(self.worker_id)
+            count = repository.mark_orphans_unknown(
+                conn, dead, repository.lease_cutoff(now, self.lease_seconds), now, ORPHAN_REPLY
+            )
+        self._recovered_own = True
+        return count

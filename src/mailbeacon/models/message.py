@@ -1,0 +1,122 @@
+"""A sent message, its per-recipient copies and the links it carries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mailbeacon.kit.clock import utcnow
+from mailbeacon.models.base import Base, BigId
+
+
+class RecipientKind(StrEnum):
+    TO = "to"
+    CC = "cc"
+    BCC = "bcc"
+
+
+class TrackingDecision(StrEnum):
+    """Why a recipient's copy is (or is not) tracked; stored with the copy."""
+
+    TRACKED = "tracked"
+    PLAIN_TEXT = "plain_text"  # links tracked, but plain text cannot carry a pixel
+    EMPTY_BODY = "empty_body"
+    NO_CONSENT = "no_consent"
+    DISABLED_BY_USER = "disabled_by_user"
+    DISABLED_BY_ORG = "disabled_by_org"
+
+
+class CopyStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    PREVIEW = "preview"
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_user_created", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Null for previews made by `mailbeacon instrument`: nobody owns their data.
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    body_html: Mapped[str | None] = mapped_column(Text)
+    body_text: Mapped[str | None] = mapped_column(Text)
+    open_tracking: Mapped[bool] = mapped_column(Boolean, default=True)
+    link_tracking: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_preview: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    # What every copy shows, identical for all recipients (Bcc never appears).
+    sender_name: Mapped[str] = mapped_column(String(200), default="")
+    sender_address: Mapped[str] = mapped_column(String(320), default="")
+    to_header: Mapped[str] = mapped_column(Text, default="")
+    cc_header: Mapped[str] = mapped_column(Text, default="")
+    message_id_header: Mapped[str] = mapped_column(String(500), default="")
+    mailbox_connection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mailbox_connections.id", ondelete="SET NULL")
+    )
+
+    # Figures kept current by the ingest writer in the same transaction as the
+    # events; only people (human and image-proxy opens, human clicks) count.
+    open_count: Mapped[int] = mapped_column(Integer, default=0)
+    click_count: Mapped[int] = mapped_column(Integer, default=0)
+    machine_event_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_open_at: Mapped[datetime | None]
+    last_open_at: Mapped[datetime | None]
+    first_click_at: Mapped[datetime | None]
+    last_click_at: Mapped[datetime | None]
+
+
+class RecipientCopy(Base):
+    """One recipient's own copy of a message, with its own tokens and figures."""
+
+    __tablename__ = "recipient_copies"
+    __table_args__ = (Index("ix_recipient_copies_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[RecipientKind] = mapped_column(String(8), default=RecipientKind.TO)
+    decision: Mapped[TrackingDecision] = mapped_column(String(32))
+    decision_reason: Mapped[str] = mapped_column(String(500), default="")
+    open_tracked: Mapped[bool] = mapped_column(Boolean, default=False)
+    links_tracked: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[CopyStatus] = mapped_column(String(16), default=CopyStatus.QUEUED)
+    html_body: Mapped[str | None] = mapped_column(Text)
+    text_body: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    # Delivery bookkeeping for the outbox worker.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_at: Mapped[datetime | None]
+    smtp_reply: Mapped[str] = mapped_column(String(1000), default="")
+
+    open_count: Mapped[int] = mapped_column(Integer, default=0)
+    click_count: Mapped[int] = mapped_column(Integer, default=0)
+    machine_event_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_open_at: Mapped[datetime | None]
+    last_open_at: Mapped[datetime | None]
+    first_click_at: Mapped[datetime | None]
+    last_click_at: Mapped[datetime | None]
+
+
+class MessageLink(Base):
+    """A tracked destination; every copy of the message shares its position."""
+
+    __tablename__ = "message_links"
+    __table_args__ = (UniqueConstraint("message_id", "position"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(String(500), default="")

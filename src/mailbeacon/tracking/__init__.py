@@ -1,0 +1,1 @@
+"""Tokens, instrumentation, classification, the tracking edge and event ingest."""

@@ -1,0 +1,190 @@
+"""The tracking edge: raw ASGI on the hot path, mounted at /t/.
+
+No framework routing, no ORM session per request. A token is verified with the
+key ring alone, so the pixel and the redirect answer even when the database is
+away; the hit is handed to the ingest queue and the answer goes out once the
+hit is durable (see ingest.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from mailbeacon.tracking.hits import Hit
+from mailbeacon.tracking.networks import NetworkMap, truncate_ip
+from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Record = Callable[[Hit], Awaitable[None]]
+
+# The smallest valid transparent GIF (GIF89a, 1x1, one transparent colour).
+PIXEL_GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
+    b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+assert len(PIXEL_GIF) == 43
+
+VIEWER_COOKIE = "mb_viewer"
+
+_PIXEL_HEADERS = [
+    (b"content-type", b"image/gif"),
+    (b"content-length", b"43"),
+    (b"cache-control", b"no-store, no-cache, must-revalidate, max-age=0"),
+    (b"pragma", b"no-cache"),
+    (b"expires", b"0"),
+]
+_NOT_FOUND_BODY = (
+    b"<!doctype html><html><head><meta charset=utf-8><title>Link not found</title></head>"
+    b"<body><h1>Link not found</h1><p>This link is not valid. It may have been copied "
+    b"incompletely; please use the link from the original email.</p></body></html>"
+)
+_NOT_FOUND_HEADERS = [
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"content-length", str(len(_NOT_FOUND_BODY)).encode()),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_PREFETCH_HEADERS = (b"purpose", b"sec-purpose", b"x-purpose", b"x-moz")
+# Characters a Location header may carry as they are; everything else is
+# percent-encoded (RFC 3986 reserved and unreserved sets, plus '%').
+_URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
+
+
+def location_for(url: str) -> bytes | None:
+    """The Location value for a sealed destination, or None if we must not go there."""
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return quote(url, safe=_URL_SAFE).encode("ascii")
+
+
+class TrackingEdge:
+    def __init__(
+        self,
+        codec: TokenCodec,
+        record: Record,
+        networks: NetworkMap,
+        *,
+        trust_forwarded_for: bool = False,
+    ) -> None:
+        self._codec = codec
+        self._record = record
+        self._networks = networks
+        self._trust_xff = trust_forwarded_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await _respond(send, 405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")], b"")
+            return
+        head = method == "HEAD"
+        if path.startswith("/t/o/"):
+            await self._pixel(scope, send, path[5:], head)
+        elif path.startswith("/t/c/"):
+            await self._click(scope, send, path[5:], head)
+        else:
+            await _respond(send, 404, _NOT_FOUND_HEADERS, b"" if head else _NOT_FOUND_BODY)
+
+    async def _pixel(self, scope: Scope, send: Send, tail: str, head: bool) -> None:
+        copy_id = None
+        if tail.endswith(".gif"):
+            try:
+                copy_id = self._codec.read_open_token(tail[:-4])
+            except InvalidToken:
+                copy_id = None
+        if copy_id is not None:
+            await self._record_safely(self._hit(scope, "open", copy_id, None, head))
+        # Valid or not, the same answer: nothing about the token leaks.
+        await _respond(send, 200, _PIXEL_HEADERS, b"" if head else PIXEL_GIF)
+
+    async def _click(self, scope: Scope, send: Send, token: str, head: bool) -> None:
+        try:
+            target = self._codec.read_click_token(token)
+        except InvalidToken:
+            target = None
+        location = None if target is None else location_for(target.url)
+        if target is None or location is None:
+            await _respond(send, 404, _NOT_FOUND_HEADERS, b"" if head else _NOT_FOUND_BODY)
+            return
+        await self._record_safely(self._hit(scope, "click", target.copy_id, target.position, head))
+        await _respond(
+            send,
+            302,
+            [
+                (b"location", location),
+                (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"),
+                (b"content-length", b"0"),
+            ],
+            b"",
+        )
+
+    async def _record_safely(self, hit: Hit) -> None:
+        try:
+            await self._record(hit)
+        except Exception:
+            # The answer must go out whatever happens to the bookkeeping.
+            log.exception("could not record hit %s", hit.uid)
+
+    def _hit(self, scope: Scope, kind: str, copy_id: int, position: int | None, head: bool) -> Hit:
+        ua = ""
+        hint = None
+        viewer = None
+        forwarded = None
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                ua = value.decode("latin-1")[:1000]
+            elif name in _PREFETCH_HEADERS:
+                hint = f"{name.decode()}: {value.decode('latin-1')[:60]}"
+            elif name == b"cookie":
+                viewer = self._viewer(value)
+            elif name == b"x-forwarded-for" and self._trust_xff:
+                forwarded = value.decode("latin-1").split(",")[0].strip()
+        client = scope.get("client")
+        ip = forwarded or (client[0] if client else None)
+        return Hit(
+            uid=uuid.uuid4().hex,
+            kind=kind,
+            copy_id=copy_id,
+            link_position=position,
+            occurred_at=time.time(),
+            user_agent=ua,
+            ip_prefix=truncate_ip(ip) if ip else None,
+            network=self._networks.lookup(ip) if ip else None,
+            is_head=head,
+            prefetch_hint=hint,
+            viewer_user_id=viewer,
+        )
+
+    def _viewer(self, cookie_header: bytes) -> int | None:
+        marker = VIEWER_COOKIE.encode() + b"="
+        start = cookie_header.find(marker)
+        if start < 0:
+            return None
+        value = cookie_header[start + len(marker) :].split(b";", 1)[0].strip()
+        try:
+            return self._codec.read_viewer_token(value.decode("ascii"))
+        except (InvalidToken, UnicodeDecodeError):
+            return None
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,36 @@
+"""A hit as the edge saw it: what travels through the ingest queue and the spool."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Hit:
+    """One request on the tracking edge, minimised before it leaves memory.
+
+    The raw client address never gets here: the edge keeps only its truncated
+    prefix and the name of the published network it falls in.
+    """
+
+    uid: str
+    kind: str  # "open" | "click"
+    copy_id: int
+    link_position: int | None
+    occurred_at: float  # Unix time, seconds
+    user_agent: str
+    ip_prefix: str | None
+    network: str | None
+    is_head: bool
+    prefetch_hint: str | None
+    viewer_user_id: int | None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> Hit:
+        data: dict[str, Any] = json.loads(line)
+        return cls(**data)

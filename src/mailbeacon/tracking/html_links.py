@@ -1,0 +1,421 @@
+"""Find the web links of an HTML email, and where a pixel may go, without re-serialising it.
+
+An email must reach its recipient exactly as its sender wrote it: a parser that builds a
+tree and prints it again changes quoting, entities, conditional comments and whitespace, and
+Outlook's Word engine notices. So this module only *locates* things and reports offsets; the
+caller splices new values into the original string and leaves every other character alone.
+
+The scanner is a pair of regular expressions that follow the tokenizer of the HTML Living
+Standard (section 13.2.5) as far as structure goes: where a tag ends (a quoted attribute value
+may hold ``>`` or ``<``), which attribute is ``href`` (the first of duplicate names wins), what
+a comment is, and that ``script``, ``style``, ``textarea``, ``title`` and the other raw-text
+elements hold text, not tags. Ordinary tags are passed over inside the regex engine, so Python
+only sees the constructs that matter: link tags, comments that Outlook reads
+(``<!--[if mso]> ... <![endif]-->``), raw-text elements and ``</body>``.
+
+Known simplifications, all outside what email HTML contains: SVG and MathML foreign content
+(where ``<style>`` is not raw text and ``<![CDATA[`` is a section) is read as HTML, and the
+script-data escape states (``<!--`` inside ``<script>``) are not modelled.
+"""
+
+from __future__ import annotations
+
+import functools
+import html as html_lib
+import re
+import string
+from html.entities import html5 as _HTML5_ENTITIES
+from typing import NamedTuple
+
+__all__ = [
+    "INVISIBLE_CHARS",
+    "NOTRACK_ATTRIBUTE",
+    "HtmlScan",
+    "LinkSite",
+    "anchor_text",
+    "decode_attribute",
+    "normalise_url",
+    "scan_html",
+]
+
+NOTRACK_ATTRIBUTE = "data-mb-notrack"
+
+
+def _ci(word: str) -> str:
+    """A regex matching ``word`` in any ASCII case (cheaper in sre than an IGNORECASE group)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_DELIM = r"[\t\n\f\r />]"  # what ends a tag name
+_NAME_END = rf"(?={_DELIM})"
+
+
+def _names(*words: str) -> str:
+    """Any of ``words`` as a whole tag name, in any case."""
+    return "(?:" + "|".join(_ci(w) for w in sorted(words, key=len, reverse=True)) + ")" + _NAME_END
+
+
+def _other_names(words: tuple[str, ...], prefix: str) -> str:
+    """The first letter of any tag name that is none of ``words`` and does not start with
+    ``prefix``. Dispatching on that letter first keeps the common ``td``, ``div`` or ``span``
+    from being tried against every special name in turn."""
+    rests: dict[str, list[str]] = {}
+    for word in (*words, prefix):
+        end = _NAME_END if word != prefix else ""
+        rests.setdefault(word[0], []).append(_ci(word[1:]) + end if word[1:] else _DELIM)
+    plain = "".join(c + c.upper() for c in string.ascii_lowercase if c not in rests)
+    special = [f"{_ci(c)}(?!{'|'.join(r)})" for c, r in rests.items()]
+    return "(?:" + "|".join([f"[{plain}]", *special]) + ")"
+
+
+# The attribute grammar of the tokenizer's attribute states, exactly. Every quantifier is
+# possessive, so a quote left open until the end of input fails the whole tag instead of
+# being re-read as something else: the tokenizer then drops the tag ("eof-in-tag"), and the
+# scan stops there too.
+_VALUE = r"""(?:"[^"]*+(?:"|\Z)|'[^']*+(?:'|\Z)|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=>)|\Z)"""
+_EXACT_ATTRS = (
+    r"(?:[\t\n\f\r /]++|[^\t\n\f\r />][^\t\n\f\r />=]*+"
+    rf"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+{_VALUE})?+)*+>"
+)
+# A faster reading of well-formed attributes, tried first: long runs between quoted values.
+# It only accepts what the tokenizer would end at the same ">": a quote only opens a value
+# right after `name=`, and an unquoted value holds no quote or "=". Anything else (`a= "x"`,
+# `a=b="c"`, `"x"="y"`, a quote inside a name) falls through to the exact grammar.
+_FAST_ATTRS = (
+    r"""[^"'>=]*+(?:(?:=(?<=[^\t\n\f\r /="'<>]=)(?:"[^"]*+"|'[^']*+')"""
+    r"""|=[^"'>=\t\n\f\r ]++(?=[\t\n\f\r >])|=(?=>))[^"'>=]*+)*+>"""
+)
+# From the second character of a tag name to the end of the tag.
+_TAIL = (
+    rf"""(?>[^\t\n\f\r />"'=]*+(?=[\t\n\f\r />]){_FAST_ATTRS}"""
+    rf"|[^\t\n\f\r />]*+{_EXACT_ATTRS})"
+)
+
+# Elements whose content the tokenizer reads as text up to their own end tag.
+_RAW_TEXT = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
+_LINK_TAGS = ("a", "area")
+# What is visible content on its own, without any text around it.
+_VISIBLE_TAGS = (
+    "img", "image", "svg", "video", "audio", "picture", "canvas", "iframe", "object",
+    "embed", "input", "button", "select", "textarea", "hr", "meter", "progress", "xmp",
+)  # fmt: skip
+
+# Characters that show nothing on their own (spaces, joiners, direction marks, the byte-order
+# mark): preheader padding is made of them. Written for a regex character class.
+INVISIBLE_CHARS = (
+    r"\x00\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u2064\u3164\ufeff\uffa0"
+)
+_INVISIBLE_ENTITY = (
+    r"&(?:nbsp;?|shy;?|(?:zwnj|zwj|lrm|rlm|ensp|emsp|emsp13|emsp14|thinsp|hairsp|numsp"
+    r"|puncsp|ZeroWidthSpace|NoBreak|MediumSpace|ThinSpace|VeryThinSpace|NonBreakingSpace);"
+    r"|\#0*(?:9|1[023]|32|160|173|847|819[2-9]|820[0-7]|8239|8287|8288|12288|65279)(?![0-9]);?"
+    r"|\#[xX]0*(?:9|[aAcCdD]|20|[aA]0|[aA][dD]|34[fF]|20[0-9a-fA-F]|202[fF]|205[fF]|2060"
+    r"|3000|[fF][eE][fF][fF])(?![0-9a-fA-F]);?)"
+)
+
+
+# A comment's text: up to the first "--" that "-->" or "--!>" closes (unrolled: sre is slow
+# at lazy repetition).
+_COMMENT_TEXT = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+"
+
+# A link tag that cannot lead to the web is passed over without asking Python: its first
+# attribute is an href that starts with neither "h" nor a character reference (`#`, empty,
+# `mailto:`, a merge tag) or is a bare "http://". Its values may not hold "<" or ">", so its
+# first ">" ends it, and a look-ahead up to there rules out the opt-out marker, which would
+# have to be removed. Any other link tag is reported and read attribute by attribute.
+_NO_MARKER = rf"(?=[^<>dD]*+(?:[dD](?!{_ci(NOTRACK_ATTRIBUTE[1:])})[^<>dD]*+)*+>)"
+# Attributes whose values hold no "<" or ">" (the fast grammar otherwise), up to the ">".
+_PLAIN_ATTRS = r"""[^"'<>=]*+(?:(?:=(?<=[^\t\n\f\r /="'<>]=)(?:"[^"<>]*+"|'[^'<>]*+')
+      |=[^"'<>=\t\n\f\r ]++(?=[\t\n\f\r >])|=(?=>))[^"'<>=]*+)*+>"""
+_PLAIN_LINK = rf"""
+    {_names(*_LINK_TAGS)}{_NO_MARKER}
+    [\t\n\f\r /]++[hH][rR][eE][fF]=
+    (?:"(?:[^hH&<>\x00-\x20"][^"<>]*+)?"|'(?:[^hH&<>\x00-\x20'][^'<>]*+)?'
+      |"[hH][tT][tT][pP][sS]?://"|'[hH][tT][tT][pP][sS]?://'
+      |[hH][tT][tT][pP][sS]?://(?=[\t\n\f\r >])
+      |[^hH&<>\x00-\x20"'=][^\t\n\f\r <>"'=]*+(?=[\t\n\f\r >]))
+    {_PLAIN_ATTRS}"""
+# A VML element without any "href" in it (a fill, a text box), passed over likewise.
+_PLAIN_VML = rf"""
+    {_ci("v:")}[^\t\n\f\r />"'<=]*+(?=[\t\n\f\r />]){_NO_MARKER}
+    (?=[^<>hH]*+(?:[hH](?![rR][eE][fF])[^<>hH]*+)*+>){_PLAIN_ATTRS}"""
+
+
+def _scanner(*, visible_mode: bool) -> re.Pattern[str]:
+    """One step of the scan: pass over everything uninteresting, then report one thing.
+
+    In visible mode, text is passed over only while it is blank and images are reported, so
+    that the first visible content ends the step.
+    """
+    stop_tags: tuple[str, ...] = (*_LINK_TAGS, *_RAW_TEXT, "plaintext")
+    if visible_mode:
+        stop_tags += _VISIBLE_TAGS
+        text = rf"[{INVISIBLE_CHARS}]++|{_INVISIBLE_ENTITY}"
+        lone_lt = ""
+        visible = rf"| (?P<vis>[^<]|<(?![a-zA-Z!/?])|<{_names(*_VISIBLE_TAGS)})"
+    else:
+        text = r"[^<]++"
+        lone_lt = r"| (?![a-zA-Z!/?])"  # a "<" that starts nothing is text
+        visible = ""
+    return re.compile(
+        rf"""(?:
+            {text}
+          | <(?:
+                /(?:(?!{_names("body")})[a-zA-Z]{_TAIL}|(?![a-zA-Z])[^>]*+>)
+              | {_other_names(stop_tags, "v:")}{_TAIL}
+              | {_PLAIN_LINK}
+              | {_PLAIN_VML}
+              | !(?:--(?!\[[iI][fF])(?>>|->|{_COMMENT_TEXT}--!?>)|(?!--)[^>]*+>)
+              | \?[^>]*+>
+              {lone_lt}
+            )
+        )*+
+        (?:
+            (?P<link><(?P<lname>{_names(*_LINK_TAGS)}|{_ci("v:")}[^\t\n\f\r />]*+)
+                (?P<lattrs>{_TAIL}))
+          | (?P<cc><!--(?P<ccbody>\[[iI][fF]{_COMMENT_TEXT})--!?>)
+          {visible}
+          | (?P<raw><(?P<rawname>{_names(*_RAW_TEXT, "plaintext")}){_TAIL})
+          | (?P<body></{_names("body")}{_TAIL})
+          | (?P<end>(?s:.*+))
+        )""",
+        re.VERBOSE,
+    )
+
+
+_SCAN_LINKS = _scanner(visible_mode=False)
+_SCAN_VISIBLE = _scanner(visible_mode=True)
+_RAW_END = {name: re.compile(rf"</{_ci(name)}{_DELIM}") for name in _RAW_TEXT}
+
+# Inside a link tag already matched: the common case of `href` as its first attribute...
+_FIRST_HREF = re.compile(
+    r"""[\t\n\f\r /]++[hH][rR][eE][fF][\t\n\f\r ]*+=[\t\n\f\r ]*+"""
+    r"""("[^"]*+"|'[^']*+'|[^\t\n\f\r >"'][^\t\n\f\r >]*+)"""
+)
+# ...and attribute by attribute for the rest, or when the opt-out marker may be present.
+_ATTR = re.compile(
+    r"""[\t\n\f\r /]*+(?P<name>[^\t\n\f\r />][^\t\n\f\r />=]*+)"""
+    r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"""
+    r"""(?P<value>"[^"]*+"?|'[^']*+'?|[^\t\n\f\r >"'][^\t\n\f\r >]*+)?)?+"""
+)
+_MARKER_HINT = re.compile(_ci(NOTRACK_ATTRIBUTE))
+_WEB_SCHEME = re.compile(r"https?://", re.IGNORECASE)
+
+
+class LinkSite(NamedTuple):
+    """One ``href`` to a web destination (http or https), as written in the document."""
+
+    start: int  # span of the value as written, quotes included
+    end: int
+    quote: str  # '"', "'" or "" when the value is unquoted
+    url: str  # what a browser would follow: entities decoded, outer spaces and newlines gone
+    tag: str  # lower-case tag name: "a", "area", "v:roundrect", ...
+    tag_end: int  # offset just past the start tag's ">"
+    notrack: bool  # the tag carries the opt-out marker
+
+
+class HtmlScan:
+    """What one scan found; offsets index the scanned string."""
+
+    __slots__ = ("body_close", "data_end", "links", "markers", "visible")
+
+    def __init__(self, length: int) -> None:
+        self.links: list[LinkSite] = []
+        # Spans of opt-out marker attributes to delete, with the space before them.
+        self.markers: list[tuple[int, int]] = []
+        self.visible = False  # some text or an image would be shown
+        self.body_close: int | None = None  # start of the last `</body>` of the markup proper
+        # Where the markup proper stops: the start of a comment, tag or raw-text element that
+        # runs unterminated to the end of input, else the length. Text put there is read as
+        # content instead of being swallowed by that construct.
+        self.data_end = length
+
+    @property
+    def pixel_offset(self) -> int:
+        """Where an open pixel goes: before the last ``</body>``, else after the content."""
+        return self.body_close if self.body_close is not None else self.data_end
+
+
+def scan_html(html: str, *, stop_at_visible: bool = False) -> HtmlScan:
+    """Locate web links, opt-out markers, ``</body>`` and whether anything is visible.
+
+    With ``stop_at_visible`` the scan ends at the first visible content (for emptiness
+    checks), and the other findings are incomplete.
+    """
+    scan = HtmlScan(len(html))
+    pattern = _SCAN_VISIBLE
+    pos = 0
+    while True:
+        m = pattern.match(html, pos)
+        assert m is not None  # the last alternative matches anything, even nothing
+        kind = m.lastgroup
+        if kind == "link":
+            _read_link_tag(html, m, scan)
+            pos = m.end()
+        elif kind == "cc":
+            # Outlook renders what sits between <!--[if mso]> and <![endif]-->, so links there
+            # (VML buttons above all) are followed by real readers.
+            _scan_conditional(html, m.start("ccbody"), m.end("ccbody"), scan)
+            pos = m.end()
+        elif kind == "vis":
+            scan.visible = True
+            if stop_at_visible:
+                return scan
+            pattern = _SCAN_LINKS
+            pos = m.start("vis")
+        elif kind == "body":
+            scan.body_close = m.start("body")
+            pos = m.end()
+        elif kind == "raw":
+            name = m.group("rawname").lower()
+            closing = _RAW_END[name].search(html, m.end()) if name != "plaintext" else None
+            if closing is None:  # `<plaintext>`, or raw text running to the end of input
+                scan.data_end = m.start("raw")
+                return scan
+            pos = closing.start()
+        else:
+            if m.start("end") < len(html):
+                scan.data_end = m.start("end")
+            return scan
+
+
+def _scan_conditional(html: str, start: int, stop: int, scan: HtmlScan) -> None:
+    """Collect the links in a conditional comment's body, markup only Outlook reads."""
+    pos = start
+    while True:
+        m = _SCAN_LINKS.match(html, pos, stop)
+        assert m is not None
+        kind = m.lastgroup
+        if kind == "link":
+            _read_link_tag(html, m, scan)
+            pos = m.end()
+        elif kind == "raw":
+            name = m.group("rawname").lower()
+            closing = _RAW_END[name].search(html, m.end(), stop) if name != "plaintext" else None
+            if closing is None:
+                return
+            pos = closing.start()
+        elif kind in ("body", "cc"):
+            pos = m.end()
+        else:
+            return
+
+
+def _read_link_tag(html: str, m: re.Match[str], scan: HtmlScan) -> None:
+    attrs_start, attrs_end = m.start("lattrs"), m.end("lattrs") - 1  # without the ">"
+    notrack = _MARKER_HINT.search(html, attrs_start, attrs_end) is not None
+    first = None if notrack else _FIRST_HREF.match(html, attrs_start, attrs_end)
+    if first is not None:
+        start, end = first.span(1)
+    else:
+        found = _find_href(html, attrs_start, attrs_end, scan)
+        if found is None:
+            return
+        start, end, notrack = found
+    quote = html[start]
+    if quote == '"' or quote == "'":
+        value = html[start + 1 : end - 1]
+    else:
+        quote, value = "", html[start:end]
+    url = normalise_url(decode_attribute(value))
+    if _WEB_SCHEME.match(url) is None:
+        return
+    tag = m.group("lname").lower()
+    scan.links.append(LinkSite(start, end, quote, url, tag, m.end(), notrack))
+
+
+def _find_href(
+    html: str, attrs_start: int, attrs_end: int, scan: HtmlScan
+) -> tuple[int, int, bool] | None:
+    """Read a link tag's attributes one by one: the first ``href`` and any opt-out markers."""
+    href: tuple[int, int] | None = None
+    seen_href = False
+    notrack = False
+    for a in _ATTR.finditer(html, attrs_start, attrs_end):
+        name = a.group("name")
+        if not name.isascii():
+            continue
+        name = name.lower()
+        if name == "href" and not seen_href:
+            # The tokenizer drops later duplicates of an attribute, so an empty first href
+            # (`<a href>`) shadows any later one.
+            seen_href = True
+            if a.group("value") is not None:
+                href = a.span("value")
+        elif name == NOTRACK_ATTRIBUTE:
+            notrack = True
+            # Drop the space before the marker as well, unless a "/" follows: an unquoted
+            # value before the marker would then swallow that "/".
+            if html.startswith("/", a.end()):
+                scan.markers.append((a.start("name"), a.end()))
+            else:
+                scan.markers.append((a.start(), a.end()))
+    return None if href is None else (href[0], href[1], notrack)
+
+
+# html.unescape's reference grammar; what differs inside attributes is decided per match.
+_LEGACY_MAX = max(len(name) for name in _HTML5_ENTITIES if not name.endswith(";"))
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+
+
+def _decode_attribute_ref(m: re.Match[str]) -> str:
+    ref = m.group(1)
+    if ref[0] == "#" or ref in _HTML5_ENTITIES:
+        return html_lib.unescape(m.group(0))
+    # Only the legacy names (none longer than six letters) are recognised without ";".
+    for size in range(min(len(ref) - 1, _LEGACY_MAX), 1, -1):
+        if ref[:size] in _HTML5_ENTITIES:
+            after = ref[size]
+            # In an attribute, a legacy reference without ";" that runs into a letter, digit
+            # or "=" stays literal, so `?a=1&copy=2` keeps its "&copy" (HTML 13.2.5.73).
+            if after == "=" or (after.isascii() and after.isalnum()):
+                return m.group(0)
+            return _HTML5_ENTITIES[ref[:size]] + ref[size:]
+    return m.group(0)
+
+
+def decode_attribute(value: str) -> str:
+    """Decode the character references of an attribute value as the HTML tokenizer does."""
+    if "&" not in value:
+        return value
+    return _CHARREF.sub(_decode_attribute_ref, value)
+
+
+_URL_STRIP = "".join(chr(c) for c in range(0x21))
+_URL_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
+def normalise_url(url: str) -> str:
+    """Remove outer C0 controls and spaces, and tabs and newlines anywhere.
+
+    This is the URL parser's own first step (WHATWG URL, basic URL parser), so the result is
+    the destination a browser would open; it is also safe to put in a Location header.
+    """
+    return url.strip(_URL_STRIP).translate(_URL_TAB_NEWLINE)
+
+
+_TAG_OR_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)|<[^>]*+>?", re.DOTALL)
+_IMG_ALT = re.compile(r"""<img\b[^>]*?\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+_ANCHOR_WINDOW = 4000  # a link's text is near its start tag; do not read a whole document
+ANCHOR_TEXT_MAX = 200
+
+
+@functools.lru_cache(maxsize=64)
+def _end_tag(tag: str) -> re.Pattern[str]:
+    return re.compile(rf"</{_ci(tag)}{_DELIM}")
+
+
+def anchor_text(html: str, site: LinkSite) -> str:
+    """The text a reader sees on a link, whitespace collapsed, or else its image's alt text."""
+    if site.tag == "area":
+        return ""
+    found = _end_tag(site.tag).search(html, site.tag_end, site.tag_end + _ANCHOR_WINDOW)
+    inner = html[site.tag_end : found.start()] if found is not None else ""
+    text = " ".join(html_lib.unescape(_TAG_OR_COMMENT.sub(" ", inner)).split())
+    if not text:
+        alt = _IMG_ALT.search(inner)
+        if alt is not None:
+            alt_text = next(g for g in alt.groups() if g is not None)
+            text = " ".join(html_lib.unescape(alt_text).split())
+    return text[:ANCHOR_TEXT_MAX]

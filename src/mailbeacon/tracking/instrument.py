@@ -1,0 +1,286 @@
+"""Instrument one copy of an email: seal each web link in a click token, add an open pixel.
+
+Only the values of ``href`` attributes (and web addresses in the plain-text part) are
+replaced, and the pixel is inserted; every other character of the bodies stays as written.
+Positions number the distinct destinations in first-seen order, HTML before text, so the same
+body always yields the same positions and, for one copy, the same tokens: instrumenting again
+is stable, and `find_links` can plan the per-link rows before any copy is made.
+"""
+
+from __future__ import annotations
+
+import functools
+import html as html_lib
+import re
+from dataclasses import dataclass
+
+from mailbeacon.tracking.html_links import (
+    INVISIBLE_CHARS,
+    HtmlScan,
+    LinkSite,
+    anchor_text,
+    scan_html,
+)
+from mailbeacon.tracking.text_links import TextUrl, find_text_urls
+from mailbeacon.tracking.tokens import TokenCodec
+
+__all__ = [
+    "Instrumented",
+    "TrackedLink",
+    "click_url",
+    "find_links",
+    "instrument",
+    "is_empty_body",
+    "is_trackable_url",
+    "open_url",
+    "pixel_html",
+]
+
+CLICK_PATH = "/t/c/"
+OPEN_PATH = "/t/o/"
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedLink:
+    """One destination that clicks are counted for, in every copy of a message."""
+
+    position: int  # 0-based, distinct destinations in first-seen order (HTML, then text)
+    url: str  # the destination as a browser would follow it (entities decoded)
+    text: str  # short visible anchor text if known, else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Instrumented:
+    """The bodies of one copy, ready to send, and what was done to them."""
+
+    html: str | None
+    text: str | None
+    links: list[TrackedLink]
+    open_tracked: bool  # this call inserted a pixel
+    links_tracked: bool  # this call rewrote at least one link
+    empty_body: bool  # nothing visible: nothing was tracked and the bodies are unchanged
+
+
+def click_url(base_url: str, token: str) -> str:
+    """The address a tracked link points to (a trailing slash on ``base_url`` is ignored)."""
+    return f"{base_url.rstrip('/')}{CLICK_PATH}{token}"
+
+
+def open_url(base_url: str, token: str) -> str:
+    """The address of an open pixel (a trailing slash on ``base_url`` is ignored)."""
+    return f"{base_url.rstrip('/')}{OPEN_PATH}{token}.gif"
+
+
+def _attribute_text(value: str) -> str:
+    """Escape for a quoted attribute value, in pure ASCII so any charset can carry it."""
+    return html_lib.escape(value, quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+def pixel_html(src: str) -> str:
+    """A 1x1 transparent image that takes no room.
+
+    ``display:block`` keeps it out of a line box, which would otherwise add a line's height
+    under the last table; the zeroed border, margin and padding and the max sizes stop
+    client style sheets from growing it. It is not hidden with ``display:none``, which some
+    clients treat as a reason not to fetch the image at all.
+    """
+    return (
+        f'<img src="{_attribute_text(src)}" width="1" height="1" alt="" border="0" '
+        'style="display:block;width:1px;height:1px;max-width:1px;max-height:1px;'
+        'border:0;margin:0;padding:0;overflow:hidden;" />'
+    )
+
+
+# Template syntax that a sending tool fills in later: sealing it into a token would freeze
+# the placeholder, and the link would lead nowhere once the tool had done its work.
+_PLACEHOLDER = re.compile(
+    r"""\{\{.*?\}\}|\{%.*?%\}|\{!.*?\}|\{\$.*?\}   # Handlebars, Liquid, Jinja, Salesforce, Smarty
+      | \*\|.*?\|\*                                  # Mailchimp merge tags
+      | %%.*?%%                                      # Salesforce Marketing Cloud, Acoustic
+      | \[\[.*?\]\]                                  # Campaign Monitor-style tags
+      | \$\{.*?\} | \$[A-Za-z_][\w.:\-]*\$           # ${var} and $var$ merge fields
+      | <%.*?%>                                      # ERB and ASP
+    """,
+    re.DOTALL | re.VERBOSE,
+)
+# A click URL minted by any mailbeacon edge: never wrap one twice, whatever its host.
+_OUR_CLICK_URL = re.compile(r"/t/c/[A-Za-z0-9_-]{32,}\Z")
+_AUTHORITY = re.compile(r"https?://([^/?#\\]*)", re.IGNORECASE)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_VISIBLE_TEXT = re.compile(rf"[^{INVISIBLE_CHARS}]")
+
+
+def _has_host(url: str) -> bool:
+    """Whether the address names a host at all; "http://" alone is a template's blank."""
+    m = _AUTHORITY.match(url)
+    if m is None:
+        return False
+    host = m.group(1).rpartition("@")[2]
+    if host.startswith("["):
+        return host.find("]") > 1
+    return host.partition(":")[0] != ""
+
+
+def is_trackable_url(url: str, base_url: str | None = None) -> bool:
+    """Whether a web destination may be sealed into a click token.
+
+    It must name a host, hold no template placeholder, not be a click URL already (of any
+    mailbeacon edge, or malformed ones under ``base_url``), and be proper text.
+    """
+    if not _has_host(url) or _PLACEHOLDER.search(url) or _OUR_CLICK_URL.search(url):
+        return False
+    if base_url is not None and url.startswith(base_url + CLICK_PATH):
+        return False
+    # Bytes that did not decode in the body's charset cannot be sealed as UTF-8 text.
+    return _SURROGATE.search(url) is None
+
+
+def _text_is_visible(text: str | None) -> bool:
+    return text is not None and _VISIBLE_TEXT.search(text) is not None
+
+
+def is_empty_body(html: str | None, text: str | None) -> bool:
+    """Whether neither part shows anything: no text but spaces, and no image or the like."""
+    if _text_is_visible(text):
+        return False
+    return html is None or not scan_html(html, stop_at_visible=True).visible
+
+
+class _Plan:
+    """Positions of the trackable destinations, and the sites that lead to each."""
+
+    __slots__ = ("html_sites", "links", "positions", "text_urls")
+
+    def __init__(
+        self, html: str | None, scan: HtmlScan | None, text_urls: list[TextUrl], base: str | None
+    ) -> None:
+        self.positions: dict[str, int] = {}
+        self.html_sites: list[LinkSite] = []
+        self.text_urls: list[TextUrl] = []
+        texts: list[str] = []
+        if html is not None and scan is not None:
+            for site in scan.links:
+                if site.notrack or not is_trackable_url(site.url, base):
+                    continue
+                self.html_sites.append(site)
+                position = self.positions.setdefault(site.url, len(self.positions))
+                if position == len(texts):
+                    texts.append("")
+                if not texts[position]:  # the first occurrence with words on it names it
+                    texts[position] = anchor_text(html, site)
+        for found in text_urls:
+            if is_trackable_url(found.url, base):
+                self.text_urls.append(found)
+                if self.positions.setdefault(found.url, len(self.positions)) == len(texts):
+                    texts.append("")
+        self.links = [TrackedLink(p, url, texts[p]) for url, p in self.positions.items()]
+
+
+# A message goes out as one copy per recipient, all with the same bodies: the scan and the
+# positions are worked out once per body and only the tokens differ per copy. Keyed by the
+# strings themselves, so a hit is an exact match; the results are never mutated.
+@functools.lru_cache(maxsize=8)
+def _scanned(html: str | None, text: str | None) -> tuple[HtmlScan | None, list[TextUrl], bool]:
+    scan = scan_html(html) if html is not None else None
+    urls = find_text_urls(text) if text is not None else []
+    empty = not (_text_is_visible(text) or (scan is not None and scan.visible))
+    return scan, urls, empty
+
+
+@functools.lru_cache(maxsize=8)
+def _plan(
+    html: str | None, text: str | None, base: str | None
+) -> tuple[HtmlScan | None, _Plan, bool]:
+    scan, urls, empty = _scanned(html, text)
+    return scan, _Plan(html, scan, urls, base), empty
+
+
+def find_links(
+    html: str | None, text: str | None, *, base_url: str | None = None
+) -> list[TrackedLink]:
+    """The links `instrument` would track, with the same positions, for any copy.
+
+    Links to our own click URLs are left out in both; give ``base_url`` to also recognise
+    malformed ones exactly as `instrument` does.
+    """
+    base = base_url.rstrip("/") if base_url is not None else None
+    _, plan, empty = _plan(html, text, base)
+    return [] if empty else list(plan.links)
+
+
+def _splice(source: str, edits: list[tuple[int, int, str]]) -> str:
+    """Replace each (start, end) span of ``source``; spans never overlap."""
+    if not edits:
+        return source
+    edits.sort(key=lambda edit: edit[0])
+    parts: list[str] = []
+    last = 0
+    for start, end, replacement in edits:
+        parts.append(source[last:start])
+        parts.append(replacement)
+        last = end
+    parts.append(source[last:])
+    return "".join(parts)
+
+
+def instrument(
+    *,
+    html: str | None,
+    text: str | None,
+    copy_id: int,
+    codec: TokenCodec,
+    base_url: str,
+    open_tracking: bool = True,
+    link_tracking: bool = True,
+) -> Instrumented:
+    """Rewrite one copy's bodies for tracking; see the module docstring for the guarantees.
+
+    Idempotent for a given copy: links already pointing at a click URL are not wrapped again
+    and a pixel for this copy is not added twice. The opt-out marker ``data-mb-notrack`` is
+    removed from link tags (it is an instruction to us, not for the recipient), so a marked
+    link is left alone only by the first pass.
+    """
+    base = base_url.rstrip("/")
+    scan, plan, empty = _plan(html, text, base)
+    if empty:
+        return Instrumented(html, text, [], False, False, True)
+
+    html_edits: list[tuple[int, int, str]] = []
+    text_edits: list[tuple[int, int, str]] = []
+    if scan is not None:
+        html_edits.extend((start, end, "") for start, end in scan.markers)
+    if link_tracking and plan.positions:
+        tokens: dict[int, str] = {}
+
+        def target(url: str) -> str:
+            position = plan.positions[url]
+            token = tokens.get(position)
+            if token is None:
+                token = tokens[position] = codec.mint_click_token(copy_id, position, url)
+            return click_url(base, token)
+
+        for site in plan.html_sites:
+            # An unquoted value gets double quotes: a token URL may hold characters (from the
+            # base URL) that an unquoted attribute value cannot.
+            quote = site.quote or '"'
+            value = f"{quote}{_attribute_text(target(site.url))}{quote}"
+            html_edits.append((site.start, site.end, value))
+        text_edits.extend((found.start, found.end, target(found.url)) for found in plan.text_urls)
+
+    open_tracked = False
+    if open_tracking and html is not None and scan is not None:
+        src = open_url(base, codec.mint_open_token(copy_id))
+        escaped = _attribute_text(src)
+        if src not in html and (escaped == src or escaped not in html):
+            html_edits.append((scan.pixel_offset, scan.pixel_offset, pixel_html(src)))
+            open_tracked = True
+
+    links = list(plan.links) if link_tracking else []
+    return Instrumented(
+        html=_splice(html, html_edits) if html is not None else None,
+        text=_splice(text, text_edits) if text is not None else None,
+        links=links,
+        open_tracked=open_tracked,
+        links_tracked=bool(links),
+        empty_body=False,
+    )

@@ -1,0 +1,155 @@
+"""Open and click tokens: opaque, authenticated, verifiable without the database.
+
+Each token is ``base64url(key_id || AES-SIV(key, payload, ad=purpose))``. AES-SIV
+(RFC 5297) is a deterministic AEAD: the payload (copy id, link position, the
+destination URL) can be neither read nor altered, its 128-bit synthetic IV is the
+authentication tag, and the same copy always gets the same open token, so
+instrumenting twice is stable. The key id in the first byte lets keys rotate:
+new tokens use the primary key, old ones verify as long as their key is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+_OPEN_AD = [b"mailbeacon/open/v1"]
+_CLICK_AD = [b"mailbeacon/click/v1"]
+_VIEWER_AD = [b"mailbeacon/viewer/v1"]
+_SIV_KEY_BYTES = 64  # AES-256-SIV
+_CLICK_HEAD = struct.Struct(">QHB")  # copy id, link position, flags
+_FLAG_DEFLATE = 1
+# Longer tokens are refused before any work is done on them.
+MAX_CLICK_TOKEN_CHARS = 8192
+OPEN_TOKEN_CHARS = 34
+
+
+class InvalidToken(Exception):
+    """The token was not minted by one of our keys, or was altered."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClickTarget:
+    copy_id: int
+    position: int
+    url: str
+
+
+def _b64encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(token: str) -> bytes:
+    try:
+        raw = token.encode("ascii")
+        decoded = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
+        raise InvalidToken from exc
+    # The last character may carry unused bits; only the canonical spelling of
+    # a token is accepted, so an altered character can never verify.
+    if _b64encode(decoded) != token:
+        raise InvalidToken
+    return decoded
+
+
+class TokenCodec:
+    """Mints and verifies tokens with a ring of keys identified by one byte."""
+
+    def __init__(self, keys: Iterable[tuple[int, bytes]], primary: int | None = None) -> None:
+        self._ciphers: dict[int, AESSIV] = {}
+        for key_id, secret in keys:
+            if not 0 <= key_id <= 255:
+                raise ValueError(f"key id {key_id} is outside 0..255")
+            if len(secret) != _SIV_KEY_BYTES:
+                raise ValueError(f"key {key_id} must be {_SIV_KEY_BYTES} bytes")
+            self._ciphers[key_id] = AESSIV(secret)
+        if not self._ciphers:
+            raise ValueError("at least one token key is needed")
+        self.primary = primary if primary is not None else max(self._ciphers)
+        if self.primary not in self._ciphers:
+            raise ValueError(f"primary key {self.primary} is not in the ring")
+        self._primary_cipher = self._ciphers[self.primary]
+        self._prefix = bytes([self.primary])
+
+    @property
+    def key_ids(self) -> list[int]:
+        return sorted(self._ciphers)
+
+    def mint_open_token(self, copy_id: int) -> str:
+        sealed = self._primary_cipher.encrypt(struct.pack(">Q", copy_id), _OPEN_AD)
+        return _b64encode(self._prefix + sealed)
+
+    def mint_click_token(self, copy_id: int, position: int, url: str) -> str:
+        plain = url.encode("utf-8")
+        flags = 0
+        packed = zlib.compress(plain, 9)[2:-4]  # raw deflate: no zlib header/trailer
+        if len(packed) < len(plain):
+            plain, flags = packed, _FLAG_DEFLATE
+        payload = _CLICK_HEAD.pack(copy_id, position, flags) + plain
+        return _b64encode(self._prefix + self._primary_cipher.encrypt(payload, _CLICK_AD))
+
+    def mint_viewer_token(self, user_id: int) -> str:
+        """A cookie value that tells the edge "this browser belongs to user N"."""
+        return _b64encode(self._prefix + self._primary_cipher.encrypt(struct.pack(">Q", user_id), _VIEWER_AD))
+
+    def read_viewer_token(self, token: str) -> int:
+        if len(token) != OPEN_TOKEN_CHARS:
+            raise InvalidToken
+        plain = self._open(token, _VIEWER_AD)
+        if len(plain) != 8:
+            raise InvalidToken
+        return int(struct.unpack(">Q", plain)[0])
+
+    def _open(self, token: str, ad: list[bytes]) -> bytes:
+        raw = _b64decode(token)
+        if len(raw) < 17:
+            raise InvalidToken
+        cipher = self._ciphers.get(raw[0])
+        if cipher is None:
+            raise InvalidToken
+        try:
+            return cipher.decrypt(raw[1:], ad)
+        except InvalidTag as exc:
+            raise InvalidToken from exc
+
+    def read_open_token(self, token: str) -> int:
+        """Return the copy id sealed in an open token, or raise InvalidToken."""
+        if len(token) != OPEN_TOKEN_CHARS:
+            raise InvalidToken
+        plain = self._open(token, _OPEN_AD)
+        if len(plain) != 8:
+            raise InvalidToken
+        return int(struct.unpack(">Q", plain)[0])
+
+    def read_click_token(self, token: str) -> ClickTarget:
+        """Return what a click token carries, or raise InvalidToken."""
+        if len(token) > MAX_CLICK_TOKEN_CHARS:
+            raise InvalidToken
+        plain = self._open(token, _CLICK_AD)
+        if len(plain) < _CLICK_HEAD.size:
+            raise InvalidToken
+        copy_id, position, flags = _CLICK_HEAD.unpack_from(plain)
+        body = plain[_CLICK_HEAD.size :]
+        try:
+            if flags & _FLAG_DEFLATE:
+                body = zlib.decompress(body, -15)
+            url = body.decode("utf-8")
+        except (zlib.error, UnicodeDecodeError) as exc:  # only reachable with a bug or a stolen key
+            raise InvalidToken from exc
+        return ClickTarget(copy_id, position, url)
+
+
+def codec_from_secrets(data: dict[str, object]) -> TokenCodec:
+    """Build the codec from the `token_keys` entry of the data folder's secrets."""
+    entries = data["token_keys"]
+    assert isinstance(entries, list)
+    keys = [(int(e["id"]), base64.urlsafe_b64decode(e["secret"])) for e in entries]
+    primary = data.get("primary_token_key")
+    return TokenCodec(keys, int(primary) if isinstance(primary, int) else None)

@@ -1,0 +1,108 @@
+"""Shared fixtures: a real database per backend (SQLite and PostgreSQL), migrated once."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from mailbeacon.config import Settings
+from mailbeacon.db import Database, normalise_url
+from mailbeacon.migrate import upgrade
+from mailbeacon.models import Base
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+POSTGRES_URL = os.environ.get(
+    "MAILBEACON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = os.environ.get("MAILBEACON_TEST_BACKENDS", "sqlite,postgresql").split(",")
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = create_engine(normalise_url(POSTGRES_URL), connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One migrated database per backend for the whole run, in its own schema."""
+    urls: dict[str, str] = {}
+    schema = f"mb_test_{uuid.uuid4().hex[:10]}"
+    admin = None
+    if "sqlite" in BACKENDS:
+        path = tmp_path_factory.mktemp("sqlite") / "test.db"
+        urls["sqlite"] = f"sqlite:///{path}"
+    if "postgresql" in BACKENDS:
+        problem = _postgres_available()
+        if problem is None:
+            admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            sep = "&" if "?" in POSTGRES_URL else "?"
+            urls["postgresql"] = f"{POSTGRES_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+        elif os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and not reachable: {problem}")
+        else:
+            urls["postgresql-unavailable"] = problem
+    for name, url in urls.items():
+        if not name.endswith("unavailable"):
+            upgrade(url)
+    yield urls
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _truncate(db: Database) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with db.engine.begin() as conn:
+        if db.is_sqlite:
+            for name in tables:
+                conn.execute(text(f'DELETE FROM "{name}"'))
+        else:
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=[b for b in ("sqlite", "postgresql") if b in BACKENDS])
+def db_url(request: pytest.FixtureRequest, database_urls: dict[str, str]) -> Iterator[str]:
+    """The URL of a migrated, empty database; each test runs once per backend."""
+    backend: str = request.param
+    if backend not in database_urls:
+        pytest.skip(f"PostgreSQL not reachable: {database_urls.get('postgresql-unavailable')}")
+    url = database_urls[backend]
+    yield url
+    db = Database(url)
+    try:
+        _truncate(db)
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    db = Database(db_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(
+        DATA_DIR=tmp_path / "data",
+        DATABASE_URL=db_url,
+        BASE_URL="http://mb.test",
+        TOO_FAST_SECONDS=0,
+    )

@@ -1,0 +1,317 @@
+"""The outbox worker end to end: real database, real aiosmtpd server, real tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+import re
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailbeacon.db import Database
+from mailbeacon.mail.tasks import OutboxWorker
+from mailbeacon.models import CopyStatus, Message, OutboxEntry, RecipientCopy
+from mailbeacon.runtime import Runtime
+from tests.factories.mail import make_sender, plan
+from tests.mail.conftest import SinkHandler, SmtpPeer
+
+pytestmark = pytest.mark.asyncio
+
+ROOT = Path(__file__).resolve().parents[2]
+VISIBLE = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
+
+
+def plan_send(database: Database, runtime: Runtime, port: int, **fields: object) -> int:
+    with database.unit_of_work() as s:
+        user = make_sender(s, port=port)
+        return plan(s, runtime, user, **fields).id
+
+
+def copies(database: Database, message_id: int | None = None) -> dict[str, RecipientCopy]:
+    with database.sessions() as s:
+        query = select(RecipientCopy).order_by(RecipientCopy.id)
+        if message_id is not None:
+            query = query.where(RecipientCopy.message_id == message_id)
+        return {c.address: c for c in s.scalars(query)}
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+async def test_each_recipient_gets_its_own_copy_with_identical_visible_headers(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    message_id = plan_send(
+        database, runtime, sink.port,
+        to=["Ann <ann@example.org>, bob@example.org"], cc=["carl@example.org"],
+        bcc=["dora@example.org", "Eve Hidden <eve@example.org>"], subject="Our offer",
+    )
+    worker = OutboxWorker(runtime)
+    assert await worker.run_once() == 5
+
+    handler: SinkHandler = sink.handler
+    received = handler.received_by()
+    # One SMTP transaction per recipient, each with that one envelope recipient.
+    assert sorted(received) == ["ann@example.org", "bob@example.org", "carl@example.org",
+                                "dora@example.org", "eve@example.org"]
+    assert all(len(r) == 1 and r[0].rcpt_tos == [address] for address, r in received.items())
+    assert {r.mail_from for r in handler.accepted} == {"sally@example.com"}
+
+    by_address = copies(database, message_id)
+    messages = {address: parse(r[0].data) for address, r in received.items()}
+    headers = {address: [(k, str(msg[k])) for k in VISIBLE] for address, msg in messages.items()}
+    assert len({tuple(h) for h in headers.values()}) == 1  # identical for everyone
+    first = messages["ann@example.org"]
+    assert first["To"] == "Ann <ann@example.org>, bob@example.org"
+    assert first["Cc"] == "carl@example.org"
+    assert first["From"] == "Sally Seller <sally@example.com>"
+    with database.sessions() as s:
+        message = s.get_one(Message, message_id)
+        assert first["Message-ID"] == message.message_id_header
+        assert message.sent_at is not None
+        assert s.scalars(select(OutboxEntry.completed_at)).one() is not None
+
+    open_tokens: set[str] = set()
+    click_tokens: set[str] = set()
+    for address, msg in messages.items():
+        raw_headers = received[address][0].data.split(b"\r\n\r\n", 1)[0].lower()
+        # Bcc recipients appear in no copy's headers, their own included.
+        assert b"dora@" not in raw_headers and b"eve@" not in raw_headers
+        assert b"bcc" not in raw_headers
+        assert not msg.defects and not any(part.defects for part in msg.walk())
+        assert msg.get_content_type() == "multipart/alternative"
+        html_part, text_part = msg.get_body(("html",)), msg.get_body(("plain",))
+        assert html_part is not None and text_part is not None
+        html, text = html_part.get_content(), text_part.get_content()
+        copy = by_address[address]
+        assert (copy.status, copy.attempts) == (CopyStatus.SENT, 1)
+        assert copy.sent_at is not None and copy.smtp_reply.startswith("250")
+
+        (open_token,) = re.findall(r"/t/o/([A-Za-z0-9_-]+)\.gif", html)
+        assert runtime.codec.read_open_token(open_token) == copy.id
+        open_tokens.add(open_token)
+        html_clicks = re.findall(r"/t/c/([A-Za-z0-9_-]+)", html)
+        text_clicks = re.findall(r"/t/c/([A-Za-z0-9_-]+)", text)
+        assert len(html_clicks) == 2 and len(text_clicks) == 2
+        for token in html_clicks + text_clicks:
+            target = runtime.codec.read_click_token(token)
+            assert target.copy_id == copy.id
+            assert target.url in ("https://example.com/offer?x=1&y=2",
+                                  "https://example.com/pricing")
+        click_tokens.update(html_clicks)
+        # The text part is readable: "new offer (<tracked link>)".
+        assert re.search(r"new offer \(http://mb\.test/t/c/[A-Za-z0-9_-]+\)", text)
+        assert "example.com" not in html and "example.com/offer" not in text
+    assert len(open_tokens) == 5 and len(click_tokens) == 10
+
+
+async def test_a_temporary_failure_is_retried_and_delivered_once(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    sink.handler.data_replies.append("451 4.7.1 Greylisted, try again")
+    message_id = plan_send(database, runtime, sink.port)
+    # Backoff is zero in tests, so the retry falls due within the same pass.
+    assert await OutboxWorker(runtime).run_once() == 2
+    assert [r.rcpt_tos for r in sink.handler.accepted] == [["ann@example.org"]]
+    assert sink.handler.data_calls == 2
+    copy = copies(database, message_id)["ann@example.org"]
+    assert (copy.status, copy.attempts) == (CopyStatus.SENT, 2)
+
+
+async def test_a_temporary_failure_waits_for_its_backoff(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    sink.handler.data_replies.append("451 4.3.0 Try later")
+    message_id = plan_send(database, runtime, sink.port)
+    worker = OutboxWorker(runtime)
+    worker.backoff_seconds = 600
+    assert await worker.run_once() == 1
+    copy = copies(database, message_id)["ann@example.org"]
+    assert (copy.status, copy.smtp_reply) == (CopyStatus.QUEUED, "451 4.3.0 Try later")
+    assert copy.next_attempt_at is not None and copy.claimed_by is None
+    assert await worker.run_once() == 0  # not due yet
+    assert sink.handler.accepted == []
+
+
+async def test_temporary_failures_give_up_after_the_last_attempt(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    sink.handler.data_replies.extend(["452 4.3.1 Out of space"] * 3)
+    message_id = plan_send(database, runtime, sink.port)
+    worker = OutboxWorker(runtime)
+    worker.max_attempts = 3
+    assert await worker.run_once() == 3
+    copy = copies(database, message_id)["ann@example.org"]
+    assert copy.status == CopyStatus.FAILED
+    assert copy.smtp_reply == "gave up after 3 attempts; last answer: 452 4.3.1 Out of space"
+
+
+async def test_a_refused_recipient_fails_alone_with_the_servers_reply(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    sink.handler.refuse_rcpt["bob@example.org"] = "550 5.1.1 <bob@example.org>: no such user"
+    message_id = plan_send(database, runtime, sink.port,
+                           to=["ann@example.org", "bob@example.org"], cc=["carl@example.org"])
+    assert await OutboxWorker(runtime).run_once() == 3
+    by_address = copies(database, message_id)
+    assert by_address["bob@example.org"].status == CopyStatus.FAILED
+    assert by_address["bob@example.org"].smtp_reply == (
+        "550 5.1.1 <bob@example.org>: no such user"
+    )
+    assert by_address["bob@example.org"].attempts == 1
+    assert by_address["ann@example.org"].status == CopyStatus.SENT
+    assert by_address["carl@example.org"].status == CopyStatus.SENT
+    assert sorted(sink.handler.received_by()) == ["ann@example.org", "carl@example.org"]
+
+
+async def test_an_unreachable_server_is_retried_later(
+    database: Database, runtime: Runtime
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    message_id = plan_send(database, runtime, port)
+    worker = OutboxWorker(runtime)
+    worker.backoff_seconds = 60
+    assert await worker.run_once() == 1
+    copy = copies(database, message_id)["ann@example.org"]
+    assert copy.status == CopyStatus.QUEUED
+    assert "connection refused" in copy.smtp_reply
+
+
+async def test_two_workers_at_once_never_send_the_same_copy(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    addresses = [f"r{i}@example.org" for i in range(40)]
+    message_id = plan_send(database, runtime, sink.port, to=addresses[:2], bcc=addresses[2:])
+    one, two = OutboxWorker(runtime, concurrency=4), OutboxWorker(runtime, concurrency=4)
+    handled = await asyncio.gather(one.run_once(), two.run_once())
+    assert sum(handled) == 40
+    counts = Counter(r for rec in sink.handler.accepted for r in rec.rcpt_tos)
+    assert sorted(counts) == sorted(addresses)
+    assert set(counts.values()) == {1}
+    by_address = copies(database, message_id)
+    assert {c.status for c in by_address.values()} == {CopyStatus.SENT}
+    assert {c.attempts for c in by_address.values()} == {1}
+
+
+async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
+    database: Database, runtime: Runtime, sink: SmtpPeer, tmp_path: Path
+) -> None:
+    handler: SinkHandler = sink.handler
+    handler.stall = True
+    message_id = plan_send(database, runtime, sink.port,
+                           to=["ann@example.org"], bcc=["bob@example.org", "carl@example.org"])
+    env = dict(
+        os.environ,
+        MAILBEACON_DATABASE_URL=runtime.database.url,
+        MAILBEACON_SEND_CONCURRENCY="1",
+        MAILBEACON_DEMO_SMTP_PORT="0",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailbeacon.cli", "worker",
+        "--data-dir", str(runtime.settings.DATA_DIR),
+        cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(handler.stalled.wait(), 30)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert [r.rcpt_tos for r in handler.accepted] == [["ann@example.org"]]
+    assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENDING
+
+    handler.stall = False
+    worker = OutboxWorker(runtime)
+    # The dead worker's lock goes when its process does; PostgreSQL may take a
+    # moment to notice the closed connection.
+    for _ in range(100):
+        if await worker.recover_orphans():
+            break
+        await asyncio.sleep(0.05)
+    assert await worker.run_once() == 2
+
+    by_address = copies(database, message_id)
+    ann = by_address["ann@example.org"]
+    assert ann.status == CopyStatus.UNKNOWN
+    assert "stopped during the SMTP transaction" in ann.smtp_reply
+    assert by_address["bob@example.org"].status == CopyStatus.SENT
+    assert by_address["carl@example.org"].status == CopyStatus.SENT
+    counts = Counter(r for rec in handler.accepted for r in rec.rcpt_tos)
+    assert counts == {"ann@example.org": 1, "bob@example.org": 1, "carl@example.org": 1}
+    # Never resent by a worker without the user's say.
+    assert await OutboxWorker(runtime).run_once() == 0
+    with database.sessions() as s:
+        assert s.scalars(select(OutboxEntry.completed_at)).one() is not None
+
+
+async def test_a_live_worker_is_not_declared_dead(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    handler: SinkHandler = sink.handler
+    handler.stall = True
+    message_id = plan_send(database, runtime, sink.port)
+    busy = OutboxWorker(runtime, poll_seconds=0.05)
+    await busy.start()
+    try:
+        await asyncio.wait_for(handler.stalled.wait(), 10)
+        other = OutboxWorker(runtime)
+        assert await other.recover_orphans() == 0
+        assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENDING
+        handler.release.set()
+        for _ in range(200):
+            if copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await busy.stop()
+    assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT
+
+
+async def test_the_worker_started_in_the_background_sends_new_email(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    worker = OutboxWorker(runtime, poll_seconds=0.05)
+    await worker.start()
+    try:
+        message_id = plan_send(database, runtime, sink.port)
+        worker.wake()
+        for _ in range(200):
+            if copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await worker.stop()
+    assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT
+    assert len(sink.handler.accepted) == 1
+
+
+async def test_stopping_mid_transaction_marks_the_copy_unknown(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailbeacon.mail.tasks as tasks
+
+    monkeypatch.setattr(tasks, "STOP_GRACE_SECONDS", 0.2)
+    handler: SinkHandler = sink.handler
+    handler.stall = True
+    message_id = plan_send(database, runtime, sink.port)
+    worker = OutboxWorker(runtime, poll_seconds=0.05)
+    await worker.start()
+    await asyncio.wait_for(handler.stalled.wait(), 10)
+    await worker.stop()
+    copy = copies(database, message_id)["ann@example.org"]
+    assert copy.status == CopyStatus.UNKNOWN
+    assert copy.smtp_reply == "the worker stopped during the SMTP transaction"

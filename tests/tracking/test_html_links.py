@@ -1,0 +1,204 @@
+"""The HTML scanner: which hrefs it reports, and where, against the HTML tokenizer's rules."""
+
+from __future__ import annotations
+
+import html5lib
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailbeacon.tracking.html_links import (
+    LinkSite,
+    anchor_text,
+    decode_attribute,
+    normalise_url,
+    scan_html,
+)
+
+
+def urls(document: str) -> list[str]:
+    return [site.url for site in scan_html(document).links]
+
+
+def value_of(document: str, site: LinkSite) -> str:
+    return document[site.start : site.end]
+
+
+@pytest.mark.parametrize(
+    ("document", "value", "quote"),
+    [
+        ('<a href="https://x.com/d">', '"https://x.com/d"', '"'),
+        ("<a href='https://x.com/s'>", "'https://x.com/s'", "'"),
+        ("<a href=https://x.com/u>", "https://x.com/u", ""),
+        ("<a href = 'https://x.com/sp' >", "'https://x.com/sp'", "'"),
+        ('<A HREF="https://x.com/upper">', '"https://x.com/upper"', '"'),
+        ('<a\nclass="c"\thref="https://x.com/nl"/>', '"https://x.com/nl"', '"'),
+        ('<area shape=rect href="https://x.com/area">', '"https://x.com/area"', '"'),
+    ],
+)
+def test_reports_the_value_span_in_every_quoting_style(
+    document: str, value: str, quote: str
+) -> None:
+    (site,) = scan_html(document).links
+    assert value_of(document, site) == value
+    assert site.quote == quote
+    assert site.url == value.strip("'\"")
+
+
+@pytest.mark.parametrize(
+    "href",
+    ["mailto:a@b.c", "tel:+123", "#top", "", "/relative", "ftp://x.com/", "javascript:x()"],
+)
+def test_other_schemes_are_not_web_links(href: str) -> None:
+    assert urls(f'<a href="{href}">x</a>') == []
+
+
+@pytest.mark.parametrize(
+    ("href", "url"),
+    [
+        ("https://x.com/?a=1&amp;b=2", "https://x.com/?a=1&b=2"),
+        ("https://x.com/?a=1&#38;b=2&#x26;c=3", "https://x.com/?a=1&b=2&c=3"),
+        ("&#104;ttps://x.com/", "https://x.com/"),
+        # In attributes a legacy reference running into "=" or a letter stays literal.
+        ("https://x.com/?a=1&copy=2&notit=3", "https://x.com/?a=1&copy=2&notit=3"),
+        ("https://x.com/?q=&copy;", "https://x.com/?q=\xa9"),
+        ("  HTTPS://X.com/a\n b  ", "HTTPS://X.com/a b"),
+        ("\x01\thttp://x.com/", "http://x.com/"),
+    ],
+)
+def test_values_are_decoded_as_a_browser_reads_them(href: str, url: str) -> None:
+    assert urls(f'<a href="{href}">x</a>') == [url]
+
+
+@given(st.text(alphabet="&#;=ampcoyx0123456789ABCDEFabcdef.?/", max_size=30))
+def test_attribute_decoding_matches_html5lib(value: str) -> None:
+    escaped = value.replace('"', "&quot;")
+    tree = html5lib.parse(f'<a href="{escaped}">x</a>', namespaceHTMLElements=False)
+    assert decode_attribute(escaped) == tree.find(".//a").get("href")
+
+
+def test_first_of_duplicate_hrefs_wins() -> None:
+    assert urls('<a href="https://x.com/1" href="https://x.com/2">') == ["https://x.com/1"]
+    assert urls('<a href href="https://x.com/2">') == []
+    assert urls('<a hreflang=en href="https://x.com/3">') == ["https://x.com/3"]
+
+
+def test_href_inside_another_attribute_value_is_not_a_link() -> None:
+    document = '<a title="href=https://no.com/ <a href=https://no.com/>" href="https://yes.com/">'
+    assert urls(document) == ["https://yes.com/"]
+    assert urls('<img alt="<a href=https://no.com/>"><p>') == []
+    # A quoted ">" does not end the tag either.
+    assert urls('<div title="a > b <a href=https://no.com/>"></div>') == []
+
+
+@pytest.mark.parametrize("element", ["script", "style", "textarea", "title", "xmp", "iframe"])
+def test_raw_text_elements_hold_no_links(element: str) -> None:
+    document = (
+        f'<{element} type="x"><a href="https://no.com/"></{element}x>'
+        f'<a href="https://no2.com/"></{element.upper()} >'
+        '<a href="https://yes.com/">'
+    )
+    assert urls(document) == ["https://yes.com/"]
+
+
+def test_ordinary_comments_hold_no_links_but_conditional_ones_do() -> None:
+    document = (
+        '<!-- <a href="https://no.com/"> -->'
+        '<!--[if mso]><a href="https://mso.com/">x</a><![endif]-->'
+        '<!--[if !mso]><!--><a href="https://yes.com/">y</a><!--<![endif]-->'
+        "<!--> <a href=https://after-empty-comment.com/>"
+        '<!-- a --!> <a href="https://after-bang.com/">'
+    )
+    assert urls(document) == [
+        "https://mso.com/",
+        "https://yes.com/",
+        "https://after-empty-comment.com/",
+        "https://after-bang.com/",
+    ]
+
+
+def test_vml_shapes_with_href_are_links() -> None:
+    document = (
+        '<!--[if mso]><v:roundrect xmlns:v="urn:schemas-microsoft-com:vml" '
+        'href="https://x.com/b" style="height:40px"><v:fill type="tile" src="i.png" />'
+        "<center>Buy</center></v:roundrect><V:RECT HREF='https://x.com/r'><![endif]-->"
+    )
+    sites = scan_html(document).links
+    assert [(s.tag, s.url) for s in sites] == [
+        ("v:roundrect", "https://x.com/b"),
+        ("v:rect", "https://x.com/r"),
+    ]
+    assert anchor_text(document, sites[0]) == "Buy"
+
+
+def test_opt_out_marker_spans_cover_the_attribute_and_its_space() -> None:
+    document = (
+        '<a href="https://x.com/" data-mb-notrack class="c">x</a><a DATA-MB-NOTRACK=1 href=#>'
+    )
+    scan = scan_html(document)
+    assert [site.notrack for site in scan.links] == [True]
+    assert [document[a:b] for a, b in scan.markers] == [" data-mb-notrack", " DATA-MB-NOTRACK=1"]
+    # Before "/" the space stays: `<a href=x/>` would read the slash into the value.
+    slash = "<a href=https://x.com/ data-mb-notrack/>"
+    ((a, b),) = scan_html(slash).markers
+    assert slash[:a] + slash[b:] == "<a href=https://x.com/ />"
+
+
+def test_pixel_offset_is_before_the_last_body_end_tag_outside_comments() -> None:
+    document = "<body><p>x</p></body><!-- </body> --></BODY ></html>"
+    assert scan_html(document).pixel_offset == document.index("</BODY")
+    assert scan_html("<p>x</p>").pixel_offset == len("<p>x</p>")
+
+
+@pytest.mark.parametrize(
+    ("document", "dangling"),
+    [
+        ("<p>x</p><!-- never closed", "<!--"),
+        ("<p>x</p><style>p {}", "<style>"),
+        ("<p>x</p><img src='a.png", "<img"),
+        ("<p>x</p><a href=https://x.com/", "<a"),
+        ("<p>x</p><plaintext><a href=https://x.com/>", "<plaintext>"),
+    ],
+)
+def test_pixel_offset_stays_out_of_constructs_running_to_the_end(
+    document: str, dangling: str
+) -> None:
+    scan = scan_html(document)
+    assert scan.pixel_offset == document.index(dangling)
+    assert scan.links == []
+
+
+@pytest.mark.parametrize(
+    ("document", "visible"),
+    [
+        ("", False),
+        ("<html><head><title>Subject</title><style>p{}</style></head><body> </body></html>", False),
+        ("<p>&nbsp;&#160;&zwnj;\u200b\u00a0</p><br><!-- hidden text -->", False),
+        ("<script>document.write('x')</script>", False),
+        ("<!--[if mso]>Outlook only<![endif]-->", False),
+        ("<p>&nbsp;x</p>", True),
+        ("<p><img src=cid:logo></p>", True),
+        ("<table><tr><td>&amp;</td></tr></table>", True),
+        ("a < b", True),
+        ("<textarea></textarea>", True),
+    ],
+)
+def test_visibility(document: str, visible: bool) -> None:
+    assert scan_html(document).visible is visible
+    assert scan_html(document, stop_at_visible=True).visible is visible
+
+
+def test_anchor_text_is_collapsed_and_falls_back_to_alt_text() -> None:
+    document = (
+        '<a href="https://x.com/">\n  Read <b>the</b>\n&amp; more </a>'
+        '<a href="https://x.com/i"><img alt="Logo &amp; co"></a>'
+    )
+    first, second = scan_html(document).links
+    assert anchor_text(document, first) == "Read the & more"
+    assert anchor_text(document, second) == "Logo & co"
+    long_text = '<a href="https://x.com/">' + "word " * 100 + "</a>"
+    assert len(anchor_text(long_text, scan_html(long_text).links[0])) == 200
+
+
+def test_normalise_url_follows_the_url_parser() -> None:
+    assert normalise_url(" \x00https://x.com/a\tb\nc\r \x1f") == "https://x.com/abc"

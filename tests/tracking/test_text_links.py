@@ -1,0 +1,87 @@
+"""Web addresses in plain text: where they start and, above all, where they stop."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailbeacon.tracking.text_links import find_text_urls
+
+
+def found(text: str) -> list[str]:
+    return [url.url for url in find_text_urls(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "urls"),
+    [
+        ("Go to https://x.com/a.", ["https://x.com/a"]),
+        ("Really? https://x.com/a?b=1! Yes", ["https://x.com/a?b=1"]),
+        ("see https://x.com/a, https://y.org/b; and http://z.net/c:", [
+            "https://x.com/a", "https://y.org/b", "http://z.net/c",
+        ]),
+        ("(see https://x.com/a_(b))", ["https://x.com/a_(b)"]),
+        ("(see https://x.com/a_(b)).", ["https://x.com/a_(b)"]),
+        ("[link](https://x.com/page)", ["https://x.com/page"]),
+        ("<https://x.com/angle>", ["https://x.com/angle"]),
+        ('"https://x.com/quoted"', ["https://x.com/quoted"]),
+        ("'https://x.com/single'", ["https://x.com/single"]),
+        ("HTTPS://X.COM/Upper", ["HTTPS://X.COM/Upper"]),
+        ("https://x.com/a\nhttps://y.com/b", ["https://x.com/a", "https://y.com/b"]),
+        ("https://x.com/wiki/Foo_(bar)_baz", ["https://x.com/wiki/Foo_(bar)_baz"]),
+        ("xhttps://x.com/ me@http://x.com/", []),
+        ("http:// is not an address, nor is www.x.com", []),
+    ],
+)  # fmt: skip
+def test_edges(text: str, urls: list[str]) -> None:
+    assert found(text) == urls
+
+
+def test_spans_point_at_the_address() -> None:
+    text = "Read (https://x.com/a_(b)). Then <http://y.com/>"
+    for url in find_text_urls(text):
+        assert text[url.start : url.end] == url.url
+    assert [text[u.end] for u in find_text_urls(text)] == [")", ">"]
+
+
+_PIECES = st.sampled_from(
+    [
+        "https://x.com/a",
+        "http://y.org/p?q=1&r=2#f",
+        "https://z.net/a_(b)",
+        "HTTP://W.COM",
+        "(",
+        ")",
+        "[",
+        "]",
+        "<",
+        ">",
+        ".",
+        ",",
+        "!",
+        "?",
+        ":",
+        ";",
+        "'",
+        '"',
+        " ",
+        "\n",
+        "word",
+        "é",
+    ]
+)
+
+
+@given(st.lists(_PIECES, max_size=30).map("".join))
+def test_addresses_are_substrings_without_trailing_punctuation(text: str) -> None:
+    last_end = 0
+    for url in find_text_urls(text):
+        assert text[url.start : url.end] == url.url
+        assert url.start >= last_end
+        last_end = url.end
+        assert url.url.lower().startswith(("http://", "https://"))
+        assert url.url[-1] not in ".,;:!?'\"<> \n"
+        for close, open_ in ((")", "("), ("]", "[")):
+            if url.url.endswith(close):
+                assert url.url.count(open_) >= url.url.count(close)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
+
+KEY1 = (1, os.urandom(64))
+KEY2 = (2, os.urandom(64))
+
+
+def test_open_token_round_trips_and_is_short() -> None:
+    codec = TokenCodec([KEY1])
+    token = codec.mint_open_token(42)
+    assert len(token) <= 48
+    assert codec.read_open_token(token) == 42
+
+
+def test_open_token_hides_the_copy_id() -> None:
+    codec = TokenCodec([KEY1])
+    # Neighbouring ids give unrelated tokens: nothing sequential is exposed.
+    a, b = codec.mint_open_token(1000), codec.mint_open_token(1001)
+    assert sum(x == y for x, y in zip(a[2:], b[2:], strict=True)) < len(a) // 2
+
+
+def test_click_token_seals_the_destination() -> None:
+    codec = TokenCodec([KEY1])
+    url = "https://example.com/pricing?plan=team&utm_source=mail"
+    token = codec.mint_click_token(7, 3, url)
+    assert "example" not in token and "pricing" not in token
+    target = codec.read_click_token(token)
+    assert (target.copy_id, target.position, target.url) == (7, 3, url)
+
+
+def test_open_and_click_tokens_are_not_interchangeable() -> None:
+    codec = TokenCodec([KEY1])
+    with pytest.raises(InvalidToken):
+        codec.read_click_token(codec.mint_open_token(5))
+    with pytest.raises(InvalidToken):
+        codec.read_open_token(codec.mint_viewer_token(5))
+
+
+@pytest.mark.parametrize("position", [0, 1, 5, 20, 33])
+def test_every_altered_character_is_refused(position: int) -> None:
+    codec = TokenCodec([KEY1])
+    token = codec.mint_click_token(1, 0, "https://example.com/")
+    for replacement in "AQw_-9":
+        forged = token[:position] + replacement + token[position + 1 :]
+        if forged == token:
+            continue
+        with pytest.raises(InvalidToken):
+            codec.read_click_token(forged)
+
+
+def test_truncated_and_garbage_tokens_are_refused() -> None:
+    codec = TokenCodec([KEY1])
+    token = codec.mint_click_token(1, 0, "https://example.com/a")
+    for bad in [token[:-1], token[:10], "", "!!!!", "é" * 40, token + "A", "A" * 9000]:
+        with pytest.raises(InvalidToken):
+            codec.read_click_token(bad)
+    with pytest.raises(InvalidToken):
+        codec.read_open_token(codec.mint_open_token(1)[:-1])
+
+
+def test_adding_a_key_keeps_old_tokens_and_removing_it_revokes_them() -> None:
+    old = TokenCodec([KEY1])
+    token = old.mint_click_token(9, 1, "https://example.com/x")
+    rotated = TokenCodec([KEY1, KEY2])
+    assert rotated.primary == 2
+    assert rotated.read_click_token(token).url == "https://example.com/x"
+    new_token = rotated.mint_click_token(9, 1, "https://example.com/x")
+    assert new_token != token
+    removed = TokenCodec([KEY2])
+    with pytest.raises(InvalidToken):
+        removed.read_click_token(token)
+    assert removed.read_click_token(new_token).copy_id == 9
+
+
+def test_a_token_of_another_installation_is_refused() -> None:
+    ours, theirs = TokenCodec([KEY1]), TokenCodec([(1, os.urandom(64))])
+    with pytest.raises(InvalidToken):
+        ours.read_open_token(theirs.mint_open_token(1))
+
+
+@given(
+    copy_id=st.integers(min_value=0, max_value=2**63 - 1),
+    position=st.integers(min_value=0, max_value=65535),
+    url=st.text(max_size=500),
+)
+def test_click_tokens_round_trip_any_url(copy_id: int, position: int, url: str) -> None:
+    codec = TokenCodec([KEY1])
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    target = codec.read_click_token(codec.mint_click_token(copy_id, position, url))
+    assert (target.copy_id, target.position, target.url) == (copy_id, position, url)
+
+
+@given(st.text(max_size=200))
+def test_random_strings_never_verify(garbage: str) -> None:
+    codec = TokenCodec([KEY1])
+    with pytest.raises(InvalidToken):
+        codec.read_click_token(garbage)
+    with pytest.raises(InvalidToken):
+        codec.read_open_token(garbage)
