@@ -41,9 +41,7 @@ def ensure_env() -> None:
     print("installing pinned dependencies ...", flush=True)
     pip = [_python(), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run(
-        [*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[dev]"], check=True
-    )
+    subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[dev]"], check=True)
     STAMP.write_text(digest)
 
 
@@ -60,8 +58,11 @@ def test(args: list[str]) -> int:
         [str(BIN / "pytest"), *args],
     ]
     for step in steps:
-        print("$", " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)),
-              flush=True)
+        print(
+            "$",
+            " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)),
+            flush=True,
+        )
         code = subprocess.call(step, cwd=ROOT)
         if code:
             return code

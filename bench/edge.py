@@ -96,27 +96,49 @@ def wait_http(url: str, timeout: float = 20) -> None:
     raise SystemExit(f"server at {url} did not come up")
 
 
-def run_wrk(base: str, paths: list[str], expect: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def run_wrk(
+    base: str, paths: list[str], expect: int, args: argparse.Namespace, work: Path
+) -> dict[str, float]:
     paths_file = work / f"paths-{expect}.txt"
     paths_file.write_text("\n".join(paths) + "\n")
     lua = work / f"bench-{expect}.lua"
     lua.write_text(LUA % {"paths": paths_file, "expect": expect})
     out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(args.connections), "-d", f"{args.seconds}s", "--timeout", "5s",
-         "-s", str(lua), base],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(args.connections),
+            "-d",
+            f"{args.seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(lua),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    figures = {k: float(v) for k, v in re.findall(r"^(EXPECTED_OK|OTHER|P99_US|RPS) ([\d.]+)$", out, re.M)}
+    figures = {
+        k: float(v) for k, v in re.findall(r"^(EXPECTED_OK|OTHER|P99_US|RPS) ([\d.]+)$", out, re.M)
+    }
     errors = re.search(r"Socket errors: (.*)", out)
-    figures["socket_errors"] = 0.0 if errors is None else float(sum(int(n) for n in re.findall(r"\d+", errors.group(1))))
+    figures["socket_errors"] = (
+        0.0 if errors is None else float(sum(int(n) for n in re.findall(r"\d+", errors.group(1))))
+    )
     return figures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--copies", type=int, default=200, help="distinct recipient copies hit")
+    parser.add_argument("--copies", type=int, default=5000, help="distinct recipient copies hit")
     parser.add_argument("--database-url", default="", help="default: embedded SQLite")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
@@ -124,7 +146,11 @@ def main() -> int:
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light")
 
     work = Path(tempfile.mkdtemp(prefix="mb-bench-"))
-    env = {**os.environ, "MAILBEACON_DATA_DIR": str(work / "data"), "MAILBEACON_TOO_FAST_SECONDS": "0"}
+    env = {
+        **os.environ,
+        "MAILBEACON_DATA_DIR": str(work / "data"),
+        "MAILBEACON_TOO_FAST_SECONDS": "0",
+    }
     if args.database_url:
         env["MAILBEACON_DATABASE_URL"] = args.database_url
     os.environ.update(env)
@@ -137,42 +163,76 @@ def main() -> int:
     from mailbeacon.tracking.repository import count_events
 
     settings = Settings()
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url())
     runtime = Runtime.from_settings(settings)
     with runtime.database.unit_of_work() as s:
         message = Message(subject="bench", body_html="<p>x</p>", is_preview=True)
         s.add(message)
         s.flush()
-        copies = [RecipientCopy(message_id=message.id, address=f"r{i}@example.org", decision="tracked",
-                                status=CopyStatus.PREVIEW) for i in range(args.copies)]
+        copies = [
+            RecipientCopy(
+                message_id=message.id,
+                address=f"r{i}@example.org",
+                decision="tracked",
+                status=CopyStatus.PREVIEW,
+            )
+            for i in range(args.copies)
+        ]
         s.add_all(copies)
         s.flush()
         ids = [c.id for c in copies]
     with runtime.database.engine.connect() as conn:
         before = count_events(conn)
     pixel_paths = [f"/t/o/{runtime.codec.mint_open_token(i)}.gif" for i in ids]
-    click_paths = [f"/t/c/{runtime.codec.mint_click_token(i, 0, 'https://example.com/landing')}" for i in ids]
+    click_paths = [
+        f"/t/c/{runtime.codec.mint_click_token(i, 0, 'https://example.com/landing')}" for i in ids
+    ]
 
     port = free_port()
     server = subprocess.Popen(
-        [str(BIN / "mailbeacon"), "serve", "--port", str(port), "--no-migrate", "--log-level", "warning"],
-        env=env, cwd=ROOT,
+        [
+            str(BIN / "mailbeacon"),
+            "serve",
+            "--port",
+            str(port),
+            "--no-migrate",
+            "--log-level",
+            "info",
+        ],
+        env=env,
+        cwd=ROOT,
     )
     nginx_dir = work / "nginx"
     nginx_dir.mkdir()
+    # nginx's worker drops to an unprivileged user when started as root.
+    work.chmod(0o755)
+    nginx_dir.chmod(0o755)
     (nginx_dir / "pixel.gif").write_bytes(PIXEL_GIF)
     nport = free_port()
     (nginx_dir / "nginx.conf").write_text(NGINX_CONF % {"dir": nginx_dir, "port": nport})
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(nginx_dir / "nginx.conf"),
-                              "-p", str(nginx_dir)])
+    nginx = subprocess.Popen(
+        [
+            shutil.which("nginx") or "/usr/sbin/nginx",
+            "-c",
+            str(nginx_dir / "nginx.conf"),
+            "-p",
+            str(nginx_dir),
+        ]
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         wait_http(f"http://127.0.0.1:{nport}/t/o/x.gif")
         results = {}
         for name, paths, expect in (("pixel", pixel_paths, 200), ("click", click_paths, 302)):
             ours = run_wrk(f"http://127.0.0.1:{port}", paths, expect, args, work)
-            ref = run_wrk(f"http://127.0.0.1:{nport}", ["/t/o/x.gif" if name == "pixel" else "/t/c/x"],
-                          expect, args, work)
+            ref = run_wrk(
+                f"http://127.0.0.1:{nport}",
+                ["/t/o/x.gif" if name == "pixel" else "/t/c/x"],
+                expect,
+                args,
+                work,
+            )
             results[name] = (ours, ref)
     finally:
         server.send_signal(signal.SIGINT)  # graceful: flushes the ingest queue
@@ -183,19 +243,27 @@ def main() -> int:
     with runtime.database.engine.connect() as conn:
         stored = count_events(conn) - before
     answered = sum(int(ours["EXPECTED_OK"]) for ours, _ in results.values())
-    print(f"\nbackend: {runtime.database.engine.dialect.name}, {args.connections} connections, "
-          f"{args.seconds}s per run, one worker each")
-    print(f"{'':8}{'mailbeacon req/s':>18}{'p99 ms':>9}{'nginx req/s':>14}{'p99 ms':>9}{'ratio':>8}")
+    print(
+        f"\nbackend: {runtime.database.engine.dialect.name}, {args.connections} connections, "
+        f"{args.seconds}s per run, one worker each"
+    )
+    print(
+        f"{'':8}{'mailbeacon req/s':>18}{'p99 ms':>9}{'nginx req/s':>14}{'p99 ms':>9}{'ratio':>8}"
+    )
     for name, (ours, ref) in results.items():
-        print(f"{name:8}{ours['RPS']:>18.0f}{ours['P99_US'] / 1000:>9.2f}{ref['RPS']:>14.0f}"
-              f"{ref['P99_US'] / 1000:>9.2f}{ours['RPS'] / ref['RPS']:>8.2f}"
-              f"   (other statuses: {int(ours['OTHER'])}, socket errors: {int(ours['socket_errors'])})")
+        print(
+            f"{name:8}{ours['RPS']:>18.0f}{ours['P99_US'] / 1000:>9.2f}{ref['RPS']:>14.0f}"
+            f"{ref['P99_US'] / 1000:>9.2f}{ours['RPS'] / ref['RPS']:>8.2f}"
+            f"   (other statuses: {int(ours['OTHER'])}, socket errors: {int(ours['socket_errors'])})"
+        )
     # wrk stops with up to one request per connection in flight: the edge may
     # have stored those hits without wrk reading the answer, so stored can exceed
     # answered by at most the number of connections. Fewer stored is a loss.
     lost = max(0, answered - stored)
-    print(f"events stored: {stored}; answered 200/302 seen by wrk: {answered}; "
-          f"in flight at stop: {stored - answered if stored >= answered else 0}; lost: {lost}")
+    print(
+        f"events stored: {stored}; answered 200/302 seen by wrk: {answered}; "
+        f"in flight at stop: {stored - answered if stored >= answered else 0}; lost: {lost}"
+    )
     runtime.database.dispose()
     shutil.rmtree(work, ignore_errors=True)
     return 0 if lost == 0 and stored - answered <= 2 * args.connections else 1

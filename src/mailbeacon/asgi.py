@@ -62,6 +62,7 @@ class MailbeaconApp:
         finally:
             await self._stop_mail()
             await self.ingest.stop()
+            logging.getLogger("uvicorn.error").info("ingest at shutdown: %s", self.ingest.stats)
             self.runtime.database.dispose()
         await send({"type": "lifespan.shutdown.complete"})
 

@@ -48,8 +48,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _upgrade(settings)
     host = args.host or settings.HOST
     port = args.port or settings.PORT
-    print(f"mailbeacon serving on http://{host}:{port} (data in {settings.DATA_DIR.resolve()})",
-          file=sys.stderr)
+    print(
+        f"mailbeacon serving on http://{host}:{port} (data in {settings.DATA_DIR.resolve()})",
+        file=sys.stderr,
+    )
     _print_sign_in_hint(args, settings, f"http://{host}:{port}")
     uvicorn.run(
         "mailbeacon.asgi:app_factory",
@@ -128,8 +130,11 @@ def cmd_instrument(args: argparse.Namespace) -> int:
         copy_id, decision = copy.id, copy.decision
     out = result.text if args.text else result.html
     assert out is not None
-    sys.stdout.buffer.write(encode_html(out, encoding) if not args.text
-                            else out.encode("utf-8", errors="surrogateescape"))
+    sys.stdout.buffer.write(
+        encode_html(out, encoding)
+        if not args.text
+        else out.encode("utf-8", errors="surrogateescape")
+    )
     sys.stdout.buffer.flush()
     print(
         f"mailbeacon: copy {copy_id}: {decision}, {len(result.links)} link(s) tracked, "
@@ -160,8 +165,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await worker.start()
-        print(f"mailbeacon worker {worker.worker_id} running (data in "
-              f"{settings.DATA_DIR.resolve()})", file=sys.stderr)
+        print(
+            f"mailbeacon worker {worker.worker_id} running (data in {settings.DATA_DIR.resolve()})",
+            file=sys.stderr,
+        )
         await stop.wait()
         await worker.stop()
         return 0
@@ -187,8 +194,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
         Policy(too_fast_seconds=settings.TOO_FAST_SECONDS),
     )
     if args.json:
-        print(json.dumps({"label": str(verdict.label), "reason": verdict.reason,
-                          "certainty": verdict.certainty}))
+        print(
+            json.dumps(
+                {
+                    "label": str(verdict.label),
+                    "reason": verdict.reason,
+                    "certainty": verdict.certainty,
+                }
+            )
+        )
     else:
         print(f"{verdict.label}\t{verdict.reason}")
     return 0
@@ -280,9 +294,12 @@ def _print_sign_in_hint(args: argparse.Namespace, settings: Settings, address: s
         print(f"sign in at {address}/sign-in", file=sys.stderr)
         return
     where = f" --data-dir {settings.DATA_DIR.resolve()}" if args.data_dir else ""
-    print("No user yet: create one with `mailbeacon user create --email you@example.com`"
-          + (f" (add{where})" if where else "")
-          + f", then sign in at {address}/sign-in", file=sys.stderr)
+    print(
+        "No user yet: create one with `mailbeacon user create --email you@example.com`"
+        + (f" (add{where})" if where else "")
+        + f", then sign in at {address}/sign-in",
+        file=sys.stderr,
+    )
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
@@ -307,8 +324,9 @@ def cmd_user_create(args: argparse.Namespace) -> int:
         print("mailbeacon user create: give --password-stdin (or --password)", file=sys.stderr)
         return 2
     try:
-        data = NewUser(email=args.email, password=password, name=args.name or "",
-                       organisation=args.org or "")
+        data = NewUser(
+            email=args.email, password=password, name=args.name or "", organisation=args.org or ""
+        )
     except ValidationError as exc:
         for name, messages in field_errors(exc).items():
             for message in messages:
@@ -326,8 +344,10 @@ def cmd_user_create(args: argparse.Namespace) -> int:
         return 2
     finally:
         runtime.database.dispose()
-    print(f"created {email} in organisation '{organisation}'; "
-          f"sign in at {settings.BASE_URL.rstrip('/')}/sign-in")
+    print(
+        f"created {email} in organisation '{organisation}'; "
+        f"sign in at {settings.BASE_URL.rstrip('/')}/sign-in"
+    )
     return 0
 
 
@@ -346,14 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database first")
     p.set_defaults(func=cmd_serve)
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
     p = db.add_parser("upgrade", parents=[common], help="apply migrations")
     p.set_defaults(func=cmd_db_upgrade)
     p = db.add_parser("check", parents=[common], help="fail if models and migrations disagree")
     p.set_defaults(func=cmd_db_check)
 
-    p = sub.add_parser("instrument", parents=[common],
-                       help="print a body as it would be sent, with tracking")
+    p = sub.add_parser(
+        "instrument", parents=[common], help="print a body as it would be sent, with tracking"
+    )
     p.add_argument("file")
     p.add_argument("--text", action="store_true", help="the file is plain text")
     p.add_argument("--no-open", action="store_true", help="no open tracking")
@@ -361,8 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="recipient address of the preview copy")
     p.set_defaults(func=cmd_instrument)
 
-    p = sub.add_parser("worker", parents=[common],
-                       help="deliver queued email (serve runs one too unless RUN_WORKER=false)")
+    p = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="deliver queued email (serve runs one too unless RUN_WORKER=false)",
+    )
     p.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
     p.set_defaults(func=cmd_worker)
 
@@ -380,33 +406,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", action="store_true", help="print how many events are stored")
     p.set_defaults(func=cmd_events)
 
-    keys = sub.add_parser("keys", help="token keys").add_subparsers(dest="keys_command",
-                                                                    required=True)
+    keys = sub.add_parser("keys", help="token keys").add_subparsers(
+        dest="keys_command", required=True
+    )
     keys.add_parser("list", parents=[common]).set_defaults(func=cmd_keys)
     keys.add_parser("add", parents=[common], help="add a key and make it primary").set_defaults(
-        func=cmd_keys)
+        func=cmd_keys
+    )
     p = keys.add_parser("remove", parents=[common], help="remove a key: its tokens stop verifying")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_keys)
 
-    users = sub.add_parser("user", help="user accounts").add_subparsers(dest="user_command",
-                                                                         required=True)
+    users = sub.add_parser("user", help="user accounts").add_subparsers(
+        dest="user_command", required=True
+    )
     p = users.add_parser("create", parents=[common], help="add a user who can sign in")
     p.add_argument("--email", required=True)
     secret = p.add_mutually_exclusive_group()
-    secret.add_argument("--password", help="the password (visible to other local users: "
-                                           "prefer --password-stdin)")
-    secret.add_argument("--password-stdin", action="store_true",
-                        help="read the password from the first line of standard input")
+    secret.add_argument(
+        "--password", help="the password (visible to other local users: prefer --password-stdin)"
+    )
+    secret.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
     p.add_argument("--name", help="display name")
     p.add_argument("--org", help="organisation name (made if new; default: the first one)")
     p.set_defaults(func=cmd_user_create)
 
     nets = sub.add_parser("networks", help="published network ranges").add_subparsers(
-        dest="networks_command", required=True)
+        dest="networks_command", required=True
+    )
     p = nets.add_parser("refresh", parents=[common], help="download the published lists")
-    p.add_argument("--source", action="append", metavar="NAME=URL",
-                   help="refresh only these sources (URL or file path) instead of the published defaults")
+    p.add_argument(
+        "--source",
+        action="append",
+        metavar="NAME=URL",
+        help="refresh only these sources (URL or file path) instead of the published defaults",
+    )
     p.set_defaults(func=cmd_networks_refresh)
     return parser
 

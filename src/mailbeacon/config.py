@@ -31,6 +31,8 @@ class Settings(BaseSettings):
 
     # Ingest: how many hits one group commit may carry.
     INGEST_BATCH_MAX: int = Field(default=1024, ge=1)
+    # Concurrent group-commit writers; 0 means 1 on SQLite and 3 on PostgreSQL.
+    INGEST_WRITERS: int = Field(default=0, ge=0, le=16)
     # Seconds before retrying the database after it failed (spooling meanwhile).
     INGEST_RETRY_SECONDS: float = Field(default=1.0, gt=0)
 
@@ -50,6 +52,13 @@ class Settings(BaseSettings):
     # A copy still `sending` after this long is marked `unknown` even if its worker
     # seems alive; far beyond any SMTP timeout.
     SEND_LEASE_SECONDS: float = Field(default=3600.0, gt=0)
+
+    # Live updates (the bell, the Mail tab icons): a stream ends after this many
+    # seconds and the browser reconnects at once, so no connection outlives a
+    # graceful shutdown for long; a keep-alive (and a recount of unread
+    # notifications) goes out every LIVE_HEARTBEAT_SECONDS.
+    LIVE_STREAM_SECONDS: float = Field(default=300.0, gt=0)
+    LIVE_HEARTBEAT_SECONDS: float = Field(default=15.0, gt=0)
 
     def database_url(self) -> str:
         return self.DATABASE_URL or f"sqlite:///{self.DATA_DIR.resolve() / 'mailbeacon.db'}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from mailbeacon.accounts.credentials import CredentialBox
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.datadir import ensure_data_dir, load_secrets
+from mailbeacon.notify.live import LiveBroker
 from mailbeacon.tracking.classify import Policy
 from mailbeacon.tracking.hits import Hit
 from mailbeacon.tracking.ingest import Ingest
@@ -27,6 +28,8 @@ class Runtime:
     networks: NetworkMap
     policy: Policy
     secrets: dict[str, object]
+    # Wakes the browsers of users whose tracking data changed (notify/live.py).
+    live: LiveBroker = field(default_factory=LiveBroker)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -44,6 +47,7 @@ class Runtime:
                 duplicate_seconds=settings.DUPLICATE_SECONDS,
             ),
             secrets=secrets,
+            live=LiveBroker(settings.database_url()),
         )
 
     def secret_bytes(self, name: str) -> bytes:
@@ -64,4 +68,5 @@ class Runtime:
             Spool(self.settings.spool_dir),
             batch_max=self.settings.INGEST_BATCH_MAX,
             retry_seconds=self.settings.INGEST_RETRY_SECONDS,
+            writers=self.settings.INGEST_WRITERS or (1 if self.database.is_sqlite else 3),
         )

@@ -53,14 +53,14 @@ def test_display_names_cannot_smuggle_header_lines() -> None:
     assert "\n" not in parsed.addresses[0].formatted()
 
 
-_local = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=12)
+_local = st.from_regex(r"[a-z0-9_-]{1,8}(\.[a-z0-9_-]{1,8})?", fullmatch=True)
 _names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20)
 
 
 @given(st.lists(st.tuples(_names, _local), min_size=1, max_size=6))
 def test_split_keeps_every_formatted_address_whole(pairs: list[tuple[str, str]]) -> None:
     addresses = [
-        Address(f"{local.strip('.') or 'x'}@example.org", " ".join(name.split()))
+        Address(f"{local}@example.org", " ".join(name.split()))
         for name, local in pairs
     ]
     joined = ", ".join(a.formatted() for a in addresses)

@@ -207,6 +207,23 @@ async def test_two_workers_at_once_never_send_the_same_copy(
     assert {c.attempts for c in by_address.values()} == {1}
 
 
+async def test_a_claim_takes_at_most_its_limit(database: Database, runtime: Runtime) -> None:
+    from mailbeacon.kit.clock import utcnow
+    from mailbeacon.mail import repository
+
+    message_id = plan_send(database, runtime, 2525, bcc=[f"r{i}@example.org" for i in range(6)])
+    with database.engine.connect().execution_options(sqlite_immediate=True) as conn:
+        with conn.begin():
+            first = repository.claim_copies(conn, "w1", utcnow(), 2)
+        with conn.begin():
+            second = repository.claim_copies(conn, "w2", utcnow(), 3)
+    assert len(first) == 2 and len(second) == 3
+    assert not {c.id for c in first} & {c.id for c in second}
+    by_address = copies(database, message_id)
+    assert Counter(c.claimed_by for c in by_address.values()) == {"w1": 2, "w2": 3, None: 2}
+    assert all(c.attempts == 1 for c in by_address.values() if c.claimed_by)
+
+
 async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
     database: Database, runtime: Runtime, sink: SmtpPeer, tmp_path: Path
 ) -> None:

@@ -206,7 +206,7 @@ async def test_the_senders_own_browser_is_labelled_self(
 async def test_each_recipient_is_attributed_separately(
     app: MailbeaconApp, database: Database
 ) -> None:
-    message_id, (a, b, c_id), _ = seed(database, ("a@x.org", "b@x.org", "c@x.org"))
+    _, (a, b, c_id), _ = seed(database, ("a@x.org", "b@x.org", "c@x.org"))
     codec = app.runtime.codec
     async with client(app) as c:
         await c.get(f"/t/o/{codec.mint_open_token(b)}.gif")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from mailbeacon.asgi import MailbeaconApp
 from mailbeacon.config import Settings

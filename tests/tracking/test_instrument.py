@@ -353,11 +353,16 @@ def _attribute(draw: st.DrawFn, name: str | None = None) -> str:
 
 
 @st.composite
-def _tag(draw: st.DrawFn) -> str:
+def _tag(draw: st.DrawFn, markers: bool = False) -> str:
     name = draw(st.sampled_from(["a", "A", "area", "p", "div", "td", "img", "b", "v:roundrect"]))
     attrs = draw(st.lists(_attribute(), max_size=3))
     if name.lower() in ("a", "area", "v:roundrect") and draw(st.booleans()):
         attrs.insert(0, draw(_attribute("href")))
+    if markers and draw(st.booleans()):
+        marker = draw(
+            st.sampled_from([" data-mb-notrack", " DATA-MB-NOTRACK", ' data-mb-notrack=""'])
+        )
+        attrs.insert(draw(st.integers(0, len(attrs))), marker)
     close = draw(st.sampled_from([">", "/>", " >"]))
     return f"<{name}{''.join(attrs)}{close}"
 
@@ -400,6 +405,7 @@ _FRAGMENT = st.one_of(
     ),
 )
 _TRAILER = st.sampled_from(["", "", "", "<!-- open", "<a href='https://x.com/", "<style>x", "<"])
+_MARKED_DOCUMENT = st.lists(st.one_of(_TEXT, _tag(markers=True)), max_size=20).map("".join)
 _DOCUMENT = st.builds(
     lambda parts, tail: "".join(parts) + tail, st.lists(_FRAGMENT, max_size=25), _TRAILER
 )
@@ -435,6 +441,18 @@ def test_generated_html_agrees_with_an_html5_parser(document: str) -> None:
     if result.open_tracked:
         expected, _ = expected_with_pixel(document, result.html, COPY)
     assert_same_tree(expected, result.html, COPY, links=not result.empty_body)
+
+
+@_SETTINGS
+@given(_MARKED_DOCUMENT)
+def test_generated_opt_out_markers_are_removed_and_their_links_kept(document: str) -> None:
+    result = run(document, open_tracking=False)
+    assert result.html is not None
+    if result.empty_body:
+        assert result.html == document
+        return
+    assert_same_tree(document, result.html, COPY)
+    assert run(result.html, open_tracking=False, link_tracking=False).html == result.html
 
 
 _TEXT_PIECES = st.sampled_from(

@@ -59,7 +59,9 @@ def _client_ip(request: Request) -> str | None:
     if get_runtime(request).settings.TRUST_FORWARDED_FOR:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
-            return forwarded.split(",")[0].strip()
+            # The rightmost entry is the one our proxy wrote; the ones before it
+            # come from the client and could be made up to dodge the limit.
+            return forwarded.split(",")[-1].strip()
     return request.client.host if request.client else None
 
 

@@ -162,6 +162,7 @@ class MessageService:
                 kind=r.kind,
                 contact_id=contacts.get(r.address.key),
                 status=CopyStatus.QUEUED,
+                next_attempt_at=now,  # due at once; the queue is served in due order
                 decision=TrackingDecision.TRACKED,  # settled by instrument_copy below
             )
             for r in recipients
@@ -196,7 +197,7 @@ class MessageService:
             )
         copy.status = CopyStatus.QUEUED
         copy.attempts = 0
-        copy.next_attempt_at = None
+        copy.next_attempt_at = utcnow()
         copy.claimed_by = None
         copy.claimed_at = None
         copy.smtp_reply = "queued again at the sender's request"

@@ -60,6 +60,8 @@ RECOVER_EVERY_SECONDS = 60.0
 IDLE_CONNECTION_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 3600.0
+LINGER_MAX_SECONDS = float(os.environ.get("MB_LMAX", "0.002"))
+LINGER_FRACTION = float(os.environ.get("MB_LFRAC", "0.5"))
 ORPHAN_REPLY = (
     "the worker sending this copy stopped during the SMTP transaction; the server may or "
     "may not have received it, so it is not resent without your say"
@@ -256,6 +258,10 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._abandoned: list[Settlement] = []
+        self._conn: Connection | None = None  # the pass's connection (used in threads)
+        self._started: set[int] = set()  # messages whose sent_at this pass has set
+        self._touched: set[int] = set()  # messages with copies settled this pass
+        self._typical_send = 0.0  # moving average of one SMTP transaction, in seconds
         self._recovered_own = False
         self.stats = {"sent": 0, "failed": 0, "retried": 0, "unknown": 0}
 
@@ -286,6 +292,7 @@ class OutboxWorker:
             abandoned, self._abandoned = self._abandoned, []
             with contextlib.suppress(SQLAlchemyError):
                 await asyncio.to_thread(self._settle_and_claim, abandoned, 0)
+                await asyncio.to_thread(self._end_pass, {s.message_id for s in abandoned})
         await self.pool.close_idle()
         await asyncio.to_thread(self.presence.release)
 
@@ -342,23 +349,32 @@ class OutboxWorker:
                 return await self._drain_locked()
             finally:
                 self._plans.clear()
+                self._started.clear()
+                touched, self._touched = self._touched, set()
+                with contextlib.suppress(SQLAlchemyError):
+                    await asyncio.to_thread(self._end_pass, touched)
 
     async def _drain_locked(self) -> int:
         handled = 0
         in_flight: dict[asyncio.Task[Settlement], ClaimedCopy] = {}
-        finished: list[Settlement] = []
+        # Outcomes an earlier pass could not write (database away) go first.
+        finished, self._abandoned = self._abandoned, []
         try:
             while True:
                 want = 0 if self._stopping else self.concurrency - len(in_flight)
                 if finished or want > 0:
                     try:
-                        claimed = await asyncio.to_thread(self._settle_and_claim, finished, want)
+                        if os.environ.get("MB_INLINE"):
+                            claimed = self._settle_and_claim(finished, want)
+                        else:
+                            claimed = await asyncio.to_thread(self._settle_and_claim, finished, want)
                     except SQLAlchemyError:
                         # The outcomes stay in memory and are written when the database
-                        # answers again; nothing new is claimed meanwhile.
-                        log.exception("outbox worker cannot reach the database")
-                        if self._stopping and not in_flight:
+                        # answers again (by this pass, or the next one); nothing new is
+                        # claimed meanwhile.
+                        if not in_flight:
                             raise
+                        log.exception("outbox worker cannot reach the database")
                         await asyncio.sleep(min(self.poll_seconds, 1.0))
                         claimed = []
                     else:
@@ -372,6 +388,14 @@ class OutboxWorker:
                         return handled
                     continue
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                linger = self._linger()
+                if linger > 0 and len(done) < len(in_flight):
+                    # Group commit: let the other lanes finish too (briefly), so one
+                    # transaction settles and re-claims for several of them.
+                    more, _ = await asyncio.wait(
+                        [t for t in in_flight if t not in done], timeout=linger
+                    )
+                    done |= more
                 for task in done:
                     in_flight.pop(task)
                     finished.append(task.result())
@@ -382,11 +406,21 @@ class OutboxWorker:
             self._abandoned.extend(finished)
             raise
 
+    def _linger(self) -> float:
+        """How long a finished lane waits for the others before the next transaction.
+
+        A fraction of a typical SMTP transaction, and never more than LINGER_MAX: with
+        a fast server it turns one commit per copy into one per several copies; with
+        a slow one it is nothing beside the transaction itself.
+        """
+        return min(LINGER_MAX_SECONDS, LINGER_FRACTION * self._typical_send)
+
     async def _deliver(self, copy: ClaimedCopy) -> Settlement:
         plan = self._plans[copy.message_id]
         if plan.smtp is None:
             return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, plan.problem)
         mailer = self.pool.take(plan.smtp)
+        started = time.monotonic()
         try:
             data = plan.render(copy)
             delivery = await mailer.send(plan.context.sender_address, copy.address, data)
@@ -415,6 +449,8 @@ class OutboxWorker:
             )
         else:
             self.pool.give_back(plan.smtp, mailer)
+            took = time.monotonic() - started
+            self._typical_send += (took - self._typical_send) * 0.1
         return self._settlement(copy, delivery)
 
     def _settlement(
@@ -464,15 +500,41 @@ class OutboxWorker:
             return repository.has_due_copies(conn, utcnow())
 
     def _settle_and_claim(self, settlements: list[Settlement], want: int) -> list[ClaimedCopy]:
+        """One transaction: the outcomes of finished copies, and claims for the free lanes."""
         now = utcnow()
-        with self._connect() as conn, conn.begin():
-            repository.settle_copies(conn, self.worker_id, now, settlements)
-            claimed = repository.claim_copies(conn, self.worker_id, now, want)
-            missing = {c.message_id for c in claimed} - self._plans.keys()
-            contexts = repository.load_send_contexts(conn, missing)
+        # One connection for the whole pass: no pool checkout (nor PostgreSQL's
+        # pre-ping) per round.
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            with conn.begin():
+                repository.settle_copies(
+                    conn, self.worker_id, now, settlements, messages_started=self._started
+                )
+                claimed = repository.claim_copies(conn, self.worker_id, now, want)
+                missing = {c.message_id for c in claimed} - self._plans.keys()
+                contexts = repository.load_send_contexts(conn, missing)
+        except SQLAlchemyError:
+            self._conn = None
+            with contextlib.suppress(SQLAlchemyError):
+                conn.invalidate()
+            conn.close()
+            raise
+        self._touched.update(s.message_id for s in settlements)
         for message_id, context in contexts.items():
             self._plans[message_id] = self._plan(context)
         return claimed
+
+    def _end_pass(self, touched: set[int]) -> None:
+        """Close the send requests the pass finished, and give the connection back."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            conn = self._connect()
+        with conn:
+            if touched:
+                with conn.begin():
+                    repository.complete_outbox_entries(conn, touched, utcnow())
 
     def _plan(self, context: SendContext) -> _Plan:
         if context.mailbox_id is None:

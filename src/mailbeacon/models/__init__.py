@@ -13,6 +13,7 @@ from mailbeacon.models.message import (
     RecipientKind,
     TrackingDecision,
 )
+from mailbeacon.models.notification import Notification, NotificationKind
 from mailbeacon.models.outbox import DemoMessage, OutboxEntry
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "MailboxConnection",
     "Message",
     "MessageLink",
+    "Notification",
+    "NotificationKind",
     "Organisation",
     "OutboxEntry",
     "RecipientCopy",

@@ -81,7 +81,9 @@ class RecipientCopy(Base):
     __table_args__ = (Index("ix_recipient_copies_status_next", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
     address: Mapped[str] = mapped_column(String(320))
     kind: Mapped[RecipientKind] = mapped_column(String(8), default=RecipientKind.TO)
     decision: Mapped[TrackingDecision] = mapped_column(String(32))
@@ -99,6 +101,9 @@ class RecipientCopy(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_at: Mapped[datetime | None]
     smtp_reply: Mapped[str] = mapped_column(String(1000), default="")
+    # Any event, person or machine; lets the writer skip the history look-up
+    # for copies that had no recent hit (the common case).
+    last_event_at: Mapped[datetime | None]
 
     open_count: Mapped[int] = mapped_column(Integer, default=0)
     click_count: Mapped[int] = mapped_column(Integer, default=0)

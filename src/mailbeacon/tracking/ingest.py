@@ -32,31 +32,39 @@ class Ingest:
         *,
         batch_max: int = 1024,
         retry_seconds: float = 1.0,
+        writers: int = 1,
     ) -> None:
         self._write_batch = write_batch
         self._spool = spool
         self._batch_max = batch_max
         self._retry_seconds = retry_seconds
         self._queue: asyncio.Queue[tuple[Hit, asyncio.Future[None]] | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._writers_wanted = writers
+        self._writers: list[asyncio.Task[None]] = []
         self._replayer: asyncio.Task[None] | None = None
         self._db_retry_at = 0.0
         self.database_up = True
         self.stats = {"written": 0, "spooled": 0, "replayed": 0, "lost": 0, "batches": 0}
 
     async def start(self) -> None:
-        if self._writer is not None:
+        if self._writers:
             return
-        self._writer = asyncio.create_task(self._write_loop(), name="mailbeacon-ingest-writer")
+        # Several writers only help where commits can overlap (PostgreSQL groups
+        # concurrent WAL flushes); SQLite has one writer lock, so it gets one.
+        self._writers = [
+            asyncio.create_task(self._write_loop(), name=f"mailbeacon-ingest-writer-{i}")
+            for i in range(self._writers_wanted)
+        ]
         self._replayer = asyncio.create_task(self._replay_loop(), name="mailbeacon-spool-replay")
 
     async def stop(self) -> None:
         """Flush every queued hit, replay what the spool holds if possible, and stop."""
-        if self._writer is None:
+        if not self._writers:
             return
-        await self._queue.put(None)
-        await self._writer
-        self._writer = None
+        for _ in self._writers:
+            await self._queue.put(None)
+        await asyncio.gather(*self._writers)
+        self._writers = []
         if self._replayer is not None:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -66,7 +74,7 @@ class Ingest:
 
     async def record(self, hit: Hit) -> None:
         """Queue a hit and return once it is durable."""
-        if self._writer is None:
+        if not self._writers:
             raise RuntimeError("ingest is not running")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((hit, fut))
@@ -81,11 +89,11 @@ class Ingest:
                 stopping = True
             else:
                 batch.append(item)
-            while len(batch) < self._batch_max and not self._queue.empty():
+            while not stopping and len(batch) < self._batch_max and not self._queue.empty():
                 nxt = self._queue.get_nowait()
                 if nxt is None:
                     stopping = True
-                    continue
+                    break
                 batch.append(nxt)
             if batch:
                 await self._store([h for h, _ in batch])

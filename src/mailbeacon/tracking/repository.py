@@ -9,13 +9,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, case, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, func, select
 
-from mailbeacon.models import EventKind, LinkClickStat, Message, RecipientCopy, TrackingEvent
-from mailbeacon.models.base import UTCDateTime
+from mailbeacon.models import (
+    EventKind,
+    EventLabel,
+    LinkClickStat,
+    Message,
+    RecipientCopy,
+    TrackingEvent,
+)
 from mailbeacon.models.event import PERSON_LABELS
 from mailbeacon.tracking.classify import HitSignals, Policy, PriorHit, classify_hit
+from mailbeacon.tracking.event_sql import EventSql, event_sql
 from mailbeacon.tracking.hits import Hit
 
 log = logging.getLogger(__name__)
@@ -37,8 +43,10 @@ class _Figures:
     last_open: datetime | None = None
     first_click: datetime | None = None
     last_click: datetime | None = None
+    last_event: datetime | None = None
 
     def add(self, kind: str, person: bool, at: datetime) -> None:
+        self.last_event = at if self.last_event is None else max(self.last_event, at)
         if not person:
             self.machine += 1
         elif kind == EventKind.OPEN:
@@ -50,17 +58,18 @@ class _Figures:
             self.first_click = at if self.first_click is None else min(self.first_click, at)
             self.last_click = at if self.last_click is None else max(self.last_click, at)
 
-    def params(self, key: int) -> dict[str, Any]:
-        return {
-            "k_id": key,
-            "d_opens": self.opens,
-            "d_clicks": self.clicks,
-            "d_machine": self.machine,
-            "f_open": self.first_open,
-            "l_open": self.last_open,
-            "f_click": self.first_click,
-            "l_click": self.last_click,
-        }
+    def params(self, key: int, sql: EventSql, *, with_last_event: bool) -> tuple[Any, ...]:
+        return (
+            self.opens,
+            self.clicks,
+            self.machine,
+            *sql.ts_param(self.first_open),
+            *sql.ts_param(self.last_open),
+            *sql.ts_param(self.first_click),
+            *sql.ts_param(self.last_click),
+            *(sql.ts_param(self.last_event) if with_last_event else ()),
+            key,
+        )
 
 
 @dataclass(slots=True)
@@ -83,124 +92,79 @@ def source_key(hit: Hit) -> str:
     return f"{hit.ip_prefix or '-'}|{hit.user_agent}"
 
 
-def _earliest(col: Any, name: str) -> Any:
-    p = bindparam(name, type_=UTCDateTime())
-    return case((p.is_(None), col), ((col.is_(None)) | (col > p), p), else_=col)
-
-
-def _latest(col: Any, name: str) -> Any:
-    p = bindparam(name, type_=UTCDateTime())
-    return case((p.is_(None), col), ((col.is_(None)) | (col < p), p), else_=col)
-
-
-def _figures_update(table: Any) -> Any:
-    c = table.c
-    return (
-        update(table)
-        .where(c.id == bindparam("k_id"))
-        .values(
-            open_count=c.open_count + bindparam("d_opens"),
-            click_count=c.click_count + bindparam("d_clicks"),
-            machine_event_count=c.machine_event_count + bindparam("d_machine"),
-            first_open_at=_earliest(c.first_open_at, "f_open"),
-            last_open_at=_latest(c.last_open_at, "l_open"),
-            first_click_at=_earliest(c.first_click_at, "f_click"),
-            last_click_at=_latest(c.last_click_at, "l_click"),
-        )
-    )
-
-
-_COPY_UPDATE = _figures_update(_copies)
-_MESSAGE_UPDATE = _figures_update(_messages)
-
-
-def _upsert_link_stats(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    dialect = conn.dialect.name
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_link_stats)
-    ex = ins.excluded
-    c = _link_stats.c
-    stmt = ins.on_conflict_do_update(
-        index_elements=[c.copy_id, c.position],
-        set_={
-            "click_count": c.click_count + ex.click_count,
-            "machine_click_count": c.machine_click_count + ex.machine_click_count,
-            "first_click_at": case(
-                (ex.first_click_at.is_(None), c.first_click_at),
-                ((c.first_click_at.is_(None)) | (c.first_click_at > ex.first_click_at),
-                 ex.first_click_at),
-                else_=c.first_click_at,
-            ),
-            "last_click_at": case(
-                (ex.last_click_at.is_(None), c.last_click_at),
-                ((c.last_click_at.is_(None)) | (c.last_click_at < ex.last_click_at),
-                 ex.last_click_at),
-                else_=c.last_click_at,
-            ),
-        },
-    )
-    conn.execute(stmt, rows)
+# Burst and duplicate rules look only at the most recent hits of a copy; a copy
+# hammered by a scanner must not make every batch read its whole history.
+RECENT_PER_COPY = 8
 
 
 def _chunks(seq: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
-def write_hits(engine: Engine, hits: list[Hit], policy: Policy, *, replay: bool = False) -> WriteResult:
+@dataclass(frozen=True, slots=True)
+class CopyContext:
+    """What the writer needs to know about a copy to classify and attribute a hit."""
+
+    message_id: int
+    user_id: int | None
+    sent_at: datetime | None
+    last_event_at: datetime | None
+
+
+def write_hits(
+    engine: Engine, hits: list[Hit], policy: Policy, *, replay: bool = False
+) -> WriteResult:
     """Classify a batch of hits and store them with the figures, in one transaction.
 
     With ``replay`` set, hits whose uid is already stored are skipped, which is
     what makes a spool replay exactly-once.
     """
     result = WriteResult()
+    sql = event_sql(engine.dialect.name)
     with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
         if replay:
             seen: set[str] = set()
             for chunk in _chunks([h.uid for h in hits]):
-                seen.update(conn.scalars(select(_events.c.uid).where(_events.c.uid.in_(chunk))))
+                seen.update(r[0] for r in conn.exec_driver_sql(*sql.stored_uids(chunk)))
             result.skipped_duplicates = sum(1 for h in hits if h.uid in seen)
             hits = [h for h in hits if h.uid not in seen]
         if not hits:
             return result
         hits = sorted(hits, key=lambda h: h.occurred_at)
-        copy_ids = sorted({h.copy_id for h in hits})
-        copies: dict[int, Any] = {}
-        for chunk in _chunks(copy_ids):
-            rows = conn.execute(
-                select(
-                    _copies.c.id,
-                    _copies.c.message_id,
-                    _copies.c.sent_at,
-                    _messages.c.user_id,
-                    _messages.c.sent_at.label("message_sent_at"),
+        copies: dict[int, CopyContext] = {}
+        for chunk in _chunks(sorted({h.copy_id for h in hits})):
+            for cid, mid, c_sent, last_event, uid, m_sent in conn.exec_driver_sql(
+                *sql.copy_context(chunk)
+            ):
+                copies[cid] = CopyContext(
+                    mid, uid, sql.read_ts(c_sent) or sql.read_ts(m_sent), sql.read_ts(last_event)
                 )
-                .join(_messages, _messages.c.id == _copies.c.message_id)
-                .where(_copies.c.id.in_(chunk))
-            )
-            copies.update({r.id: r for r in rows})
 
         window = max(policy.burst_seconds, policy.duplicate_seconds)
         since = datetime.fromtimestamp(hits[0].occurred_at - window, UTC)
-        prior: dict[int, list[tuple[float, str, int | None, str, str]]] = defaultdict(list)
-        for chunk in _chunks(list(copies)):
-            for r in conn.execute(
-                select(
-                    _events.c.copy_id,
-                    _events.c.occurred_at,
-                    _events.c.kind,
-                    _events.c.link_position,
-                    _events.c.ip_prefix,
-                    _events.c.user_agent,
-                    _events.c.label,
-                ).where(_events.c.copy_id.in_(chunk), _events.c.occurred_at >= since)
+        prior: dict[int, list[tuple[float, str, int | None, str, EventLabel]]] = defaultdict(list)
+        # Only copies hit within the window can have history that matters; most
+        # hits are a copy's first in a while, and skip this query.
+        recently_hit = [
+            cid
+            for cid, c in copies.items()
+            if c.last_event_at is not None and c.last_event_at >= since
+        ]
+        for chunk in _chunks(recently_hit):
+            for cid, at, kind, pos, prefix, ua, label in conn.exec_driver_sql(
+                *sql.recent_events(chunk, since, RECENT_PER_COPY)
             ):
-                at = r.occurred_at.replace(tzinfo=UTC) if r.occurred_at.tzinfo is None else r.occurred_at
-                key = f"{r.ip_prefix or '-'}|{r.user_agent}"
-                prior[r.copy_id].append((at.timestamp(), r.kind, r.link_position, key, r.label))
+                when = sql.read_ts(at)
+                assert when is not None
+                prior[cid].append(
+                    (when.timestamp(), kind, pos, f"{prefix or '-'}|{ua}", EventLabel(label))
+                )
 
         event_rows: list[dict[str, Any]] = []
         copy_figs: dict[int, _Figures] = defaultdict(_Figures)
         message_figs: dict[int, _Figures] = defaultdict(_Figures)
         link_figs: dict[tuple[int, int], _LinkFigures] = defaultdict(_LinkFigures)
+        recorded_at = datetime.now(UTC)
         for hit in hits:
             copy = copies.get(hit.copy_id)
             if copy is None:
@@ -208,8 +172,9 @@ def write_hits(engine: Engine, hits: list[Hit], policy: Policy, *, replay: bool 
                 # data must not come back.
                 result.unknown_copies += 1
                 continue
-            sent_at = copy.sent_at or copy.message_sent_at
-            after_send = None if sent_at is None else hit.occurred_at - _ts(sent_at)
+            after_send = (
+                None if copy.sent_at is None else hit.occurred_at - copy.sent_at.timestamp()
+            )
             key = source_key(hit)
             signals = HitSignals(
                 kind=hit.kind,
@@ -225,13 +190,20 @@ def write_hits(engine: Engine, hits: list[Hit], policy: Policy, *, replay: bool 
                 source_key=key,
             )
             history = [
-                PriorHit(kind=k, link_position=lp, source_key=sk,
-                         seconds_before=hit.occurred_at - at, label=lb)
+                PriorHit(
+                    kind=k,
+                    link_position=lp,
+                    source_key=sk,
+                    seconds_before=hit.occurred_at - at,
+                    label=lb,
+                )
                 for at, k, lp, sk, lb in prior[hit.copy_id]
                 if at <= hit.occurred_at
             ]
             verdict = classify_hit(signals, history, policy)
-            prior[hit.copy_id].append((hit.occurred_at, hit.kind, hit.link_position, key, verdict.label))
+            prior[hit.copy_id].append(
+                (hit.occurred_at, hit.kind, hit.link_position, key, verdict.label)
+            )
             at = datetime.fromtimestamp(hit.occurred_at, UTC)
             event_rows.append(
                 {
@@ -241,8 +213,8 @@ def write_hits(engine: Engine, hits: list[Hit], policy: Policy, *, replay: bool 
                     "kind": hit.kind,
                     "link_position": hit.link_position,
                     "occurred_at": at,
-                    "recorded_at": datetime.now(UTC),
-                    "label": verdict.label,
+                    "recorded_at": recorded_at,
+                    "label": str(verdict.label),
                     "reason": verdict.reason[:300],
                     "user_agent": hit.user_agent,
                     "ip_prefix": hit.ip_prefix,
@@ -267,24 +239,26 @@ def write_hits(engine: Engine, hits: list[Hit], policy: Policy, *, replay: bool 
 
         if not event_rows:
             return result
-        conn.execute(insert(_events), event_rows)
-        conn.execute(_COPY_UPDATE, [f.params(k) for k, f in copy_figs.items()])
-        conn.execute(_MESSAGE_UPDATE, [f.params(k) for k, f in message_figs.items()])
+        stamp = sql.ts(recorded_at)
+        conn.exec_driver_sql(sql.insert_event, [sql.event_row(e, stamp) for e in event_rows])
+        conn.exec_driver_sql(
+            sql.update_copy,
+            # Rows are locked in id order so that concurrent writers never deadlock.
+            [f.params(k, sql, with_last_event=True) for k, f in sorted(copy_figs.items())],
+        )
+        conn.exec_driver_sql(
+            sql.update_message,
+            [f.params(k, sql, with_last_event=False) for k, f in sorted(message_figs.items())],
+        )
         if link_figs:
-            _upsert_link_stats(
-                conn,
+            conn.exec_driver_sql(
+                sql.upsert_link,
                 [
-                    {
-                        "copy_id": cid,
-                        "position": pos,
-                        "click_count": lf.clicks,
-                        "machine_click_count": lf.machine,
-                        "first_click_at": lf.first,
-                        "last_click_at": lf.last,
-                    }
-                    for (cid, pos), lf in link_figs.items()
+                    (cid, pos, lf.clicks, lf.machine, sql.ts(lf.first), sql.ts(lf.last))
+                    for (cid, pos), lf in sorted(link_figs.items())
                 ],
             )
+        # notifications hook
         result.written = len(event_rows)
     return result
 
@@ -300,6 +274,4 @@ def latest_events(conn: Connection, limit: int) -> list[dict[str, Any]]:
 
 
 def count_events(conn: Connection) -> int:
-    from sqlalchemy import func
-
     return int(conn.scalar(select(func.count()).select_from(_events)) or 0)

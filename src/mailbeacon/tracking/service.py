@@ -25,11 +25,19 @@ def decide_tracking(
 ) -> CopyPlan:
     """What tracking a copy gets, and why; the reason is shown to the sender."""
     if not open_tracking and not link_tracking:
-        return CopyPlan(TrackingDecision.DISABLED_BY_USER, "Tracking was switched off for this email.",
-                        False, False)
+        return CopyPlan(
+            TrackingDecision.DISABLED_BY_USER,
+            "Tracking was switched off for this email.",
+            False,
+            False,
+        )
     if is_empty_body(html, text):
-        return CopyPlan(TrackingDecision.EMPTY_BODY,
-                        "The email has no visible content, so it is not tracked.", False, False)
+        return CopyPlan(
+            TrackingDecision.EMPTY_BODY,
+            "The email has no visible content, so it is not tracked.",
+            False,
+            False,
+        )
     if html is None:
         return CopyPlan(
             TrackingDecision.PLAIN_TEXT if link_tracking else TrackingDecision.DISABLED_BY_USER,
@@ -46,15 +54,24 @@ class TrackingService:
     def record_links(self, session: Session, message: Message) -> None:
         """Store the message's trackable destinations once, by position."""
         existing = set(
-            session.scalars(select(MessageLink.position).where(MessageLink.message_id == message.id))
+            session.scalars(
+                select(MessageLink.position).where(MessageLink.message_id == message.id)
+            )
         )
         for link in find_links(message.body_html, message.body_text):
             if link.position not in existing:
-                session.add(MessageLink(message_id=message.id, position=link.position,
-                                        url=link.url, text=link.text))
+                session.add(
+                    MessageLink(
+                        message_id=message.id, position=link.position, url=link.url, text=link.text
+                    )
+                )
 
     def instrument_copy(
-        self, session: Session, message: Message, copy: RecipientCopy, codec: TokenCodec,
+        self,
+        session: Session,
+        message: Message,
+        copy: RecipientCopy,
+        codec: TokenCodec,
         base_url: str,
     ) -> Instrumented:
         """Decide the copy's tracking, store the decision and its tracked bodies."""

@@ -97,7 +97,9 @@ class TokenCodec:
 
     def mint_viewer_token(self, user_id: int) -> str:
         """A cookie value that tells the edge "this browser belongs to user N"."""
-        return _b64encode(self._prefix + self._primary_cipher.encrypt(struct.pack(">Q", user_id), _VIEWER_AD))
+        return _b64encode(
+            self._prefix + self._primary_cipher.encrypt(struct.pack(">Q", user_id), _VIEWER_AD)
+        )
 
     def read_viewer_token(self, token: str) -> int:
         if len(token) != OPEN_TOKEN_CHARS:

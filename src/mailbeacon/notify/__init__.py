@@ -1,0 +1,1 @@
+"""Notifications raised by tracking activity, and the live stream that carries them."""

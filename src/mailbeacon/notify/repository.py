@@ -1,0 +1,214 @@
+"""Every query of the notify domain.
+
+The batch queries (``open_state``, ``click_state``, ``insert_notifications``,
+``bump_notifications``) run inside the ingest writer's transaction on its plain
+connection, so they use SQLAlchemy Core and load the state of a whole batch at
+once. The feed queries take the request's session, and every one of them is
+scoped to the signed-in user: another user's notification does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Row,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from mailbeacon.models import (
+    LinkClickStat,
+    Message,
+    MessageLink,
+    Notification,
+    NotificationKind,
+    RecipientCopy,
+    User,
+)
+from mailbeacon.notify.live import CHANNEL, Wake, encode_wake
+
+_notifications = cast(Table, Notification.__table__)
+_copies = cast(Table, RecipientCopy.__table__)
+_messages = cast(Table, Message.__table__)
+_users = cast(Table, User.__table__)
+_link_stats = cast(Table, LinkClickStat.__table__)
+_links = cast(Table, MessageLink.__table__)
+
+OPEN_KINDS = (NotificationKind.FIRST_OPEN, NotificationKind.REOPEN)
+
+
+# ------------------------------------------------------------------ the writer's batch
+
+
+def open_state(conn: Connection, copy_ids: Sequence[int]) -> list[Row[Any]]:
+    """For each copy whose sender wants notifications: its figures, its message and the
+    latest open notification (if any), in one query.
+
+    The latest open notification is the one with the highest id: collapsing only
+    moves ``updated_at`` forward, and a newer notification always has a higher id.
+    """
+    latest = (
+        select(_notifications.c.copy_id, func.max(_notifications.c.id).label("nid"))
+        .where(
+            _notifications.c.copy_id.in_(copy_ids),
+            _notifications.c.kind.in_([str(k) for k in OPEN_KINDS]),
+        )
+        .group_by(_notifications.c.copy_id)
+        .subquery()
+    )
+    n = _notifications.alias("n")
+    query = (
+        select(
+            _copies.c.id,
+            _copies.c.address,
+            _copies.c.open_count,
+            _copies.c.message_id,
+            _messages.c.subject,
+            _users.c.id.label("user_id"),
+            _users.c.notify_quiet_minutes,
+            n.c.id.label("notification_id"),
+            n.c.updated_at.label("notified_at"),
+        )
+        .join(_messages, _messages.c.id == _copies.c.message_id)
+        .join(_users, _users.c.id == _messages.c.user_id)
+        .outerjoin(latest, latest.c.copy_id == _copies.c.id)
+        .outerjoin(n, n.c.id == latest.c.nid)
+        .where(_copies.c.id.in_(copy_ids), _users.c.notify_tracking.is_(True))
+    )
+    return list(conn.execute(query))
+
+
+def click_state(conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Row[Any]]:
+    """Per (copy, link position): the person clicks counted so far and what the link is,
+    for copies whose sender wants notifications."""
+    query = (
+        select(
+            _copies.c.id.label("copy_id"),
+            _copies.c.address,
+            _copies.c.message_id,
+            _messages.c.subject,
+            _users.c.id.label("user_id"),
+            _link_stats.c.position,
+            _link_stats.c.click_count,
+            _links.c.url,
+            _links.c.text,
+        )
+        .join(_messages, _messages.c.id == _copies.c.message_id)
+        .join(_users, _users.c.id == _messages.c.user_id)
+        .join(_link_stats, _link_stats.c.copy_id == _copies.c.id)
+        .outerjoin(
+            _links,
+            (_links.c.message_id == _copies.c.message_id)
+            & (_links.c.position == _link_stats.c.position),
+        )
+        .where(
+            tuple_(_copies.c.id, _link_stats.c.position).in_(list(pairs)),
+            _users.c.notify_tracking.is_(True),
+        )
+    )
+    return list(conn.execute(query))
+
+
+def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(_notifications), rows)
+
+
+_BUMP = (
+    update(_notifications)
+    .where(_notifications.c.id == bindparam("n_id"))
+    .values(
+        occurrences=_notifications.c.occurrences + bindparam("n_more"),
+        updated_at=bindparam("n_at", type_=_notifications.c.updated_at.type),
+    )
+)
+
+
+def bump_notifications(conn: Connection, bumps: dict[int, tuple[int, datetime]]) -> None:
+    """Add occurrences to existing notifications (repeated opens inside the quiet period)."""
+    if bumps:
+        conn.execute(
+            _BUMP,
+            [{"n_id": nid, "n_more": more, "n_at": at} for nid, (more, at) in bumps.items()],
+        )
+
+
+def announce(conn: Connection | Session, wake: Wake) -> None:
+    """On PostgreSQL, queue the wake for delivery when the caller's transaction commits."""
+    for payload in encode_wake(wake):
+        conn.execute(select(func.pg_notify(CHANNEL, payload)))
+
+
+# ------------------------------------------------------------------ the feed
+
+
+def list_notifications(
+    session: Session, user_id: int, before: tuple[datetime, int] | None, limit: int
+) -> list[Notification]:
+    """The user's notifications, newest first (keyset pagination on created_at, id)."""
+    query = select(Notification).where(Notification.user_id == user_id)
+    if before is not None:
+        query = query.where(tuple_(Notification.created_at, Notification.id) < before)
+    query = query.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def count_unread(session: Session, user_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(_notifications)
+            .where(_notifications.c.user_id == user_id, _notifications.c.read_at.is_(None))
+        )
+        or 0
+    )
+
+
+def owned_ids(session: Session, user_id: int, ids: Sequence[int]) -> set[int]:
+    """Which of these notification ids are the user's."""
+    if not ids:
+        return set()
+    return set(
+        session.scalars(
+            select(_notifications.c.id).where(
+                _notifications.c.user_id == user_id, _notifications.c.id.in_(list(ids))
+            )
+        )
+    )
+
+
+def mark_read(session: Session, user_id: int, ids: Sequence[int], now: datetime) -> None:
+    if ids:
+        session.execute(
+            update(_notifications)
+            .where(
+                _notifications.c.user_id == user_id,
+                _notifications.c.id.in_(list(ids)),
+                _notifications.c.read_at.is_(None),
+            )
+            .values(read_at=now)
+        )
+
+
+def mark_all_read(session: Session, user_id: int, now: datetime) -> int:
+    result = session.execute(
+        update(_notifications)
+        .where(_notifications.c.user_id == user_id, _notifications.c.read_at.is_(None))
+        .values(read_at=now)
+    )
+    return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+def get_user(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)

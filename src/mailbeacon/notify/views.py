@@ -1,0 +1,116 @@
+"""Pages: the Sales Assistant (the notification feed) and its forms."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from mailbeacon.notify.schemas import NotificationSettings
+from mailbeacon.notify.service import NotificationNotFound, notification_service
+from mailbeacon.tracking.activity import InvalidCursor
+from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, get_runtime, render
+
+router = APIRouter(include_in_schema=False)
+
+NOTICES = {
+    "settings": "Your notification settings are saved.",
+    "all-read": "All notifications are marked read.",
+}
+
+
+@router.get("/assistant", response_class=HTMLResponse)
+def assistant(
+    request: Request,
+    session: DbSession,
+    viewer: SignedInViewer,
+    before: str = "",
+    notice: str = "",
+    error: str = "",
+) -> Response:
+    """The Sales Assistant: who opened what and clicked which link, newest first."""
+    try:
+        page = notification_service.feed(session, viewer.user, before or None)
+    except InvalidCursor as exc:
+        raise HTTPException(status_code=404) from exc
+    return render(
+        request,
+        "notify/assistant.html",
+        {
+            "active": "assistant",
+            "page": page,
+            "paged": bool(before),
+            "settings": notification_service.settings(viewer.user),
+            "notice": NOTICES.get(notice, ""),
+            "error": error == "settings",
+        },
+    )
+
+
+@router.get("/assistant/items", response_class=HTMLResponse)
+def assistant_items(request: Request, session: DbSession, viewer: SignedInViewer) -> Response:
+    """The newest notifications as HTML, for the feed's live updates."""
+    page = notification_service.feed(session, viewer.user)
+    return render(request, "notify/_items.html", {"page": page})
+
+
+@router.post("/assistant/read-all")
+def read_all(
+    request: Request, session: DbSession, viewer: CheckedViewer, background: BackgroundTasks
+) -> Response:
+    wake = notification_service.mark_all_read(session, viewer.user)
+    background.add_task(get_runtime(request).live.publish, wake)
+    return RedirectResponse("/assistant?notice=all-read", status_code=303)
+
+
+@router.post("/assistant/{notification_id}/read")
+def read_one(
+    request: Request,
+    session: DbSession,
+    viewer: CheckedViewer,
+    notification_id: int,
+    background: BackgroundTasks,
+) -> Response:
+    try:
+        wake = notification_service.mark_read(session, viewer.user, [notification_id])
+    except NotificationNotFound as exc:
+        raise HTTPException(status_code=404) from exc
+    background.add_task(get_runtime(request).live.publish, wake)
+    return RedirectResponse("/assistant", status_code=303)
+
+
+@router.post("/assistant/{notification_id}/open")
+def open_one(
+    request: Request,
+    session: DbSession,
+    viewer: CheckedViewer,
+    notification_id: int,
+    background: BackgroundTasks,
+) -> Response:
+    """Mark the notification read and go to its email."""
+    try:
+        found = notification_service.get(session, viewer.user, notification_id)
+        wake = notification_service.mark_read(session, viewer.user, [notification_id])
+    except NotificationNotFound as exc:
+        raise HTTPException(status_code=404) from exc
+    background.add_task(get_runtime(request).live.publish, wake)
+    return RedirectResponse(f"/mail/{found.message_id}", status_code=303)
+
+
+@router.post("/assistant/settings")
+def save_settings(
+    session: DbSession,
+    viewer: CheckedViewer,
+    quiet_minutes: Annotated[str, Form()] = "",
+    notify_tracking: Annotated[bool, Form()] = False,
+) -> Response:
+    try:
+        data = NotificationSettings(
+            notify_tracking=notify_tracking, quiet_minutes=int(quiet_minutes.strip() or "-1")
+        )
+    except (ValueError, ValidationError):
+        return RedirectResponse("/assistant?error=settings", status_code=303)
+    notification_service.save_settings(session, viewer.user, data)
+    return RedirectResponse("/assistant?notice=settings", status_code=303)

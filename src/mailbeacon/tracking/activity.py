@@ -1,0 +1,728 @@
+"""The read side of tracking: the Mail tab, an email's detail, its timeline.
+
+Every query here is scoped to the sending user: another user's email does not
+exist (``MailNotFound``), whatever organisation they share. The list reads the
+figures the ingest writer keeps on ``messages`` and ``recipient_copies`` and
+never counts events; a page of emails costs three queries whatever the history:
+the page itself (keyset pagination on the ``(user_id, created_at)`` index), the
+page's copies, and the newest events of each of the page's emails for the
+hover lists (each email's own index range, bounded by ``HOVER_EVENTS``).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import nh3
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, or_, select, tuple_, union_all
+from sqlalchemy.orm import Session
+
+from mailbeacon.kit.clock import as_utc
+from mailbeacon.models import (
+    EventKind,
+    EventLabel,
+    LinkClickStat,
+    Message,
+    MessageLink,
+    RecipientCopy,
+    TrackingEvent,
+)
+from mailbeacon.models.event import PERSON_LABELS
+from mailbeacon.tracking.schemas import (
+    EventOut,
+    EventPageOut,
+    IconOut,
+    LinkClicksOut,
+    LinkOut,
+    MailDetailOut,
+    MailFilter,
+    MailPageOut,
+    MailRowOut,
+    RecipientDetailOut,
+    RecipientOut,
+)
+from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
+
+# A result row; SQLAlchemy's typed rows add nothing for column lists built at run time.
+_Row = Any
+
+_messages = cast(Table, Message.__table__)
+_copies = cast(Table, RecipientCopy.__table__)
+_events = cast(Table, TrackingEvent.__table__)
+_links = cast(Table, MessageLink.__table__)
+_link_stats = cast(Table, LinkClickStat.__table__)
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+# Events per email in the hover lists; the rest is one click away, on the timeline.
+HOVER_EVENTS = 40
+TIMELINE_PAGE = 200
+MAX_SEARCH_CHARS = 200
+
+
+class MailNotFound(Exception):
+    """No such email among the user's own (another user's email is never found)."""
+
+
+class InvalidCursor(ValueError):
+    """A pagination cursor this server did not hand out."""
+
+
+# ------------------------------------------------------------------ words
+
+
+_OPEN_WORDS = {
+    EventLabel.HUMAN: "opened",
+    EventLabel.APPLE_MPP: "Apple Mail privacy fetch, open not confirmed",
+    EventLabel.SCANNER: "security scanner",
+    EventLabel.SELF: "your own view",
+    EventLabel.LINK_PREVIEW: "link preview",
+    EventLabel.PREFETCH: "prefetch, before anyone read it",
+    EventLabel.TOO_FAST: "machine: too soon after sending",
+    EventLabel.BURST: "machine: several links at once",
+    EventLabel.DUPLICATE: "repeat of the hit before",
+}
+_CLICK_WORDS = {
+    **_OPEN_WORDS,
+    EventLabel.HUMAN: "clicked",
+    EventLabel.SELF: "your own click",
+}
+
+
+def judged(kind: str, label: str, reason: str) -> str:
+    """How an event was judged, in the words the pages use."""
+    if label == EventLabel.IMAGE_PROXY:
+        proxy = "Yahoo's" if reason.lower().startswith("yahoo") else "Gmail's"
+        return f"{'opened' if kind == EventKind.OPEN else 'clicked'} via {proxy} image proxy"
+    words = _OPEN_WORDS if kind == EventKind.OPEN else _CLICK_WORDS
+    return words.get(cast(EventLabel, label), label.replace("_", " "))
+
+
+# ------------------------------------------------------------------ cursors
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_cursor(at: datetime, row_id: int) -> str:
+    """An opaque keyset position: microseconds since the epoch, and a row id."""
+    return f"{(as_utc(at) - _EPOCH) // timedelta(microseconds=1)}.{row_id}"
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    if not cursor:
+        return None
+    micros, _, row_id = cursor.partition(".")
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros)), int(row_id)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidCursor(cursor) from exc
+
+
+# ------------------------------------------------------------------ the list
+
+_ROW_COLUMNS = (
+    _messages.c.id,
+    _messages.c.subject,
+    _messages.c.created_at,
+    _messages.c.sent_at,
+    _messages.c.to_header,
+    _messages.c.cc_header,
+    _messages.c.open_tracking,
+    _messages.c.link_tracking,
+    _messages.c.open_count,
+    _messages.c.click_count,
+    _messages.c.machine_event_count,
+    _messages.c.first_open_at,
+    _messages.c.last_open_at,
+    _messages.c.first_click_at,
+    _messages.c.last_click_at,
+)
+
+
+def _filter_clause(mail_filter: MailFilter | None) -> ColumnElement[bool] | None:
+    m = _messages.c
+    if mail_filter == MailFilter.TRACKED:
+        return or_(m.open_tracking.is_(True), m.link_tracking.is_(True))
+    if mail_filter == MailFilter.OPENED:
+        return m.open_count > 0
+    if mail_filter == MailFilter.CLICKED:
+        return m.click_count > 0
+    if mail_filter == MailFilter.NOT_OPENED:
+        return and_(m.open_tracking.is_(True), m.open_count == 0)
+    return None
+
+
+def _search_clause(q: str) -> ColumnElement[bool]:
+    """Subject or any recipient (To and Cc from the headers, Bcc from the copies)."""
+    m = _messages.c
+    return or_(
+        m.subject.icontains(q, autoescape=True),
+        m.to_header.icontains(q, autoescape=True),
+        m.cc_header.icontains(q, autoescape=True),
+        exists().where(
+            _copies.c.message_id == m.id, _copies.c.address.icontains(q, autoescape=True)
+        ),
+    )
+
+
+def _list_query(
+    user_id: int,
+    mail_filter: MailFilter | None,
+    q: str,
+) -> Select[Any]:
+    query = select(*_ROW_COLUMNS).where(
+        _messages.c.user_id == user_id, _messages.c.is_preview.is_(False)
+    )
+    clause = _filter_clause(mail_filter)
+    if clause is not None:
+        query = query.where(clause)
+    if q:
+        query = query.where(_search_clause(q))
+    return query
+
+
+def mail_page(
+    session: Session,
+    user_id: int,
+    *,
+    mail_filter: MailFilter | None = None,
+    q: str = "",
+    before: str | None = None,
+    after: str | None = None,
+    limit: int = PAGE_SIZE,
+) -> MailPageOut:
+    """One page of the user's sent emails, newest first, with icons and hover data."""
+    q = " ".join(q.split())[:MAX_SEARCH_CHARS]
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    query = _list_query(user_id, mail_filter, q)
+    position = tuple_(_messages.c.created_at, _messages.c.id)
+    newer_first = (_messages.c.created_at.desc(), _messages.c.id.desc())
+    older_first = (_messages.c.created_at.asc(), _messages.c.id.asc())
+    after_at = decode_cursor(after)
+    before_at = decode_cursor(before)
+    if after_at is not None:
+        # Walking back towards the newest: read upwards, then turn the page round.
+        newer = query.where(position > after_at).order_by(*older_first)
+        found = list(session.execute(newer.limit(limit + 1)))
+        more_newer = len(found) > limit
+        rows = list(reversed(found[:limit]))
+        more_older = True
+    else:
+        if before_at is not None:
+            query = query.where(position < before_at)
+        found = list(session.execute(query.order_by(*newer_first).limit(limit + 1)))
+        rows = found[:limit]
+        more_older = len(found) > limit
+        more_newer = before_at is not None
+    items = _rows_out(session, rows)
+    first, last = (rows[0], rows[-1]) if rows else (None, None)
+    return MailPageOut(
+        items=items,
+        older_cursor=encode_cursor(last.created_at, last.id) if last and more_older else None,
+        newer_cursor=encode_cursor(first.created_at, first.id) if first and more_newer else None,
+    )
+
+
+def mail_rows(session: Session, user_id: int, message_ids: Iterable[int]) -> list[MailRowOut]:
+    """Some of the user's emails as the list shows them (a live update of a few rows)."""
+    ids = sorted(set(message_ids))[:MAX_PAGE_SIZE]
+    if not ids:
+        return []
+    rows = list(
+        session.execute(
+            select(*_ROW_COLUMNS)
+            .where(_messages.c.user_id == user_id, _messages.c.id.in_(ids))
+            .order_by(_messages.c.created_at.desc(), _messages.c.id.desc())
+        )
+    )
+    return _rows_out(session, rows)
+
+
+def _rows_out(session: Session, rows: Sequence[_Row]) -> list[MailRowOut]:
+    ids = [r.id for r in rows]
+    copies = _copies_of(session, ids)
+    events = _hover_events(session, ids)
+    return [_row_out(r, copies[r.id], events[r.id]) for r in rows]
+
+
+def _copies_of(session: Session, message_ids: Sequence[int]) -> dict[int, list[_Row]]:
+    found: dict[int, list[_Row]] = {m: [] for m in message_ids}
+    if message_ids:
+        for row in session.execute(
+            select(_copies)
+            .where(_copies.c.message_id.in_(message_ids))
+            .order_by(_copies.c.message_id, _copies.c.id)
+        ):
+            found[row.message_id].append(row)
+    return found
+
+
+def _event_columns() -> tuple[Any, ...]:
+    return (
+        _events.c.id,
+        _events.c.message_id,
+        _events.c.copy_id,
+        _events.c.kind,
+        _events.c.link_position,
+        _events.c.occurred_at,
+        _events.c.label,
+        _events.c.reason,
+        _copies.c.address,
+        _links.c.url,
+        _links.c.text,
+    )
+
+
+def _with_names(query: Select[Any]) -> Select[Any]:
+    return query.join(_copies, _copies.c.id == _events.c.copy_id).outerjoin(
+        _links,
+        and_(
+            _links.c.message_id == _events.c.message_id,
+            _links.c.position == _events.c.link_position,
+        ),
+    )
+
+
+def _hover_events(session: Session, message_ids: Sequence[int]) -> dict[int, list[EventOut]]:
+    """The newest ``HOVER_EVENTS`` events of each email, in one query.
+
+    One bounded range of the ``(message_id, occurred_at)`` index per email, so
+    an email that a scanner hammered costs no more than a quiet one.
+    """
+    found: dict[int, list[EventOut]] = {m: [] for m in message_ids}
+    if not message_ids:
+        return found
+    newest = [
+        select(
+            select(_events.c.id)
+            .where(_events.c.message_id == mid)
+            .order_by(_events.c.occurred_at.desc(), _events.c.id.desc())
+            .limit(HOVER_EVENTS)
+            .subquery()
+            .c.id
+        )
+        for mid in message_ids
+    ]
+    chosen = union_all(*newest) if len(newest) > 1 else newest[0]
+    query = _with_names(select(*_event_columns())).where(_events.c.id.in_(chosen))
+    query = query.order_by(_events.c.occurred_at.desc(), _events.c.id.desc())
+    for row in session.execute(query):
+        found[row.message_id].append(_event_out(row))
+    return found
+
+
+def _event_out(row: _Row) -> EventOut:
+    return EventOut(
+        id=row.id,
+        occurred_at=as_utc(row.occurred_at),
+        kind=row.kind,
+        label=row.label,
+        person=row.label in PERSON_LABELS,
+        judged=judged(row.kind, row.label, row.reason),
+        reason=row.reason,
+        copy_id=row.copy_id,
+        recipient=row.address,
+        link_position=row.link_position,
+        link_url=row.url,
+        link_text=row.text,
+    )
+
+
+def _icon(tracked: bool, count: int, events: list[EventOut], kind: str) -> IconOut:
+    mine = [e for e in events if e.kind == kind]
+    return IconOut(
+        state="off" if not tracked else ("done" if count > 0 else "waiting"),
+        count=count,
+        occasions=[e for e in mine if e.person],
+        machine=[e for e in mine if not e.person],
+    )
+
+
+def _recipient_out(c: _Row) -> RecipientOut:
+    return RecipientOut(
+        copy_id=c.id,
+        address=c.address,
+        kind=c.kind,
+        status=c.status,
+        open_tracked=c.open_tracked,
+        links_tracked=c.links_tracked,
+        open_count=c.open_count,
+        click_count=c.click_count,
+        machine_event_count=c.machine_event_count,
+        first_open_at=c.first_open_at,
+        last_open_at=c.last_open_at,
+        first_click_at=c.first_click_at,
+        last_click_at=c.last_click_at,
+    )
+
+
+def _row_out(r: _Row, copies: list[_Row], events: list[EventOut]) -> MailRowOut:
+    total = r.open_count + r.click_count + r.machine_event_count
+    return MailRowOut(
+        id=r.id,
+        subject=r.subject,
+        created_at=r.created_at,
+        sent_at=r.sent_at,
+        to=r.to_header,
+        cc=r.cc_header,
+        recipients=[_recipient_out(c) for c in copies],
+        open_count=r.open_count,
+        click_count=r.click_count,
+        machine_event_count=r.machine_event_count,
+        first_open_at=r.first_open_at,
+        last_open_at=r.last_open_at,
+        first_click_at=r.first_click_at,
+        last_click_at=r.last_click_at,
+        open_icon=_icon(any(c.open_tracked for c in copies), r.open_count, events, "open"),
+        link_icon=_icon(any(c.links_tracked for c in copies), r.click_count, events, "click"),
+        more_events=max(0, total - len(events)),
+    )
+
+
+# ------------------------------------------------------------------ one email
+
+
+def _own_message(session: Session, user_id: int, message_id: int) -> Message:
+    message = session.scalars(
+        select(Message).where(
+            Message.id == message_id, Message.user_id == user_id, Message.is_preview.is_(False)
+        )
+    ).one_or_none()
+    if message is None:
+        raise MailNotFound(message_id)
+    return message
+
+
+def mail_events(
+    session: Session,
+    user_id: int,
+    message_id: int,
+    *,
+    before: str | None = None,
+    limit: int = TIMELINE_PAGE,
+) -> EventPageOut:
+    """Every event of one of the user's emails, newest first, a page at a time."""
+    _own_message(session, user_id, message_id)
+    return _timeline(session, message_id, decode_cursor(before), max(1, min(limit, 1000)))
+
+
+def _timeline(
+    session: Session, message_id: int, before: tuple[datetime, int] | None, limit: int
+) -> EventPageOut:
+    query = _with_names(select(*_event_columns())).where(_events.c.message_id == message_id)
+    if before is not None:
+        query = query.where(tuple_(_events.c.occurred_at, _events.c.id) < before)
+    query = query.order_by(_events.c.occurred_at.desc(), _events.c.id.desc()).limit(limit + 1)
+    found = list(session.execute(query))
+    items = [_event_out(r) for r in found[:limit]]
+    last = items[-1] if items else None
+    return EventPageOut(
+        items=items,
+        older_cursor=(
+            encode_cursor(last.occurred_at, last.id) if last and len(found) > limit else None
+        ),
+    )
+
+
+def mail_detail(
+    session: Session,
+    user_id: int,
+    message_id: int,
+    *,
+    codec: TokenCodec,
+    base_url: str,
+    remote_images: bool = False,
+) -> MailDetailOut:
+    """One of the user's emails: per-recipient figures, clicks per link, the timeline
+    and the body as written, made safe to show (see ``safe_body_html``)."""
+    message = _own_message(session, user_id, message_id)
+    copies = _copies_of(session, [message.id])[message.id]
+    links = list(
+        session.execute(
+            select(_links.c.position, _links.c.url, _links.c.text)
+            .where(_links.c.message_id == message.id)
+            .order_by(_links.c.position)
+        )
+    )
+    link_by_position = {link.position: link for link in links}
+    stats: dict[int, list[_Row]] = defaultdict(list)
+    if copies:
+        for s in session.execute(
+            select(_link_stats)
+            .where(_link_stats.c.copy_id.in_([c.id for c in copies]))
+            .order_by(_link_stats.c.position)
+        ):
+            stats[s.copy_id].append(s)
+    timeline = _timeline(session, message.id, None, TIMELINE_PAGE)
+    hover = timeline.items[:HOVER_EVENTS]
+
+    recipients = []
+    for c in copies:
+        per_link = [
+            LinkClicksOut(
+                position=s.position,
+                url=link_by_position[s.position].url if s.position in link_by_position else "",
+                text=link_by_position[s.position].text if s.position in link_by_position else "",
+                click_count=s.click_count,
+                machine_click_count=s.machine_click_count,
+                first_click_at=s.first_click_at,
+                last_click_at=s.last_click_at,
+            )
+            for s in stats[c.id]
+        ]
+        recipients.append(
+            RecipientDetailOut(
+                **_recipient_out(c).model_dump(),
+                decision=c.decision,
+                decision_reason=c.decision_reason,
+                sent_at=c.sent_at,
+                smtp_reply=c.smtp_reply,
+                links=per_link,
+            )
+        )
+    totals: dict[int, tuple[int, int]] = {}
+    for per_copy in stats.values():
+        for s in per_copy:
+            people, machines = totals.get(s.position, (0, 0))
+            totals[s.position] = (people + s.click_count, machines + s.machine_click_count)
+    return MailDetailOut(
+        id=message.id,
+        subject=message.subject,
+        sender_name=message.sender_name,
+        sender_address=message.sender_address,
+        to=message.to_header,
+        cc=message.cc_header,
+        created_at=message.created_at,
+        sent_at=message.sent_at,
+        open_tracking=message.open_tracking,
+        link_tracking=message.link_tracking,
+        open_count=message.open_count,
+        click_count=message.click_count,
+        machine_event_count=message.machine_event_count,
+        first_open_at=message.first_open_at,
+        last_open_at=message.last_open_at,
+        first_click_at=message.first_click_at,
+        last_click_at=message.last_click_at,
+        open_icon=_icon(any(c.open_tracked for c in copies), message.open_count, hover, "open"),
+        link_icon=_icon(any(c.links_tracked for c in copies), message.click_count, hover, "click"),
+        recipients=recipients,
+        links=[
+            LinkOut(
+                position=link.position,
+                url=link.url,
+                text=link.text,
+                click_count=totals.get(link.position, (0, 0))[0],
+                machine_click_count=totals.get(link.position, (0, 0))[1],
+            )
+            for link in links
+        ],
+        body_html=(
+            None
+            if message.body_html is None
+            else safe_body_html(message.body_html, codec, base_url, remote_images=remote_images)
+        ),
+        body_text=(
+            None
+            if message.body_text is None
+            else restore_tracked_urls(message.body_text, codec, base_url)
+        ),
+        timeline=timeline.items,
+        timeline_older_cursor=timeline.older_cursor,
+    )
+
+
+# ------------------------------------------------------------------ the body, made safe
+
+_TAGS = set(nh3.ALLOWED_TAGS) | {"font", "center", "big", "tfoot", "th", "u", "s"}
+_ATTRIBUTES: dict[str, set[str]] = {t: set(a) for t, a in nh3.ALLOWED_ATTRIBUTES.items()}
+for _tag in (
+    "table",
+    "td",
+    "th",
+    "tr",
+    "tbody",
+    "thead",
+    "tfoot",
+    "div",
+    "p",
+    "span",
+    "img",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "li",
+    "ul",
+    "ol",
+    "a",
+    "font",
+    "center",
+    "blockquote",
+    "pre",
+    "hr",
+    "b",
+    "i",
+    "em",
+    "strong",
+    "u",
+    "small",
+    "big",
+):
+    _ATTRIBUTES.setdefault(_tag, set()).update({"style", "align", "width", "height", "title"})
+for _tag in ("table", "td", "th", "tr", "tbody", "body", "div"):
+    _ATTRIBUTES.setdefault(_tag, set()).update(
+        {"bgcolor", "valign", "border", "cellpadding", "cellspacing"}
+    )
+_ATTRIBUTES.setdefault("font", set()).update({"color", "face", "size"})
+# Layout and colour, nothing that fetches: no url() bearers (background, list-style-image,
+# content, cursor, filter), no positioning that could draw over the page.
+_STYLE_PROPERTIES = {
+    "color",
+    "background-color",
+    "font",
+    "font-family",
+    "font-size",
+    "font-style",
+    "font-weight",
+    "line-height",
+    "letter-spacing",
+    "text-align",
+    "text-decoration",
+    "text-transform",
+    "vertical-align",
+    "white-space",
+    "word-break",
+    "margin",
+    "margin-top",
+    "margin-right",
+    "margin-bottom",
+    "margin-left",
+    "padding",
+    "padding-top",
+    "padding-right",
+    "padding-bottom",
+    "padding-left",
+    "border",
+    "border-top",
+    "border-right",
+    "border-bottom",
+    "border-left",
+    "border-color",
+    "border-style",
+    "border-width",
+    "border-collapse",
+    "border-spacing",
+    "border-radius",
+    "width",
+    "max-width",
+    "min-width",
+    "height",
+    "max-height",
+    "min-height",
+    "display",
+    "table-layout",
+}
+_URL_SCHEMES = {"http", "https", "mailto", "tel"}
+
+_FRAME_HEAD = (
+    "<!doctype html><html><head><meta charset=utf-8>"
+    # Links open in a new tab, to their real destinations; nothing else in the
+    # frame can navigate or run (the frame is sandboxed without scripts).
+    '<base target="_blank">'
+    "<style>body{margin:1rem;font:15px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,"
+    "sans-serif;color:#1d2433;word-wrap:break-word}img{max-width:100%;height:auto}"
+    "pre{white-space:pre-wrap}</style></head><body>"
+)
+_FRAME_TAIL = "</body></html>"
+
+
+def _edge_prefix(base_url: str) -> str:
+    return base_url.rstrip("/") + "/t/"
+
+
+def _is_edge_url(url: str, base_url: str) -> bool:
+    """A URL of our own tracking edge (this installation's or, by its path, another's)."""
+    value = url.strip()
+    if value.startswith(_edge_prefix(base_url)):
+        return True
+    try:
+        path = urlsplit(value).path
+    except ValueError:
+        return True
+    return path.startswith(("/t/o/", "/t/c/"))
+
+
+def restore_link(url: str, codec: TokenCodec, base_url: str) -> str | None:
+    """A link as written: a tracked link of ours becomes its destination; None if it was
+    ours but cannot be read (then it is not a link at all)."""
+    value = url.strip()
+    prefix = _edge_prefix(base_url) + "c/"
+    if value.startswith(prefix):
+        try:
+            return codec.read_click_token(value[len(prefix) :].split("?", 1)[0]).url
+        except InvalidToken:
+            return None
+    return None if _is_edge_url(value, base_url) else value
+
+
+def safe_body_html(
+    body: str, codec: TokenCodec, base_url: str, *, remote_images: bool = False
+) -> str:
+    """A complete HTML document for a sandboxed frame: the body sanitised with nh3,
+    every pixel of ours removed, tracked links restored, and remote images left out
+    unless asked for.
+
+    The sender reading their own email must never fire a pixel or a tracked link
+    (DESIGN: "No false self-opens"), quoted ones from earlier emails included.
+    """
+
+    def keep(tag: str, attribute: str, value: str) -> str | None:
+        if tag == "img" and attribute == "src":
+            if value.strip().lower().startswith("data:image/"):
+                return value
+            if not remote_images or _is_edge_url(value, base_url):
+                return None
+            return value
+        if tag == "a" and attribute == "href":
+            if value.strip().lower().startswith("data:"):
+                return None
+            return restore_link(value, codec, base_url)
+        return value
+
+    cleaned = nh3.clean(
+        body,
+        tags=_TAGS,
+        clean_content_tags={"script", "style", "title", "head"},
+        attributes=_ATTRIBUTES,
+        attribute_filter=keep,
+        url_schemes=_URL_SCHEMES | {"data"},
+        filter_style_properties=_STYLE_PROPERTIES,
+        link_rel="noopener noreferrer",
+    )
+    return _FRAME_HEAD + cleaned + _FRAME_TAIL
+
+
+_TRACKED_URL = re.compile(r"https?://[^\s<>\"']+/t/[co]/[A-Za-z0-9_\-.=~%]+")
+
+
+def restore_tracked_urls(text: str, codec: TokenCodec, base_url: str) -> str:
+    """A plain-text body with our tracked URLs replaced by their destinations."""
+
+    def swap(match: re.Match[str]) -> str:
+        restored = restore_link(match.group(0), codec, base_url)
+        return restored if restored is not None else "[tracking link removed]"
+
+    return _TRACKED_URL.sub(swap, text)
+
+
+def text_document(text: str) -> str:
+    """A plain-text body as a frame document, escaped."""
+    return _FRAME_HEAD + "<pre>" + html.escape(text) + "</pre>" + _FRAME_TAIL

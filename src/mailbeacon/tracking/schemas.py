@@ -1,0 +1,155 @@
+"""What the Mail tab's API returns: sent emails with their tracking, as the pages show it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class MailFilter(StrEnum):
+    TRACKED = "tracked"  # "Mail tracking enabled"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    NOT_OPENED = "not_opened"
+
+
+class EventOut(BaseModel):
+    """One hit on the tracking edge, with how it was judged."""
+
+    id: int
+    occurred_at: datetime
+    kind: Literal["open", "click"]
+    label: str = Field(description="human, image_proxy, apple_mpp, scanner, self, ...")
+    person: bool = Field(description="Counts in the figures (a person, or a proxy for one)")
+    judged: str = Field(description="The label in words, as the pages show it")
+    reason: str = Field(description="Why it was judged so")
+    copy_id: int
+    recipient: str
+    link_position: int | None
+    link_url: str | None
+    link_text: str | None
+
+
+class IconOut(BaseModel):
+    """The open or link icon of a sent email and what hovering it shows."""
+
+    state: Literal["off", "waiting", "done"] = Field(
+        description="off: not tracked (no icon); waiting: nothing yet (faint); "
+        "done: a person opened / clicked (solid)"
+    )
+    count: int = Field(description="Opens or clicks by people")
+    occasions: list[EventOut] = Field(description="Each person's open or click, newest first")
+    machine: list[EventOut] = Field(
+        description="Machine hits and your own views, shown apart, newest first"
+    )
+
+
+class RecipientOut(BaseModel):
+    copy_id: int
+    address: str
+    kind: str = Field(description="to, cc or bcc")
+    status: str = Field(description="Delivery: queued, sending, sent, failed, unknown")
+    open_tracked: bool
+    links_tracked: bool
+    open_count: int
+    click_count: int
+    machine_event_count: int
+    first_open_at: datetime | None
+    last_open_at: datetime | None
+    first_click_at: datetime | None
+    last_click_at: datetime | None
+
+
+class MailRowOut(BaseModel):
+    """A sent email as the Mail tab lists it."""
+
+    id: int
+    subject: str
+    created_at: datetime
+    sent_at: datetime | None
+    to: str
+    cc: str
+    recipients: list[RecipientOut]
+    open_count: int = Field(description="Opens by people, all recipients")
+    click_count: int = Field(description="Clicks by people, all recipients")
+    machine_event_count: int
+    first_open_at: datetime | None
+    last_open_at: datetime | None
+    first_click_at: datetime | None
+    last_click_at: datetime | None
+    open_icon: IconOut
+    link_icon: IconOut
+    more_events: int = Field(description="Events left out of the hover lists (see the timeline)")
+
+
+class MailPageOut(BaseModel):
+    items: list[MailRowOut]
+    older_cursor: str | None = Field(description="Pass as `before` for older emails")
+    newer_cursor: str | None = Field(description="Pass as `after` for newer emails")
+
+
+class LinkClicksOut(BaseModel):
+    position: int
+    url: str
+    text: str
+    click_count: int = Field(description="Clicks by people")
+    machine_click_count: int
+    first_click_at: datetime | None
+    last_click_at: datetime | None
+
+
+class RecipientDetailOut(RecipientOut):
+    decision: str = Field(description="The tracking decision for this copy")
+    decision_reason: str
+    sent_at: datetime | None
+    smtp_reply: str
+    links: list[LinkClicksOut] = Field(description="Clicks per link of this copy")
+
+
+class LinkOut(BaseModel):
+    position: int
+    url: str
+    text: str
+    click_count: int
+    machine_click_count: int
+
+
+class MailDetailOut(BaseModel):
+    """One sent email with everything its detail page shows."""
+
+    id: int
+    subject: str
+    sender_name: str
+    sender_address: str
+    to: str
+    cc: str
+    created_at: datetime
+    sent_at: datetime | None
+    open_tracking: bool
+    link_tracking: bool
+    open_count: int
+    click_count: int
+    machine_event_count: int
+    first_open_at: datetime | None
+    last_open_at: datetime | None
+    first_click_at: datetime | None
+    last_click_at: datetime | None
+    open_icon: IconOut
+    link_icon: IconOut
+    recipients: list[RecipientDetailOut]
+    links: list[LinkOut]
+    body_html: str | None = Field(
+        description="The body as written, sanitised: no scripts, no tracking pixel, "
+        "tracked links restored to their destinations"
+    )
+    body_text: str | None
+    timeline: list[EventOut] = Field(description="The newest events; page on with /events")
+    timeline_older_cursor: str | None
+
+
+class EventPageOut(BaseModel):
+    items: list[EventOut]
+    older_cursor: str | None = Field(description="Pass as `before` for older events")
