@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from types import FrameType
 from typing import Any
 
 from mailbeacon.config import Settings
@@ -48,6 +51,8 @@ class MailbeaconApp:
         web_lifespan = self.web.router.lifespan_context(self.web)
         try:
             await self.ingest.start()
+            await self.runtime.live.start()
+            self._end_live_streams_on_exit()
             await self._start_mail()
             await web_lifespan.__aenter__()
         except Exception as exc:
@@ -61,10 +66,33 @@ class MailbeaconApp:
             await web_lifespan.__aexit__(None, None, None)
         finally:
             await self._stop_mail()
+            await self.runtime.live.stop()
             await self.ingest.stop()
             logging.getLogger("uvicorn.error").info("ingest at shutdown: %s", self.ingest.stats)
             self.runtime.database.dispose()
         await send({"type": "lifespan.shutdown.complete"})
+
+    def _end_live_streams_on_exit(self) -> None:
+        """End the live streams as soon as the server is told to stop.
+
+        A graceful shutdown waits for open responses, and a live stream stays
+        open for minutes; so the server's own SIGINT/SIGTERM handler (uvicorn's)
+        is chained to close them first. The browsers reconnect to whichever
+        process is up next.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        live = self.runtime.live
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue
+
+            def handler(sig: int, frame: FrameType | None, previous: Any = previous) -> None:
+                live.close_streams()
+                previous(sig, frame)
+
+            signal.signal(signum, handler)
 
     async def _start_mail(self) -> None:
         """The demo mailbox first (the worker may send to it), then the outbox worker."""
@@ -79,6 +107,9 @@ class MailbeaconApp:
         if settings.RUN_WORKER:
             self.outbox = OutboxWorker(self.runtime)
             await self.outbox.start()
+        # Views call `request.app.state.outbox.wake()` after committing a send, so
+        # it leaves at once rather than at the worker's next poll.
+        self.web.state.outbox = self.outbox
 
     async def _stop_mail(self) -> None:
         if self.outbox is not None:

@@ -60,7 +60,11 @@ class Runtime:
         return CredentialBox(self.secret_bytes("credentials_key"))
 
     def write_batch(self, hits: list[Hit], replay: bool) -> WriteResult:
-        return write_hits(self.database.engine, hits, self.policy, replay=replay)
+        result = write_hits(self.database.engine, hits, self.policy, replay=replay)
+        # Committed: wake this process's live streams (on PostgreSQL the writer's
+        # NOTIFY already did, and this does nothing).
+        self.live.publish(result.wake)
+        return result
 
     def make_ingest(self) -> Ingest:
         return Ingest(

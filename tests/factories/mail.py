@@ -54,8 +54,11 @@ def plan(
 ) -> Message:
     """Plan a send (the caller's unit of work commits it)."""
     if draft is None:
-        values: dict[str, object] = {"to": ["ann@example.org"], "subject": "Hello",
-                                     "body_html": OFFER_HTML}
+        values: dict[str, object] = {
+            "to": ["ann@example.org"],
+            "subject": "Hello",
+            "body_html": OFFER_HTML,
+        }
         values.update(fields)
         draft = Draft.model_validate(values)
     return message_service.plan_send(

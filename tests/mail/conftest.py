@@ -50,8 +50,9 @@ class SinkHandler:
         content = envelope.original_content or b""
         if self.stall:
             # The message has arrived; keep the client waiting for the answer.
-            self.accepted.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos),
-                                          content))
+            self.accepted.append(
+                Received(envelope.mail_from or "", list(envelope.rcpt_tos), content)
+            )
             self.stalled.set()
             await self.release.wait()
             return "250 2.0.0 OK (late)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from email.utils import getaddresses
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailbeacon.mail.addresses import Address, parse_address_list, split_address_list
@@ -57,12 +57,10 @@ _local = st.from_regex(r"[a-z0-9_-]{1,8}(\.[a-z0-9_-]{1,8})?", fullmatch=True)
 _names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20)
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(_names, _local), min_size=1, max_size=6))
 def test_split_keeps_every_formatted_address_whole(pairs: list[tuple[str, str]]) -> None:
-    addresses = [
-        Address(f"{local}@example.org", " ".join(name.split()))
-        for name, local in pairs
-    ]
+    addresses = [Address(f"{local}@example.org", " ".join(name.split())) for name, local in pairs]
     joined = ", ".join(a.formatted() for a in addresses)
     pieces = split_address_list(joined)
     assert len(pieces) == len(addresses)

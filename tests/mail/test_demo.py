@@ -30,7 +30,9 @@ async def test_sending_through_the_demo_mailbox_lands_in_demo_messages(
             user = make_user(s)
             mailbox = ensure_demo_mailbox(s, user, port=demo.port)
             assert (mailbox.is_demo, mailbox.smtp_host, mailbox.smtp_security) == (
-                True, "127.0.0.1", Security.NONE
+                True,
+                "127.0.0.1",
+                Security.NONE,
             )
             message = plan(s, runtime, user, to=["ann@example.org"], bcc=["bob@example.org"])
             message_id = message.id
@@ -56,7 +58,7 @@ async def test_sending_through_the_demo_mailbox_lands_in_demo_messages(
 
 async def test_the_demo_mailbox_listens_on_loopback_only(runtime: Runtime) -> None:
     with pytest.raises(ValueError, match="loopback"):
-        DemoSmtpServer(runtime, host="0.0.0.0", port=0)
+        DemoSmtpServer(runtime, host="0.0.0.0", port=0)  # noqa: S104 (refused, never bound)
 
 
 async def test_ensure_demo_mailbox_never_replaces_a_real_mailbox(database: Database) -> None:

@@ -28,8 +28,9 @@ def mailer_for(peer: SmtpPeer) -> SmtpMailer:
 
 
 async def test_connection_test_reports_each_stage(sink: SmtpPeer) -> None:
-    refused = await test_smtp_connection("127.0.0.1", closed_port(), Security.NONE, "", "",
-                                         timeout=3)
+    refused = await test_smtp_connection(
+        "127.0.0.1", closed_port(), Security.NONE, "", "", timeout=3
+    )
     assert (refused.ok, refused.stage) == (False, "connect")
     assert "connection refused" in refused.message
 
@@ -38,8 +39,9 @@ async def test_connection_test_reports_each_stage(sink: SmtpPeer) -> None:
     assert (tls.ok, tls.stage) == (False, "tls")
     assert "did not answer with TLS" in tls.message
 
-    starttls = await test_smtp_connection(sink.host, sink.port, Security.STARTTLS, "", "",
-                                          timeout=3)
+    starttls = await test_smtp_connection(
+        sink.host, sink.port, Security.STARTTLS, "", "", timeout=3
+    )
     assert (starttls.ok, starttls.stage) == (False, "tls")
     assert "does not offer STARTTLS" in starttls.message
 
@@ -48,12 +50,11 @@ async def test_connection_test_reports_each_stage(sink: SmtpPeer) -> None:
 
 
 async def test_connection_test_reports_a_refused_password() -> None:
-    peer = await start_smtp(
-        object(), auth_require_tls=False, authenticator=refuse_every_password
-    )
+    peer = await start_smtp(object(), auth_require_tls=False, authenticator=refuse_every_password)
     try:
-        result = await test_smtp_connection(peer.host, peer.port, Security.NONE, "sally",
-                                            "wrong", timeout=3)
+        result = await test_smtp_connection(
+            peer.host, peer.port, Security.NONE, "sally", "wrong", timeout=3
+        )
     finally:
         await stop_smtp(peer)
     assert (result.ok, result.stage) == (False, "auth")
@@ -62,10 +63,10 @@ async def test_connection_test_reports_a_refused_password() -> None:
 
 
 async def test_no_encryption_is_refused_for_remote_hosts() -> None:
-    result = await test_smtp_connection("192.0.2.1", 25, Security.NONE, "", "", timeout=0.2)
-    # The TCP probe comes first, so an unreachable documentation address fails to connect;
-    # the rule itself is checked before any connection in the mailer.
-    assert not result.ok
+    # Refused before any connection is tried (192.0.2.1 is a documentation address).
+    result = await test_smtp_connection("192.0.2.1", 25, Security.NONE, "", "", timeout=5)
+    assert (result.ok, result.stage) == (False, "tls")
+    assert "only allowed to this machine" in result.message
     mailer = SmtpMailer(SmtpSettings("smtp.example.com", 25, Security.NONE))
     delivery = await mailer.send("a@example.com", "b@example.org", MESSAGE)
     assert delivery.outcome == Outcome.PERMANENT

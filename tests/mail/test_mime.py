@@ -58,8 +58,10 @@ def test_template_copy_reads_back_with_both_parts_and_the_headers() -> None:
     assert msg["Subject"] == HEADERS.subject
     assert msg["Message-ID"] == HEADERS.message_id
     assert msg["Date"].datetime == HEADERS.date
-    assert contents(msg) == ("Hi é (https://x.example/)\n",
-                             "<p>Hi é <a href='https://x.example/'>x</a></p>\n")
+    assert contents(msg) == (
+        "Hi é (https://x.example/)\n",
+        "<p>Hi é <a href='https://x.example/'>x</a></p>\n",
+    )
     assert not msg.defects and not any(p.defects for p in msg.walk())
     # 7-bit clean with short lines: any SMTP server takes it without 8BITMIME.
     assert raw.isascii()

@@ -45,7 +45,9 @@ def test_plan_writes_message_copies_links_contacts_and_outbox(
     with database.unit_of_work() as s:
         user = make_sender(s, port=2525)
         message = plan(
-            s, runtime, user,
+            s,
+            runtime,
+            user,
             to=["Ann <ann@example.org>, bob@example.org"],
             cc=["carl@example.org", "ANN@example.org"],  # Ann again: To wins
             bcc=["dora@example.org", "bob@example.org"],  # Bob again: To wins
@@ -62,8 +64,10 @@ def test_plan_writes_message_copies_links_contacts_and_outbox(
         assert "new offer (https://example.com/offer?x=1&y=2)" in message.body_text
     copies = copies_of(database, message_id)
     assert [(c.address, c.kind) for c in copies] == [
-        ("ann@example.org", "to"), ("bob@example.org", "to"),
-        ("carl@example.org", "cc"), ("dora@example.org", "bcc"),
+        ("ann@example.org", "to"),
+        ("bob@example.org", "to"),
+        ("carl@example.org", "cc"),
+        ("dora@example.org", "bcc"),
     ]
     assert {c.status for c in copies} == {CopyStatus.QUEUED}
     assert {c.decision for c in copies} == {TrackingDecision.TRACKED}
@@ -77,12 +81,15 @@ def test_plan_writes_message_copies_links_contacts_and_outbox(
     with database.sessions() as s:
         links = s.scalars(select(MessageLink).where(MessageLink.message_id == message_id)).all()
         assert sorted(link.url for link in links) == [
-            "https://example.com/offer?x=1&y=2", "https://example.com/pricing"
+            "https://example.com/offer?x=1&y=2",
+            "https://example.com/pricing",
         ]
         contacts = s.scalars(select(Contact).order_by(Contact.email)).all()
         assert [(c.email, c.name) for c in contacts] == [
-            ("ann@example.org", "Ann"), ("bob@example.org", ""),
-            ("carl@example.org", ""), ("dora@example.org", ""),
+            ("ann@example.org", "Ann"),
+            ("bob@example.org", ""),
+            ("carl@example.org", ""),
+            ("dora@example.org", ""),
         ]
         assert {c.contact_id for c in copies} == {c.id for c in contacts}
         entry = s.scalars(select(OutboxEntry)).one()
@@ -107,8 +114,15 @@ def test_invalid_draft_reports_every_field_and_writes_nothing(
     with database.sessions() as s:
         user = s.get_one(User, user.id)
         with pytest.raises(InvalidDraft) as caught:
-            plan(s, runtime, user, to=["ann@example.org, bob@"], cc=["x"],
-                 bcc=["dora@example.org"], subject="x" * 999)
+            plan(
+                s,
+                runtime,
+                user,
+                to=["ann@example.org, bob@"],
+                cc=["x"],
+                bcc=["dora@example.org"],
+                subject="x" * 999,
+            )
         errors = caught.value.errors
         assert errors["to"] == [
             "to: 'bob@' is not a valid address (there must be something after the @-sign)"
@@ -192,8 +206,7 @@ def test_plain_text_and_empty_bodies_get_their_decisions(
 ) -> None:
     with database.unit_of_work() as s:
         user = make_sender(s, port=2525)
-        text_id = plan(s, runtime, user, body_html=None,
-                       body_text="See https://example.com/a").id
+        text_id = plan(s, runtime, user, body_html=None, body_text="See https://example.com/a").id
         empty_id = plan(s, runtime, user, body_html="<p> </p>").id
     (text_copy,) = copies_of(database, text_id)
     assert text_copy.decision == TrackingDecision.PLAIN_TEXT

@@ -113,8 +113,9 @@ def server(tmp_path: Path, db_url: str) -> Iterator[dict[str, Any]]:
     """`mailbeacon serve` in its own process, on free ports, with a fresh data folder."""
     port, demo_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
+    # Only the settings given here: nothing another test left in os.environ.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("MAILBEACON_")},
         "MAILBEACON_DATA_DIR": str(tmp_path / "data"),
         "MAILBEACON_DATABASE_URL": db_url,
         "MAILBEACON_BASE_URL": base,
@@ -142,7 +143,7 @@ def server(tmp_path: Path, db_url: str) -> Iterator[dict[str, Any]]:
     def healthy() -> bool:
         assert process.poll() is None, (tmp_path / "serve.log").read_text()
         try:
-            return httpx.get(f"{base}/healthz", timeout=1).json()["database"] == "up"
+            return bool(httpx.get(f"{base}/healthz", timeout=1).json()["database"] == "up")
         except httpx.HTTPError:
             return False
 

@@ -38,7 +38,7 @@ def textarea(page: str, name: str) -> str:
     return html.unescape(found.group(1))
 
 
-async def compose(client: httpx.AsyncClient, csrf: str, **fields: str) -> httpx.Response:
+async def compose(client: httpx.AsyncClient, csrf: str, **fields: str | None) -> httpx.Response:
     data = {
         "csrf_token": csrf,
         "to": "ann@example.org",

@@ -192,11 +192,12 @@ def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
             yield route
 
 
-def _state_changing_paths(app: MailbeaconApp) -> list[str]:
+def _state_changing_routes(app: MailbeaconApp) -> list[tuple[str, str]]:
+    """(method, path) of every route that changes state, path parameters filled with 1."""
     return sorted(
-        re.sub(r"\{[^}]+\}", "1", route.path)
+        (method, re.sub(r"\{[^}]+\}", "1", route.path))
         for route in _api_routes(app.web.routes)
-        if route.methods & {"POST", "PUT", "PATCH", "DELETE"}
+        for method in (route.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}
     )
 
 
@@ -205,22 +206,22 @@ async def test_every_state_changing_request_of_a_session_needs_its_csrf_token(
 ) -> None:
     create_user(database)
     good = await sign_in(client)
-    paths = [p for p in _state_changing_paths(app) if p != "/sign-in"]
+    routes = [r for r in _state_changing_routes(app) if r[1] != "/sign-in"]
     assert {
-        "/compose",
-        "/sign-out",
-        "/settings/email-sync",
-        "/settings/tracking",
-        "/api/messages",
-    } <= set(paths)
-    for path in paths:
+        ("POST", "/compose"),
+        ("POST", "/sign-out"),
+        ("POST", "/settings/email-sync"),
+        ("POST", "/settings/tracking"),
+        ("POST", "/api/messages"),
+    } <= set(routes)
+    for method, path in routes:
         for attempt in ({}, {"csrf_token": "x" * 43}):
-            r = await client.post(path, data={**attempt, "to": "a@example.org"})
-            assert r.status_code == 403, (path, attempt, r.status_code)
-        r = await client.post(
-            path, json={"to": ["a@example.org"]}, headers={"x-csrf-token": good[:-1]}
+            r = await client.request(method, path, data={**attempt, "to": "a@example.org"})
+            assert r.status_code == 403, (method, path, attempt, r.status_code)
+        r = await client.request(
+            method, path, json={"to": ["a@example.org"]}, headers={"x-csrf-token": good[:-1]}
         )
-        assert r.status_code == 403, path
+        assert r.status_code == 403, (method, path)
     # Nothing changed, and the session still works.
     page = await client.get("/settings/email-sync")
     assert page.status_code == 200

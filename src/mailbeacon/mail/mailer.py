@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -131,16 +132,26 @@ def _has_ssl_cause(exc: BaseException) -> bool:
     return False
 
 
-async def open_smtp(settings: SmtpSettings) -> aiosmtplib.SMTP:
-    """Connect, secure and sign in, raising :class:`SmtpStageError` with the failing stage."""
-    where = f"{settings.host}:{settings.port}"
-    if settings.security == Security.NONE and not is_loopback_host(settings.host):
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Certificate and host name checked against the system's trust store."""
+    return ssl.create_default_context()
+
+
+def _refuse_plain_remote(host: str, security: Security) -> None:
+    if security == Security.NONE and not is_loopback_host(host):
         raise SmtpStageError(
             "tls",
             "sending without encryption is only allowed to this machine (127.0.0.1 or "
             "localhost); choose TLS or STARTTLS",
             temporary=False,
         )
+
+
+async def open_smtp(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    """Connect, secure and sign in, raising :class:`SmtpStageError` with the failing stage."""
+    where = f"{settings.host}:{settings.port}"
+    _refuse_plain_remote(settings.host, settings.security)
     smtp = aiosmtplib.SMTP(
         hostname=settings.host,
         port=settings.port,
@@ -148,7 +159,7 @@ async def open_smtp(settings: SmtpSettings) -> aiosmtplib.SMTP:
         start_tls=False,
         timeout=settings.timeout,
         local_hostname=_local_hostname(),
-        tls_context=ssl.create_default_context() if settings.security != Security.NONE else None,
+        tls_context=_tls_context() if settings.security != Security.NONE else None,
     )
     try:
         await smtp.connect()
@@ -169,6 +180,13 @@ async def open_smtp(settings: SmtpSettings) -> aiosmtplib.SMTP:
             await _starttls(smtp, where)
         if settings.username:
             await _login(smtp, settings, where)
+        if smtp.is_ehlo_or_helo_needed:
+            await smtp.ehlo()
+    except aiosmtplib.SMTPException as exc:
+        smtp.close()
+        raise SmtpStageError(
+            "connect", f"{where} did not accept EHLO: {exc}", temporary=True
+        ) from exc
     except BaseException:
         smtp.close()
         raise
@@ -244,6 +262,10 @@ async def test_smtp_connection(
 ) -> ConnectionTestResult:
     """Try the settings once and say which stage failed (connect, TLS, sign-in) and why."""
     where = f"{host}:{port}"
+    try:
+        _refuse_plain_remote(host, security)
+    except SmtpStageError as exc:
+        return ConnectionTestResult(False, exc.stage, exc.message)
     # A bare TCP connection first: with implicit TLS, a failing handshake and an
     # unreachable host would otherwise look alike.
     try:
@@ -323,9 +345,20 @@ class SmtpMailer:
         smtp = self._smtp
         assert smtp is not None
         try:
-            options = [f"SIZE={len(data)}"] if smtp.supports_extension("size") else []
-            await smtp.mail(sender, options=options)
-            await smtp.rcpt(recipient)
+            envelope_from, envelope_to = _path(sender), _path(recipient)
+        except UnicodeEncodeError:
+            return Delivery(Outcome.PERMANENT, "the envelope addresses must be ASCII")
+        try:
+            # MAIL and RCPT are written out rather than sent through smtp.mail() and
+            # smtp.rcpt(), which parse each address again on every transaction; ours
+            # were validated when the send was planned.
+            options = [b"SIZE=%d" % len(data)] if smtp.supports_extension("size") else []
+            reply = await smtp.execute_command(b"MAIL", b"FROM:" + envelope_from, *options)
+            if reply.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+            reply = await smtp.execute_command(b"RCPT", b"TO:" + envelope_to)
+            if reply.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
             self.in_data_phase = True
             response = await smtp.data(data)
         except aiosmtplib.SMTPResponseException as exc:
@@ -379,3 +412,8 @@ class SmtpMailer:
 
 class _StaleConnection(Exception):
     pass
+
+
+def _path(address: str) -> bytes:
+    """An envelope path, RFC 5321 section 4.1.2 (the address is already validated)."""
+    return b"<" + address.encode("ascii") + b">"

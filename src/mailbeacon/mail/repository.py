@@ -1,8 +1,8 @@
 """Every query of the mail domain: planning a send, claiming and settling copies.
 
-The worker's queries use SQLAlchemy Core on a plain connection: they run once per
-copy on the send path, where the ORM's bookkeeping would cost more than the SMTP
-transaction they guard.
+Planning uses the ORM and Core like the rest of the application. The worker's
+per-copy statements (claim, settle) are plain SQL on the driver connection
+(:class:`SendQueue`); see there for why.
 
 Claiming is what keeps two workers from sending the same copy. On PostgreSQL the
 due rows are picked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers take
@@ -14,8 +14,10 @@ writer can slip in between choosing and claiming.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -24,16 +26,15 @@ from sqlalchemy import (
     Connection,
     CursorResult,
     Table,
-    bindparam,
     exists,
     func,
     insert,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailbeacon.mail.addresses import Address
@@ -50,9 +51,7 @@ from mailbeacon.models.base import UTCDateTime
 
 # ORM classes declare __table__ as a FromClause; these are plain tables.
 _copies = cast(Table, RecipientCopy.__table__)
-_messages = cast(Table, Message.__table__)
 _outbox = cast(Table, OutboxEntry.__table__)
-_mailboxes = cast(Table, MailboxConnection.__table__)
 _contacts = cast(Table, Contact.__table__)
 _demo = cast(Table, DemoMessage.__table__)
 
@@ -163,14 +162,20 @@ class Settlement:
     release: bool = False  # never tried (worker stopping): give the attempt back
 
 
-# The two statements every copy goes through are written out in SQL: built with
-# the expression language they cost five times as much Python per execution
-# (statement construction and cache keys), which on a fast SMTP server was most of
-# the time spent per copy. The columns and states are the ones the models declare.
+# ------------------------------------------------------------------ the send path
+#
+# Claiming and settling run once per copy, on the worker's critical path. They are
+# plain SQL run on the driver's own connection: through the expression language and
+# SQLAlchemy's execution layer they cost several times the Python time of the SQL
+# itself, which against a fast SMTP server was most of the worker's time per copy.
+# The columns and states are the ones the models declare; timestamps are bound
+# through the same UTCDateTime type as everywhere else, so SQLite stores the same
+# text the ORM does.
+
 # Served in due order, which the (status, next_attempt_at) index yields as it is:
 # no sort of the whole queue per claim. Planning sets next_attempt_at, so new copies
 # queue in the order they were planned.
-_CLAIM_SQLITE = text(
+_CLAIM_SQLITE = (
     "UPDATE recipient_copies"
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
     " attempts = attempts + 1"
@@ -179,11 +184,11 @@ _CLAIM_SQLITE = text(
     " ORDER BY next_attempt_at LIMIT :limit)"
     " AND status = 'queued'"
     " RETURNING id, message_id, address, html_body, text_body, attempts"
-).bindparams(bindparam("now", type_=UTCDateTime()))
+)
 # A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
 # rescan the subquery, and each rescan skips the rows the earlier ones locked: the
 # UPDATE would then claim more rows than the LIMIT.
-_CLAIM_POSTGRESQL = text(
+_CLAIM_POSTGRESQL = (
     "WITH due AS (SELECT id FROM recipient_copies"
     " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
     " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
@@ -193,131 +198,314 @@ _CLAIM_POSTGRESQL = text(
     " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
     " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
     " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
-).bindparams(bindparam("now", type_=UTCDateTime()))
-
-
-def claim_copies(conn: Connection, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
-    """Move up to ``limit`` due copies from queued to sending, for this worker.
-
-    On SQLite the caller must hold the write lock (``sqlite_immediate``).
-    """
-    if limit <= 0:
-        return []
-    stmt = _CLAIM_POSTGRESQL if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
-    rows = conn.execute(stmt, {"worker": worker_id, "now": now, "limit": limit})
-    claimed = [ClaimedCopy(*row) for row in rows]
-    claimed.sort(key=lambda c: c.id)
-    return claimed
-
-
-def load_send_contexts(conn: Connection, message_ids: Iterable[int]) -> dict[int, SendContext]:
-    ids = list(set(message_ids))
-    if not ids:
-        return {}
-    m, mb = _messages, _mailboxes
-    rows = conn.execute(
-        select(
-            m.c.id,
-            m.c.subject,
-            m.c.sender_name,
-            m.c.sender_address,
-            m.c.to_header,
-            m.c.cc_header,
-            m.c.message_id_header,
-            m.c.created_at,
-            mb.c.id,
-            mb.c.smtp_host,
-            mb.c.smtp_port,
-            mb.c.smtp_security,
-            mb.c.smtp_username,
-            mb.c.smtp_password_encrypted,
-        )
-        .select_from(m.outerjoin(mb, mb.c.id == m.c.mailbox_connection_id))
-        .where(m.c.id.in_(ids))
-    )
-    contexts = {}
-    for row in rows:
-        contexts[row[0]] = SendContext(
-            message_id=row[0],
-            subject=row[1],
-            sender_name=row[2],
-            sender_address=row[3],
-            to_header=row[4],
-            cc_header=row[5],
-            message_id_header=row[6],
-            created_at=row[7],
-            mailbox_id=row[8],
-            smtp_host=row[9] or "",
-            smtp_port=row[10] or 0,
-            smtp_security=row[11] or "",
-            smtp_username=row[12] or "",
-            smtp_password_encrypted=row[13] or "",
-        )
-    return contexts
-
-
-_SETTLE_SENT = text(
+)
+_SETTLE_SENT = (
     "UPDATE recipient_copies"
     " SET status = 'sent', sent_at = :now, next_attempt_at = NULL, smtp_reply = :reply"
     " WHERE id = :copy_id AND claimed_by = :worker AND status IN ('sending', 'unknown')"
-).bindparams(bindparam("now", type_=UTCDateTime()))
-_SETTLE_ENDED = text(
+)
+_SETTLE_ENDED = (
     "UPDATE recipient_copies SET status = :status, smtp_reply = :reply"
     " WHERE id = :copy_id AND claimed_by = :worker AND status = 'sending'"
 )
-_SETTLE_RETRY = text(
+_SETTLE_RETRY = (
     "UPDATE recipient_copies"
     " SET status = 'queued', claimed_by = NULL, claimed_at = NULL, next_attempt_at = :next,"
     " smtp_reply = :reply, attempts = attempts - :giveback"
     " WHERE id = :copy_id AND claimed_by = :worker AND status = 'sending'"
-).bindparams(bindparam("next", type_=UTCDateTime()))
-_MESSAGE_STARTED = text(
-    "UPDATE messages SET sent_at = :now WHERE id = :message_id AND sent_at IS NULL"
-).bindparams(bindparam("now", type_=UTCDateTime()))
+)
+_MESSAGE_STARTED = "UPDATE messages SET sent_at = :now WHERE id = :message_id AND sent_at IS NULL"
+# On PostgreSQL a whole round is one statement: the outcomes (as arrays), the first
+# sent_at of their messages, and the next claims. Run in autocommit it is one
+# network round trip, commit included. The sub-statements touch disjoint rows: the
+# settled copies are 'sending' and the claimed ones 'queued' in the statement's
+# snapshot (a copy put back in the queue is claimable from the next round on).
+_ROUND_POSTGRESQL = (
+    "WITH outcome AS ("
+    " SELECT * FROM unnest(:ids ::bigint[], :statuses ::varchar[], :replies ::varchar[],"
+    " :nexts ::timestamptz[], :givebacks ::integer[])"
+    " AS o(id, status, reply, next_at, giveback)"
+    "), settled AS ("
+    " UPDATE recipient_copies AS rc SET status = o.status, smtp_reply = o.reply,"
+    " sent_at = CASE WHEN o.status = 'sent' THEN :now ELSE rc.sent_at END,"
+    " next_attempt_at = CASE WHEN o.status = 'sent' THEN NULL"
+    " WHEN o.status = 'queued' THEN o.next_at ELSE rc.next_attempt_at END,"
+    " claimed_by = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_by END,"
+    " claimed_at = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_at END,"
+    " attempts = rc.attempts - o.giveback"
+    " FROM outcome AS o"
+    " WHERE rc.id = o.id AND rc.claimed_by = :worker"
+    " AND (rc.status = 'sending' OR (o.status = 'sent' AND rc.status = 'unknown'))"
+    " RETURNING rc.id"
+    "), started AS ("
+    " UPDATE messages SET sent_at = :now"
+    " WHERE id = ANY(:started ::bigint[]) AND sent_at IS NULL RETURNING id"
+    "), due AS ("
+    " SELECT id FROM recipient_copies"
+    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+    ")"
+    " UPDATE recipient_copies"
+    " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
+    " attempts = recipient_copies.attempts + 1"
+    " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
+    " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
+    " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
+)
+_CONTEXT = (
+    "SELECT m.id, m.subject, m.sender_name, m.sender_address, m.to_header, m.cc_header,"
+    " m.message_id_header, m.created_at, mb.id, mb.smtp_host, mb.smtp_port, mb.smtp_security,"
+    " mb.smtp_username, mb.smtp_password_encrypted"
+    " FROM messages AS m LEFT OUTER JOIN mailbox_connections AS mb"
+    " ON mb.id = m.mailbox_connection_id"
+    " WHERE m.id = :message_id"
+)
+
+
+def _pyformat(match: re.Match[str]) -> str:
+    """``:name`` (and ``:name ::type``) in psycopg's placeholder style."""
+    return f"%({match.group(1)})s" + ("::" if match.group(2) else "")
+
+
+class SendQueue:
+    """The claim and settle statements of one worker, on one dedicated connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        dialect = conn.dialect
+        self._sqlite = dialect.name == "sqlite"
+        # The type as this dialect stores it (on SQLite: text in SQLAlchemy's format).
+        timestamp = UTCDateTime().dialect_impl(dialect)
+        write = timestamp.bind_processor(dialect)
+        self._timestamp: Callable[[Any], Any] = write or (lambda value: value)
+        self._driver_error: type[Exception] = dialect.loaded_dbapi.Error
+        self._sql = {
+            name: sql if self._sqlite else re.sub(r"(?<!:):(\w+)( ::)?", _pyformat, sql)
+            for name, sql in (
+                ("claim", _CLAIM_SQLITE if self._sqlite else _CLAIM_POSTGRESQL),
+                ("sent", _SETTLE_SENT),
+                ("ended", _SETTLE_ENDED),
+                ("retry", _SETTLE_RETRY),
+                ("started", _MESSAGE_STARTED),
+                ("context", _CONTEXT),
+                ("round", _ROUND_POSTGRESQL),
+            )
+        }
+        read = timestamp.result_processor(dialect, None)
+        self._read_timestamp: Callable[[Any], Any] = read or (lambda value: value)
+
+    def _cursor(self) -> Any:
+        return self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def round(
+        self,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        limit: int,
+        *,
+        messages_started: set[int],
+        known_messages: Container[int],
+    ) -> tuple[list[ClaimedCopy], dict[int, SendContext]]:
+        """Settle finished copies and claim up to ``limit`` more, in one transaction.
+
+        Also returns the send context of each claimed copy's message not in
+        ``known_messages``. The transaction is begun and committed on the driver
+        connection (on SQLite with ``BEGIN IMMEDIATE``: the write lock is held from
+        the start). Driver errors come out as SQLAlchemy's ``DBAPIError``.
+        """
+        raw = self.conn.connection.driver_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        try:
+            if self._sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+                self._settle(cursor, worker_id, now, settlements, messages_started)
+                claimed = self._claim(cursor, worker_id, now, limit)
+            else:
+                claimed = self._round_postgresql(
+                    cursor, worker_id, now, settlements, limit, messages_started
+                )
+            missing = {c.message_id for c in claimed if c.message_id not in known_messages}
+            contexts = self._contexts(cursor, missing)
+            if not getattr(raw, "autocommit", False):
+                raw.commit()
+        except self._driver_error as exc:
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            raise DBAPIError.instance("send queue round", None, exc, self._driver_error) from exc
+        finally:
+            cursor.close()
+        return claimed, contexts
+
+    def _round_postgresql(
+        self,
+        cursor: Any,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        limit: int,
+        messages_started: set[int],
+    ) -> list[ClaimedCopy]:
+        started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
+        started -= messages_started
+        cursor.execute(
+            self._sql["round"],
+            {
+                "ids": [s.copy_id for s in settlements],
+                "statuses": [str(s.status) for s in settlements],
+                "replies": [s.reply[:REPLY_MAX] for s in settlements],
+                "nexts": [
+                    self._timestamp(s.next_attempt_at or now)
+                    if s.status == CopyStatus.QUEUED
+                    else None
+                    for s in settlements
+                ],
+                "givebacks": [int(s.release) for s in settlements],
+                "started": sorted(started),
+                "worker": worker_id,
+                "now": self._timestamp(now),
+                "limit": max(limit, 0),
+            },
+        )
+        messages_started.update(started)
+        claimed = [ClaimedCopy(*row) for row in cursor.fetchall()]
+        claimed.sort(key=lambda c: c.id)
+        return claimed
+
+    def contexts(self, message_ids: Iterable[int]) -> dict[int, SendContext]:
+        """Send contexts within the caller's transaction."""
+        cursor = self._cursor()
+        try:
+            return self._contexts(cursor, set(message_ids))
+        finally:
+            cursor.close()
+
+    def _contexts(self, cursor: Any, message_ids: set[int]) -> dict[int, SendContext]:
+        contexts = {}
+        for message_id in message_ids:
+            cursor.execute(self._sql["context"], {"message_id": message_id})
+            row = cursor.fetchone()
+            if row is None:
+                continue
+            contexts[row[0]] = SendContext(
+                message_id=row[0],
+                subject=row[1],
+                sender_name=row[2],
+                sender_address=row[3],
+                to_header=row[4],
+                cc_header=row[5],
+                message_id_header=row[6],
+                created_at=self._read_timestamp(row[7]),
+                mailbox_id=row[8],
+                smtp_host=row[9] or "",
+                smtp_port=row[10] or 0,
+                smtp_security=row[11] or "",
+                smtp_username=row[12] or "",
+                smtp_password_encrypted=row[13] or "",
+            )
+        return contexts
+
+    def claim(self, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
+        """Claim within the caller's transaction (on SQLite begun IMMEDIATE)."""
+        cursor = self._cursor()
+        try:
+            return self._claim(cursor, worker_id, now, limit)
+        finally:
+            cursor.close()
+
+    def settle(
+        self,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        messages_started: set[int] | None = None,
+    ) -> None:
+        """Settle within the caller's transaction."""
+        cursor = self._cursor()
+        try:
+            self._settle(cursor, worker_id, now, settlements, messages_started)
+        finally:
+            cursor.close()
+
+    def _claim(self, cursor: Any, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
+        if limit <= 0:
+            return []
+        cursor.execute(
+            self._sql["claim"], {"worker": worker_id, "now": self._timestamp(now), "limit": limit}
+        )
+        claimed = [ClaimedCopy(*row) for row in cursor.fetchall()]
+        claimed.sort(key=lambda c: c.id)
+        return claimed
+
+    def _settle(
+        self,
+        cursor: Any,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        messages_started: set[int] | None,
+    ) -> None:
+        """Write each outcome; a message's first sent copy dates it (``messages.sent_at``).
+
+        Only copies still claimed by this worker change. A copy another worker marked
+        ``unknown`` while we were sending (our presence looked lost) still becomes
+        ``sent`` when we know it was: the truth is better than the doubt.
+        ``messages_started`` names the messages already dated, to spare the statement.
+        """
+        if not settlements:
+            return
+        stamp = self._timestamp(now)
+        sent: list[dict[str, object]] = []
+        ended: list[dict[str, object]] = []
+        retry: list[dict[str, object]] = []
+        for s in settlements:
+            row: dict[str, object] = {
+                "copy_id": s.copy_id,
+                "worker": worker_id,
+                "reply": s.reply[:REPLY_MAX],
+            }
+            if s.status == CopyStatus.SENT:
+                sent.append(row | {"now": stamp})
+            elif s.status == CopyStatus.QUEUED:
+                due = self._timestamp(s.next_attempt_at or now)
+                retry.append(row | {"next": due, "giveback": int(s.release)})
+            else:
+                ended.append(row | {"status": str(s.status)})
+        if sent:
+            cursor.executemany(self._sql["sent"], sent)
+            started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
+            started -= messages_started or set()
+            if started:
+                cursor.executemany(
+                    self._sql["started"], [{"now": stamp, "message_id": m} for m in started]
+                )
+                if messages_started is not None:
+                    messages_started.update(started)
+        if ended:
+            cursor.executemany(self._sql["ended"], ended)
+        if retry:
+            cursor.executemany(self._sql["retry"], retry)
+
+
+def claim_copies(conn: Connection, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
+    """Move up to ``limit`` due copies from queued to sending, in the caller's transaction.
+
+    On SQLite the caller must hold the write lock (``sqlite_immediate``).
+    """
+    return SendQueue(conn).claim(worker_id, now, limit)
 
 
 def settle_copies(
-    conn: Connection,
-    worker_id: str,
-    now: datetime,
-    settlements: Sequence[Settlement],
-    *,
-    messages_started: set[int] | None = None,
+    conn: Connection, worker_id: str, now: datetime, settlements: Sequence[Settlement]
 ) -> None:
-    """Write the outcome of each claimed copy; a message's first sent copy dates it.
+    """Write the outcome of each claimed copy, in the caller's transaction."""
+    SendQueue(conn).settle(worker_id, now, settlements)
 
-    Only copies still claimed by this worker change. A copy another worker marked
-    ``unknown`` while we were sending (our presence looked lost) still becomes
-    ``sent`` when we know it was: the truth is better than the doubt.
-    ``messages_started`` holds the messages already known to be dated; the caller
-    keeps it to spare the statement, and it is updated here. Send requests are
-    closed separately (:func:`complete_outbox_entries`).
-    """
-    sent, ended, retry = [], [], []
-    for s in settlements:
-        row: dict[str, object] = {
-            "copy_id": s.copy_id,
-            "worker": worker_id,
-            "reply": s.reply[:REPLY_MAX],
-        }
-        if s.status == CopyStatus.SENT:
-            sent.append(row | {"now": now})
-        elif s.status == CopyStatus.QUEUED:
-            retry.append(row | {"next": s.next_attempt_at or now, "giveback": int(s.release)})
-        else:
-            ended.append(row | {"status": str(s.status)})
-    if sent:
-        conn.execute(_SETTLE_SENT, sent)
-        started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
-        started -= messages_started or set()
-        if started:
-            conn.execute(_MESSAGE_STARTED, [{"now": now, "message_id": m} for m in started])
-            if messages_started is not None:
-                messages_started.update(started)
-    if ended:
-        conn.execute(_SETTLE_ENDED, ended)
-    if retry:
-        conn.execute(_SETTLE_RETRY, retry)
+
+def load_send_contexts(conn: Connection, message_ids: Iterable[int]) -> dict[int, SendContext]:
+    """What the worker needs to send each message's copies, in the caller's transaction."""
+    return SendQueue(conn).contexts(message_ids)
 
 
 def complete_outbox_entries(

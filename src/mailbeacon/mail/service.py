@@ -138,7 +138,7 @@ class MessageService:
             user_id=user.id,
             subject=subject,
             body_html=html,
-            body_text=text if text is not None else ("" if html is None else None),
+            body_text=text if text is not None else "",  # no body at all: an empty text part
             open_tracking=open_on,
             link_tracking=links_on,
             created_at=now,

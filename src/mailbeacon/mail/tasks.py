@@ -7,11 +7,14 @@ claim and the outcome leaves the copy in ``sending``, and a later worker marks i
 without the user's say (``MessageService.retry_unknown``). That is how "at most
 once per recipient per send request" survives a crash.
 
-Claims are made only for lanes that start their SMTP transaction right away, so
-after a crash exactly the copies that were in flight become ``unknown``. The
-outcome of finished copies and the claims of the lanes they free share one
-transaction (one commit, one fsync), which keeps the database off the critical
-path when the SMTP server answers fast.
+A worker keeps up to ``SEND_CONCURRENCY`` SMTP transactions (lanes) going. A
+copy is claimed only for a lane that starts its transaction right away, never
+ahead, so after a crash exactly the copies that were in flight become
+``unknown``. The outcomes of the lanes that finished and the claims for them
+share one transaction (one commit, one fsync); lanes that finish while it is
+being written share the next: a group commit that grows by itself when commits
+are slow. When the send fails with a connection lost after DATA, the worker
+itself marks the copy ``unknown`` for the same reason (see ``mailer``).
 
 **Telling a dead worker from a live one.** Every worker holds a lock for as long
 as its process lives: on PostgreSQL a session-level advisory lock keyed by its
@@ -60,8 +63,6 @@ RECOVER_EVERY_SECONDS = 60.0
 IDLE_CONNECTION_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 3600.0
-LINGER_MAX_SECONDS = float(os.environ.get("MB_LMAX", "0.002"))
-LINGER_FRACTION = float(os.environ.get("MB_LFRAC", "0.5"))
 ORPHAN_REPLY = (
     "the worker sending this copy stopped during the SMTP transaction; the server may or "
     "may not have received it, so it is not resent without your say"
@@ -228,7 +229,12 @@ class _Plan:
 
 
 class OutboxWorker:
-    """Delivers every due copy; runs inside ``serve`` and as ``mailbeacon worker``."""
+    """Delivers every due copy; runs inside ``serve`` and as ``mailbeacon worker``.
+
+    Database work runs in a thread: inside ``serve`` the event loop also answers the
+    tracking edge, which must never wait on a commit, and even in a worker of its
+    own a commit waiting on a slow disk would otherwise hold up every SMTP session.
+    """
 
     def __init__(
         self,
@@ -258,10 +264,9 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._abandoned: list[Settlement] = []
-        self._conn: Connection | None = None  # the pass's connection (used in threads)
+        self._queue: repository.SendQueue | None = None  # the pass's connection
         self._started: set[int] = set()  # messages whose sent_at this pass has set
         self._touched: set[int] = set()  # messages with copies settled this pass
-        self._typical_send = 0.0  # moving average of one SMTP transaction, in seconds
         self._recovered_own = False
         self.stats = {"sent": 0, "failed": 0, "retried": 0, "unknown": 0}
 
@@ -359,15 +364,13 @@ class OutboxWorker:
         in_flight: dict[asyncio.Task[Settlement], ClaimedCopy] = {}
         # Outcomes an earlier pass could not write (database away) go first.
         finished, self._abandoned = self._abandoned, []
+        requeued = False
         try:
             while True:
                 want = 0 if self._stopping else self.concurrency - len(in_flight)
                 if finished or want > 0:
                     try:
-                        if os.environ.get("MB_INLINE"):
-                            claimed = self._settle_and_claim(finished, want)
-                        else:
-                            claimed = await asyncio.to_thread(self._settle_and_claim, finished, want)
+                        claimed = await asyncio.to_thread(self._settle_and_claim, finished, want)
                     except SQLAlchemyError:
                         # The outcomes stay in memory and are written when the database
                         # answers again (by this pass, or the next one); nothing new is
@@ -379,23 +382,21 @@ class OutboxWorker:
                         claimed = []
                     else:
                         handled += len(finished)
+                        # A copy put back in the queue is claimable only from the next
+                        # round on (on PostgreSQL a round is one statement, one snapshot).
+                        requeued = any(s.status == CopyStatus.QUEUED for s in finished)
                         finished = []
                     for copy in claimed:
                         task = asyncio.create_task(self._deliver(copy))
                         in_flight[task] = copy
                 if not in_flight:
-                    if not finished:
+                    if not finished and not (requeued and want > 0):
                         return handled
+                    requeued = False
                     continue
+                # Lanes that finish while a round is being written are settled together
+                # by the next one: a group commit that needs no waiting on purpose.
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                linger = self._linger()
-                if linger > 0 and len(done) < len(in_flight):
-                    # Group commit: let the other lanes finish too (briefly), so one
-                    # transaction settles and re-claims for several of them.
-                    more, _ = await asyncio.wait(
-                        [t for t in in_flight if t not in done], timeout=linger
-                    )
-                    done |= more
                 for task in done:
                     in_flight.pop(task)
                     finished.append(task.result())
@@ -406,21 +407,11 @@ class OutboxWorker:
             self._abandoned.extend(finished)
             raise
 
-    def _linger(self) -> float:
-        """How long a finished lane waits for the others before the next transaction.
-
-        A fraction of a typical SMTP transaction, and never more than LINGER_MAX: with
-        a fast server it turns one commit per copy into one per several copies; with
-        a slow one it is nothing beside the transaction itself.
-        """
-        return min(LINGER_MAX_SECONDS, LINGER_FRACTION * self._typical_send)
-
     async def _deliver(self, copy: ClaimedCopy) -> Settlement:
         plan = self._plans[copy.message_id]
         if plan.smtp is None:
             return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, plan.problem)
         mailer = self.pool.take(plan.smtp)
-        started = time.monotonic()
         try:
             data = plan.render(copy)
             delivery = await mailer.send(plan.context.sender_address, copy.address, data)
@@ -449,8 +440,6 @@ class OutboxWorker:
             )
         else:
             self.pool.give_back(plan.smtp, mailer)
-            took = time.monotonic() - started
-            self._typical_send += (took - self._typical_send) * 0.1
         return self._settlement(copy, delivery)
 
     def _settlement(
@@ -490,9 +479,9 @@ class OutboxWorker:
     # -- database work (runs in a thread)
 
     def _connect(self) -> Any:
-        # On SQLite, BEGIN IMMEDIATE takes the write lock first: the claim reads and
-        # writes without another writer in between, and never hits SQLITE_BUSY on
-        # a lock upgrade (the option is ignored by PostgreSQL).
+        # On SQLite, BEGIN IMMEDIATE takes the write lock first: a transaction that
+        # reads then writes never hits SQLITE_BUSY on a lock upgrade (the option is
+        # ignored by PostgreSQL). SendQueue.round begins its own the same way.
         return self.database.engine.connect().execution_options(sqlite_immediate=True)
 
     def _has_due(self) -> bool:
@@ -501,25 +490,31 @@ class OutboxWorker:
 
     def _settle_and_claim(self, settlements: list[Settlement], want: int) -> list[ClaimedCopy]:
         """One transaction: the outcomes of finished copies, and claims for the free lanes."""
-        now = utcnow()
         # One connection for the whole pass: no pool checkout (nor PostgreSQL's
         # pre-ping) per round.
-        if self._conn is None:
-            self._conn = self._connect()
-        conn = self._conn
+        if self._queue is None:
+            conn = self._connect()
+            if not self.database.is_sqlite:
+                # Each round is one statement on PostgreSQL: autocommit makes it one
+                # round trip (SQLAlchemy restores the mode when the connection returns
+                # to the pool).
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._queue = repository.SendQueue(conn)
+        queue = self._queue
         try:
-            with conn.begin():
-                repository.settle_copies(
-                    conn, self.worker_id, now, settlements, messages_started=self._started
-                )
-                claimed = repository.claim_copies(conn, self.worker_id, now, want)
-                missing = {c.message_id for c in claimed} - self._plans.keys()
-                contexts = repository.load_send_contexts(conn, missing)
+            claimed, contexts = queue.round(
+                self.worker_id,
+                utcnow(),
+                settlements,
+                want,
+                messages_started=self._started,
+                known_messages=self._plans,
+            )
         except SQLAlchemyError:
-            self._conn = None
+            self._queue = None
             with contextlib.suppress(SQLAlchemyError):
-                conn.invalidate()
-            conn.close()
+                queue.conn.invalidate()
+            queue.conn.close()
             raise
         self._touched.update(s.message_id for s in settlements)
         for message_id, context in contexts.items():
@@ -528,9 +523,8 @@ class OutboxWorker:
 
     def _end_pass(self, touched: set[int]) -> None:
         """Close the send requests the pass finished, and give the connection back."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            conn = self._connect()
+        queue, self._queue = self._queue, None
+        conn = queue.conn if queue is not None else self._connect()
         with conn:
             if touched:
                 with conn.begin():

@@ -39,7 +39,9 @@ router = APIRouter(prefix="/api/notifications", tags=["notifications"])
 
 # How long a browser waits before reconnecting a stream that ended.
 RETRY_MILLISECONDS = 1000
-_NOT_FOUND = {404: {"description": "No such notification among yours"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such notification among yours"}
+}
 
 
 def _unread(runtime: Runtime, user_id: int) -> int:

@@ -164,15 +164,16 @@ def list_notifications(
     return list(session.scalars(query))
 
 
-def count_unread(session: Session, user_id: int) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(_notifications)
-            .where(_notifications.c.user_id == user_id, _notifications.c.read_at.is_(None))
-        )
-        or 0
+def count_unread(session: Session, user_id: int, cap: int) -> int:
+    """Unread notifications, counted up to ``cap``: the bell says "99+" anyway, and a
+    user who never reads them must not make every recount scan thousands."""
+    unread = (
+        select(_notifications.c.id)
+        .where(_notifications.c.user_id == user_id, _notifications.c.read_at.is_(None))
+        .limit(cap)
+        .subquery()
     )
+    return int(session.scalar(select(func.count()).select_from(unread)) or 0)
 
 
 def owned_ids(session: Session, user_id: int, ids: Sequence[int]) -> set[int]:

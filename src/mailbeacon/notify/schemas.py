@@ -23,12 +23,12 @@ class NotificationOut(BaseModel):
 
 class NotificationPage(BaseModel):
     items: list[NotificationOut]
-    unread_count: int
+    unread_count: int = Field(description="Counted up to 1000")
     next_cursor: str | None = Field(description="Pass as `before` for the next (older) page")
 
 
 class UnreadCount(BaseModel):
-    count: int
+    count: int = Field(description="Unread notifications, counted up to 1000")
 
 
 class MarkRead(BaseModel):

@@ -39,6 +39,8 @@ from mailbeacon.tracking.activity import decode_cursor, encode_cursor
 
 TITLE_CHARS = 500
 FEED_PAGE_SIZE = 50
+# Unread counts stop here (the bell shows "99+" from 100 on).
+UNREAD_CAP = 1000
 
 
 class NotificationNotFound(Exception):
@@ -84,6 +86,8 @@ def notifications_for_batch(
         new_rows += _open_notifications(conn, opens)
     if clicks:
         new_rows += _click_notifications(conn, clicks)
+    # In the order things happened, so ids follow time within a batch too.
+    new_rows.sort(key=lambda row: (row["created_at"], row["copy_id"]))
     repository.insert_notifications(conn, new_rows)
     if wake and conn.dialect.name == "postgresql":
         repository.announce(conn, wake)
@@ -211,15 +215,15 @@ class NotificationService:
         items = found[:limit]
         return NotificationPage(
             items=[notification_out(n) for n in items],
-            unread_count=repository.count_unread(session, user.id),
+            unread_count=repository.count_unread(session, user.id, UNREAD_CAP),
             next_cursor=(
                 encode_cursor(items[-1].created_at, items[-1].id) if len(found) > limit else None
             ),
         )
 
     def unread_count(self, session: Session, user_id: int) -> int:
-        """How many of the user's notifications are unread (the bell's figure)."""
-        return repository.count_unread(session, user_id)
+        """How many of the user's notifications are unread (the bell), at most ``UNREAD_CAP``."""
+        return repository.count_unread(session, user_id, UNREAD_CAP)
 
     def mark_read(self, session: Session, user: User, notification_ids: Sequence[int]) -> Wake:
         """Mark some of the user's notifications read; others' ids raise NotificationNotFound.

@@ -6,7 +6,7 @@ whatever organisation they share.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
@@ -23,15 +23,17 @@ from mailbeacon.web.deps import DbSession, SignedInViewer, get_runtime
 
 router = APIRouter(prefix="/api/mail", tags=["mail"])
 
-_NOT_FOUND = {404: {"description": "No such email among yours"}}
-_BAD_CURSOR = {400: {"description": "The cursor was not handed out by this server"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such email among yours"}}
+_BAD_CURSOR: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The cursor was not handed out by this server"}
+}
 
 
 @router.get("", response_model=MailPageOut, responses=_BAD_CURSOR)
 def list_mail(
     session: DbSession,
     viewer: SignedInViewer,
-    filter: Annotated[  # noqa: A002 (the query parameter's public name)
+    filter: Annotated[
         MailFilter | None, Query(description="tracked, opened, clicked or not_opened")
     ] = None,
     q: Annotated[str, Query(max_length=200, description="Search subject and recipients")] = "",

@@ -20,6 +20,7 @@ from mailbeacon.models import (
     TrackingEvent,
 )
 from mailbeacon.models.event import PERSON_LABELS
+from mailbeacon.notify.service import notifications_for_batch
 from mailbeacon.tracking.classify import HitSignals, Policy, PriorHit, classify_hit
 from mailbeacon.tracking.event_sql import EventSql, event_sql
 from mailbeacon.tracking.hits import Hit
@@ -86,6 +87,9 @@ class WriteResult:
     skipped_duplicates: int = 0
     unknown_copies: int = 0
     labels: dict[str, int] = field(default_factory=dict)
+    # Senders with new activity -> their messages that have it (notify/live.py);
+    # published to this process's live streams after commit.
+    wake: dict[int, set[int]] = field(default_factory=dict)
 
 
 def source_key(hit: Hit) -> str:
@@ -259,6 +263,7 @@ def write_hits(
                 ],
             )
         # notifications hook
+        result.wake = notifications_for_batch(conn, event_rows, copies)
         result.written = len(event_rows)
     return result
 

@@ -21,7 +21,11 @@ from mailbeacon.accounts import views as account_views
 from mailbeacon.accounts.service import AccountError, InvalidInput, NoMailboxConnection
 from mailbeacon.mail import endpoints as mail_endpoints
 from mailbeacon.mail import views as mail_views
+from mailbeacon.notify import endpoints as notify_endpoints
+from mailbeacon.notify import views as notify_views
 from mailbeacon.runtime import Runtime
+from mailbeacon.tracking import endpoints as tracking_endpoints
+from mailbeacon.tracking import views as tracking_views
 from mailbeacon.web.deps import (
     CsrfRejected,
     OptionalViewer,
@@ -113,6 +117,10 @@ def create_web_app(runtime: Runtime) -> FastAPI:
     app.include_router(mail_views.router)
     app.include_router(account_endpoints.router)
     app.include_router(mail_endpoints.router)
+    app.include_router(tracking_views.router)
+    app.include_router(tracking_endpoints.router)
+    app.include_router(notify_views.router)
+    app.include_router(notify_endpoints.router)
 
     @app.exception_handler(SignInRequired)
     async def sign_in_required(request: Request, exc: SignInRequired) -> Response:
