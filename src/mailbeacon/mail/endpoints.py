@@ -14,7 +14,13 @@ from mailbeacon.mail.schemas import Draft
 from mailbeacon.mail.service import InvalidDraft, NoMailbox, message_service
 from mailbeacon.mail.views import copies_of_messages, message_of_user
 from mailbeacon.models import Message, RecipientCopy
-from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, get_runtime
+from mailbeacon.web.deps import (
+    CheckedViewer,
+    DbSession,
+    SignedInViewer,
+    commit_and_wake_outbox,
+    get_runtime,
+)
 
 router = APIRouter(prefix="/api")
 
@@ -168,6 +174,7 @@ def send_message(
             },
             status_code=409,
         )
+    commit_and_wake_outbox(request, session)
     copies = copies_of_messages(session, [message.id])[message.id]
     out = message_out(message, copies)
     return JSONResponse(

@@ -27,7 +27,14 @@ from mailbeacon.accounts.service import account_service
 from mailbeacon.mail.schemas import Draft
 from mailbeacon.mail.service import InvalidDraft, NoMailbox, message_service
 from mailbeacon.models import CopyStatus, DemoMessage, Message, RecipientCopy, User
-from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, get_runtime, render
+from mailbeacon.web.deps import (
+    CheckedViewer,
+    DbSession,
+    SignedInViewer,
+    commit_and_wake_outbox,
+    get_runtime,
+    render,
+)
 
 router = APIRouter()
 
@@ -235,6 +242,7 @@ def send(
                 ]
             }
         return _compose_page(request, session, user, values, errors=errors, status_code=422)
+    commit_and_wake_outbox(request, session)
     return RedirectResponse(f"/sent/{message.id}?notice=queued", status_code=303)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mailbeacon.kit.clock import utcnow
@@ -78,7 +78,16 @@ class RecipientCopy(Base):
     """One recipient's own copy of a message, with its own tokens and figures."""
 
     __tablename__ = "recipient_copies"
-    __table_args__ = (Index("ix_recipient_copies_status_next", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_recipient_copies_status_next", "status", "next_attempt_at"),
+        # Searching the Mail tab by a Bcc recipient (To and Cc are in the headers).
+        Index(
+            "ix_recipient_copies_bcc",
+            "message_id",
+            postgresql_where=text("kind = 'bcc'"),
+            sqlite_where=text("kind = 'bcc'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     message_id: Mapped[int] = mapped_column(

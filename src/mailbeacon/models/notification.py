@@ -23,6 +23,10 @@ class Notification(Base):
     __table_args__ = (
         Index("ix_notifications_user_created", "user_id", "created_at"),
         Index("ix_notifications_user_unread", "user_id", "read_at"),
+        # The writer finds each copy's latest open notification through it, and
+        # erasing a message or copy cascades through these two.
+        Index("ix_notifications_copy_kind", "copy_id", "kind"),
+        Index("ix_notifications_message", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

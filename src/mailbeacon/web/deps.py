@@ -65,6 +65,17 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+def commit_and_wake_outbox(request: Request, session: Session) -> None:
+    """Commit a planned send now and tell this process's outbox worker to deliver it.
+
+    Without this the copies would wait for the worker's next poll.
+    """
+    session.commit()
+    outbox = getattr(request.app.state, "outbox", None)
+    if outbox is not None:
+        outbox.wake()
+
+
 def is_api_request(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
