@@ -168,3 +168,24 @@ def test_classify_explains_a_verdict(cli: Cli) -> None:
     assert out.startswith("prefetch\t")
     out = cli.run("classify", "--kind", "click", "--ua", THUNDERBIRD, "--seconds-after-send", "1")
     assert out.stdout.decode().startswith("human\t")  # TOO_FAST_SECONDS is 0 here
+
+
+def test_refreshed_network_ranges_change_what_classify_says(cli: Cli, tmp_path: Path) -> None:
+    ranges = tmp_path / "gateway.txt"
+    ranges.write_text("# a security gateway's published ranges\n198.51.100.0/24\n")
+    refreshed = cli.run("networks", "refresh", "--source", f"proofpoint={ranges}")
+    assert b"proofpoint\t1 ranges" in refreshed.stdout
+    argv = ["classify", "--kind", "click", "--ua", THUNDERBIRD, "--json"]
+    inside = json.loads(cli.run(*argv, "--ip", "198.51.100.20").stdout)
+    outside = json.loads(cli.run(*argv, "--ip", "203.0.113.20").stdout)
+    assert inside["label"] == "scanner" and "roofpoint" in inside["reason"]
+    assert outside["label"] == "human"
+    missing = subprocess.run(
+        [str(BIN), "networks", "refresh", "--source", f"apple={tmp_path / 'nope.csv'}"],
+        env=cli.env,
+        capture_output=True,
+        check=False,
+    )
+    assert missing.returncode == 1 and b"nope.csv" in missing.stderr
+    # The failed source left the earlier list in place.
+    assert json.loads(cli.run(*argv, "--ip", "198.51.100.20").stdout)["label"] == "scanner"
