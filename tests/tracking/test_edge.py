@@ -242,3 +242,40 @@ async def test_unknown_copy_hits_are_answered_but_not_stored(
         r = await c.get(f"/t/o/{token}.gif")
     assert r.status_code == 200
     assert count_events(database) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_destination_with_spaces_still_redirects(app: MailbeaconApp) -> None:
+    token = app.runtime.codec.mint_click_token(1, 0, "https://example.com/files/Q3 report.pdf")
+    async with client(app) as c:
+        r = await c.get(f"/t/c/{token}")
+    assert r.status_code == 302
+    assert r.headers["location"] == "https://example.com/files/Q3%20report.pdf"
+
+
+@pytest.mark.asyncio
+async def test_the_viewer_cookie_is_found_by_its_exact_name_in_any_cookie_header(
+    app: MailbeaconApp, database: Database
+) -> None:
+    _, (copy_id,), user_id = seed(database)
+    codec = app.runtime.codec
+    viewer = codec.mint_viewer_token(user_id)
+    pixel = f"/t/o/{codec.mint_open_token(copy_id)}.gif"
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://mb.test") as c:
+        # A look-alike name is not our cookie.
+        await c.get(
+            pixel, headers={"cookie": f"xmb_viewer={viewer}", "user-agent": "Thunderbird/1"}
+        )
+        # Split over several headers (as HTTP/2 sends them), ours in the second.
+        await c.get(
+            pixel,
+            headers=[
+                ("cookie", "a=1; b=2"),
+                ("cookie", f"theme=dark; mb_viewer={viewer}"),
+                ("user-agent", "Thunderbird/2"),
+            ],
+        )
+    with database.sessions() as s:
+        labels = [e.label for e in s.scalars(select(TrackingEvent).order_by(TrackingEvent.id))]
+    assert labels == ["human", "self"]

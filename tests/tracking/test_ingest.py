@@ -196,3 +196,50 @@ def test_spool_append_survives_a_concurrent_claim(tmp_path: Path) -> None:
     with spool.claim() as claimed:
         assert claimed is not None and [h.copy_id for h in claimed[1]] == [2]
     assert not spool.has_pending()
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_spool_line_is_set_aside_and_the_rest_replayed(
+    settings: Settings, database: Database
+) -> None:
+    (copy_id,) = seed(database)
+    spool = Spool(settings.spool_dir)
+    spool.append([hit(copy_id)])
+    path = next(settings.spool_dir.glob("*.jsonl"))
+    with path.open("a") as fh:
+        fh.write('{"uid": "cut off by a full disk"\n')
+    spool.append([hit(copy_id), hit(copy_id)])
+    Spool(settings.spool_dir).append([hit(copy_id)])  # another process's file
+    runtime = Runtime.from_settings(settings)
+    ingest = runtime.make_ingest()
+    await ingest.start()
+    assert await ingest.replay_spool() == 4
+    await ingest.stop()
+    assert stored(database) == 4
+    assert ingest.database_up
+    rejected = (settings.spool_dir / "rejected.hits").read_text()
+    assert "cut off by a full disk" in rejected
+    assert not Spool(settings.spool_dir).has_pending()
+    runtime.database.dispose()
+
+
+@pytest.mark.asyncio
+async def test_a_hit_the_database_refuses_does_not_hold_back_the_others(
+    settings: Settings, database: Database
+) -> None:
+    (copy_id,) = seed(database)
+    runtime = Runtime.from_settings(settings)
+    ingest = runtime.make_ingest()
+    await ingest.start()
+    first = hit(copy_id)
+    await ingest.record(first)
+    again = hit(copy_id)
+    again.uid = first.uid  # refused: that uid is stored already
+    await asyncio.gather(
+        ingest.record(hit(copy_id)), ingest.record(again), ingest.record(hit(copy_id))
+    )
+    await ingest.stop()
+    assert stored(database) == 3
+    assert ingest.database_up and ingest.stats["spooled"] == 0
+    assert first.uid in (settings.spool_dir / "rejected.hits").read_text()
+    runtime.database.dispose()

@@ -34,6 +34,7 @@ PIXEL_GIF = (
 assert len(PIXEL_GIF) == 43
 
 VIEWER_COOKIE = "mb_viewer"
+_VIEWER_COOKIE_NAME = VIEWER_COOKIE.encode()
 
 _PIXEL_HEADERS = [
     (b"content-type", b"image/gif"),
@@ -61,7 +62,9 @@ _URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
 
 def location_for(url: str) -> bytes | None:
     """The Location value for a sealed destination, or None if we must not go there."""
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+    # Control characters could split the header; a space is fine (browsers
+    # follow such links, and quote() below turns it into %20).
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         return None
     try:
         parts = urlsplit(url)
@@ -153,7 +156,8 @@ class TrackingEdge:
                 ua = value.decode("latin-1")[:1000]
             elif name in _PREFETCH_HEADERS:
                 hint = f"{name.decode()}: {value.decode('latin-1')[:60]}"
-            elif name == b"cookie":
+            elif name == b"cookie" and viewer is None:
+                # HTTP/2 may split cookies over several headers: keep looking.
                 viewer = self._viewer(value)
             elif name == b"x-forwarded-for" and self._trust_xff:
                 forwarded = value.decode("latin-1").split(",")[0].strip()
@@ -174,15 +178,15 @@ class TrackingEdge:
         )
 
     def _viewer(self, cookie_header: bytes) -> int | None:
-        marker = VIEWER_COOKIE.encode() + b"="
-        start = cookie_header.find(marker)
-        if start < 0:
-            return None
-        value = cookie_header[start + len(marker) :].split(b";", 1)[0].strip()
-        try:
-            return self._codec.read_viewer_token(value.decode("ascii"))
-        except (InvalidToken, UnicodeDecodeError):
-            return None
+        """The signed-in sender's id from our viewer cookie, if this header has it."""
+        for pair in cookie_header.split(b";"):
+            name, sep, value = pair.strip().partition(b"=")
+            if sep and name == _VIEWER_COOKIE_NAME:
+                try:
+                    return self._codec.read_viewer_token(value.decode("ascii"))
+                except (InvalidToken, UnicodeDecodeError):
+                    return None
+        return None
 
 
 async def _respond(

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
 from mailbeacon.tracking.hits import Hit
 from mailbeacon.tracking.repository import WriteResult
 from mailbeacon.tracking.spool import Spool
@@ -22,6 +24,13 @@ from mailbeacon.tracking.spool import Spool
 log = logging.getLogger(__name__)
 
 WriteBatch = Callable[[list[Hit], bool], WriteResult]
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a write failed because the database is away (worth spooling and retrying)."""
+    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class Ingest:
@@ -70,7 +79,10 @@ class Ingest:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
             self._replayer = None
-        await self.replay_spool()
+        try:
+            await self.replay_spool()
+        except Exception:
+            log.exception("spool replay at shutdown failed; the next start replays it")
 
     async def record(self, hit: Hit) -> None:
         """Queue a hit and return once it is durable."""
@@ -105,9 +117,9 @@ class Ingest:
         self.stats["batches"] += 1
         if time.monotonic() >= self._db_retry_at:
             try:
-                await asyncio.to_thread(self._write_batch, hits, False)
+                await asyncio.to_thread(self._write_isolating, hits, False)
             except Exception:
-                log.exception("database write failed; spooling %d hits", len(hits))
+                log.exception("database unreachable; spooling %d hits", len(hits))
                 self._mark_down()
             else:
                 self.stats["written"] += len(hits)
@@ -121,6 +133,36 @@ class Ingest:
             # (a pixel and a link must never break), so say loudly what is lost.
             self.stats["lost"] += len(hits)
             log.critical("could not store %d hits in the database nor the spool", len(hits))
+
+    def _write_isolating(self, hits: list[Hit], replay: bool) -> WriteResult:
+        """Write a batch; if the database refuses it for a reason other than being
+        away, write the hits one by one and set aside only those it still refuses.
+
+        Raises only when the database cannot be reached, so that one bad hit can
+        neither hold back the others nor make the database look down.
+        """
+        try:
+            return self._write_batch(hits, replay)
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise
+            log.exception("a batch of %d hits was refused; writing them one by one", len(hits))
+        total = WriteResult()
+        refused: list[Hit] = []
+        for hit in hits:
+            try:
+                result = self._write_batch([hit], replay)
+            except Exception as exc:
+                if is_unreachable(exc):
+                    raise
+                refused.append(hit)
+                continue
+            total.written += result.written
+            total.skipped_duplicates += result.skipped_duplicates
+            total.unknown_copies += result.unknown_copies
+        if refused:
+            self._spool.reject(refused, "refused by the database")
+        return total
 
     def _mark_down(self) -> None:
         self.database_up = False
@@ -149,7 +191,7 @@ class Ingest:
                         break
                     path, hits = claimed
                     if hits:
-                        result = self._write_batch(hits, True)
+                        result = self._write_isolating(hits, True)
                         total += result.written
                         log.info(
                             "replayed %d hits from %s (%d already stored)",

@@ -11,6 +11,7 @@ twice.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import uuid
@@ -24,6 +25,27 @@ log = logging.getLogger(__name__)
 
 _ACTIVE = ".jsonl"
 _CLAIMED = ".replaying"
+# Not ".jsonl": the replayer must never pick it up.
+REJECTED_FILE = "rejected.hits"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a full disk): write the rest or raise."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError("the spool file accepted no more bytes")
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a newly created file's directory entry durable too."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Spool:
@@ -40,6 +62,7 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = "".join(h.to_json() + "\n" for h in hits).encode()
         while True:
+            created = not self.active_path.exists()
             fd = os.open(self.active_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -51,11 +74,29 @@ class Spool:
                     same = False
                 if not same:
                     continue
-                os.write(fd, data)
+                _write_all(fd, data)
                 os.fsync(fd)
+                if created:
+                    _fsync_directory(self.directory)
                 return
             finally:
                 os.close(fd)
+
+    def reject(self, hits: list[Hit], reason: str) -> None:
+        """Keep hits the database refused (not for being away) out of the replay loop."""
+        self._reject_lines([h.to_json() for h in hits], reason)
+
+    def _reject_lines(self, lines: list[str], reason: str) -> None:
+        log.error("setting %d hit(s) aside in %s: %s", len(lines), REJECTED_FILE, reason)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = "".join(json.dumps({"reason": reason, "hit": line}) + "\n" for line in lines)
+        fd = os.open(self.directory / REJECTED_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _write_all(fd, data.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def has_pending(self) -> bool:
         return self.directory.is_dir() and any(
@@ -97,7 +138,16 @@ class Spool:
                     lines = fh.read().split("\n")
                 # The last element is the (possibly partial) unterminated tail:
                 # a write cut short by a crash was never acknowledged.
-                hits = [Hit.from_json(line) for line in lines[:-1] if line]
+                hits = []
+                for line in lines[:-1]:
+                    if not line:
+                        continue
+                    try:
+                        hits.append(Hit.from_json(line))
+                    except (ValueError, TypeError):
+                        # Unreadable: set aside for an operator, never in the way
+                        # of the lines after it.
+                        self._reject_lines([line], "unreadable spool line")
                 yield claimed, hits
                 claimed.unlink(missing_ok=True)
                 return
