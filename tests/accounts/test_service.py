@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
 
+from mailbeacon.accounts import service as service_module
 from mailbeacon.accounts.credentials import CredentialBox
 from mailbeacon.accounts.schemas import NewUser
+from mailbeacon.accounts.security import EMAIL_LIMIT
 from mailbeacon.accounts.service import (
     InvalidInput,
     SignInRefused,
@@ -159,6 +163,61 @@ def test_twenty_failures_from_one_network_lock_that_network(database: Database) 
         account_service.sign_in(s, "sally@example.com", PASSWORD, "198.51.100.1", now=start)
 
 
+def test_parallel_wrong_passwords_get_no_more_checks_than_the_limit(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(database)
+    checked = 0
+    count_lock = threading.Lock()
+    real_verify = service_module.verify_password
+
+    def counting_verify(password_hash: str | None, password: str) -> bool:
+        nonlocal checked
+        with count_lock:
+            checked += 1
+        return real_verify(password_hash, password)
+
+    monkeypatch.setattr(service_module, "verify_password", counting_verify)
+    start = threading.Barrier(30)
+
+    def attempt(i: int) -> type[SignInRefused]:
+        start.wait()
+        # Each attempt in its own session and transaction, as parallel requests are.
+        return type(_fail(database, "sally@example.com", f"198.51.100.{i}"))
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        outcomes = list(pool.map(attempt, range(30)))
+    assert checked == EMAIL_LIMIT.failures
+    assert outcomes.count(SignInRefused) == EMAIL_LIMIT.failures
+    assert outcomes.count(TooManyAttempts) == 30 - EMAIL_LIMIT.failures
+
+
+def test_the_password_check_holds_no_write_lock(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Argon2 takes a tenth of a second; on SQLite a write lock held meanwhile
+    # would stall the ingest writer for as long, at every sign-in.
+    create(database)
+    real_verify = service_module.verify_password
+    others_wrote: list[bool] = []
+
+    def verify_while_another_writes(password_hash: str | None, password: str) -> bool:
+        with database.engine.connect() as conn:
+            if database.is_sqlite:
+                conn.exec_driver_sql("PRAGMA busy_timeout=200")
+                conn.rollback()
+            with conn.execution_options(sqlite_immediate=True).begin():
+                conn.execute(text("UPDATE users SET display_name = 'Sal'"))
+            others_wrote.append(True)
+        return real_verify(password_hash, password)
+
+    monkeypatch.setattr(service_module, "verify_password", verify_while_another_writes)
+    _fail(database, "sally@example.com", "198.51.100.1")
+    with database.unit_of_work() as s:
+        account_service.sign_in(s, "sally@example.com", PASSWORD, "198.51.100.1")
+    assert others_wrote == [True, True]
+
+
 def test_api_tokens_authenticate_until_revoked(database: Database) -> None:
     create(database)
     with database.unit_of_work() as s:
@@ -208,6 +267,55 @@ def test_mailbox_password_is_stored_sealed(database: Database) -> None:
         assert account_service.smtp_params(s, user, box).password == "hunter2-app-password"
         mailbox = s.scalars(select(MailboxConnection)).one()
         assert mailbox.smtp_security == Security.STARTTLS
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"smtp_host": "smtp.attacker.example"},
+        {"smtp_port": "465"},
+        {"smtp_security": "tls"},
+        {"smtp_username": "mallory"},
+    ],
+)
+def test_a_stored_password_never_follows_a_changed_server(
+    database: Database, change: dict[str, str]
+) -> None:
+    create(database)
+    box = CredentialBox(new_secret(32).encode()[:32])
+    form = {
+        "sender_address": "sally@example.com",
+        "smtp_host": "smtp.example.com",
+        "smtp_port": "587",
+        "smtp_security": "starttls",
+        "smtp_username": "sally",
+        "smtp_password": "hunter2-app-password",
+    }
+    with database.unit_of_work() as s:
+        user = s.scalars(select(User)).one()
+        saved = account_service.save_mailbox(
+            s, user, account_service.parse_mailbox_settings(form), box
+        )
+        assert not saved.password_dropped
+    with database.unit_of_work() as s:
+        user = s.scalars(select(User)).one()
+        changed = {**form, **change, "smtp_password": ""}
+        saved = account_service.save_mailbox(
+            s, user, account_service.parse_mailbox_settings(changed), box
+        )
+        assert saved.password_dropped
+    with database.unit_of_work() as s:
+        user = s.scalars(select(User)).one()
+        assert account_service.smtp_params(s, user, box).password == ""
+        # With a new password typed in, the change needs nothing more.
+        retyped = {**form, **change, "smtp_password": "another-password"}
+        saved = account_service.save_mailbox(
+            s, user, account_service.parse_mailbox_settings(retyped), box
+        )
+        assert not saved.password_dropped
+    with database.sessions() as s:
+        user = s.scalars(select(User)).one()
+        assert account_service.smtp_params(s, user, box).password == "another-password"
 
 
 @pytest.mark.parametrize(

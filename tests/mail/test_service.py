@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from mailbeacon.db import Database
+from mailbeacon.mail import repository
 from mailbeacon.mail.schemas import Draft
 from mailbeacon.mail.service import (
     CannotRetry,
@@ -239,6 +241,34 @@ def test_only_an_unknown_copy_of_ones_own_can_be_resent(
         copy = s.get_one(RecipientCopy, copy_id)
         assert (copy.status, copy.attempts) == (CopyStatus.QUEUED, 0)
         assert s.scalars(select(OutboxEntry.completed_at)).one() is None
+
+
+def test_a_late_settle_wins_over_the_users_retry(
+    database: Database, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with database.unit_of_work() as s:
+        user = make_sender(s, port=2525)
+        copy = s.scalars(
+            select(RecipientCopy).where(RecipientCopy.message_id == plan(s, runtime, user).id)
+        ).one()
+        copy.status = CopyStatus.UNKNOWN
+        copy_id = copy.id
+    real_copy_of_user = repository.copy_of_user
+
+    def copy_then_late_settle(session: Session, user_id: int, copy_id: int) -> RecipientCopy | None:
+        found = real_copy_of_user(session, user_id, copy_id)
+        # Right after the copy was read as unknown, the worker learns that the server
+        # had it after all (textual SQL: the session's object is not told).
+        session.execute(text(f"UPDATE recipient_copies SET status = 'sent' WHERE id = {copy_id}"))
+        return found
+
+    monkeypatch.setattr(repository, "copy_of_user", copy_then_late_settle)
+    with database.unit_of_work() as s:
+        user = s.scalars(select(User)).one()
+        with pytest.raises(CannotRetry):
+            message_service.retry_unknown(s, user, copy_id)
+    with database.sessions() as s:
+        assert s.get_one(RecipientCopy, copy_id).status == CopyStatus.SENT
 
 
 def test_draft_accepts_the_documented_shape() -> None:

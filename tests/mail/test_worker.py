@@ -11,11 +11,14 @@ import signal
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailbeacon.db import Database
+from mailbeacon.mail import repository
 from mailbeacon.mail.tasks import OutboxWorker
 from mailbeacon.models import CopyStatus, Message, OutboxEntry, RecipientCopy
 from mailbeacon.runtime import Runtime
@@ -365,3 +368,60 @@ async def test_stopping_mid_transaction_marks_the_copy_unknown(
     copy = copies(database, message_id)["ann@example.org"]
     assert copy.status == CopyStatus.UNKNOWN
     assert copy.smtp_reply == "the worker stopped during the SMTP transaction"
+
+
+async def test_claims_whose_round_failed_are_put_back_and_sent(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a round's claims are committed by its one statement; the send
+    # contexts are read after it. When that read fails the worker never starts
+    # the copies, and must not leave them in `sending` (they would turn unknown).
+    message_id = plan_send(
+        database, runtime, sink.port, to=["ann@example.org"], bcc=["bob@example.org"]
+    )
+    real_contexts = repository.SendQueue._contexts
+    failures = [True]
+
+    def failing_contexts(queue: repository.SendQueue, cursor: Any, ids: set[int]) -> Any:
+        if ids and failures:
+            failures.pop()
+            raise queue._driver_error("the connection was lost")
+        return real_contexts(queue, cursor, ids)
+
+    monkeypatch.setattr(repository.SendQueue, "_contexts", failing_contexts)
+    worker = OutboxWorker(runtime)
+    with pytest.raises(SQLAlchemyError):
+        await worker.run_once()
+    assert await worker.run_once() == 2
+    by_address = copies(database, message_id)
+    assert {c.status for c in by_address.values()} == {CopyStatus.SENT}
+    assert {c.attempts for c in by_address.values()} == {1}
+    assert Counter(r for rec in sink.handler.accepted for r in rec.rcpt_tos) == {
+        "ann@example.org": 1,
+        "bob@example.org": 1,
+    }
+
+
+async def test_wake_from_another_thread_is_safe_and_prompt(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    # Sync request handlers run in the threadpool and wake the worker from there.
+    # Debug mode makes the loop refuse calls from the wrong thread.
+    asyncio.get_running_loop().set_debug(True)
+    worker = OutboxWorker(runtime, poll_seconds=30)
+    await worker.start()
+    try:
+        for _ in range(200):  # until the worker waits for a wake-up
+            if worker._wake._waiters:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+        message_id = plan_send(database, runtime, sink.port)
+        await asyncio.to_thread(worker.wake)
+        for _ in range(250):
+            if copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        # A wake-up set from the wrong thread can leave the loop's waiter stuck.
+        await asyncio.wait_for(worker.stop(), 20)
+    assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT

@@ -183,6 +183,57 @@ async def test_a_working_connection_says_so(
     assert "Connection works." in r.text
 
 
+async def test_test_connection_never_sends_the_stored_password_to_a_new_server(
+    client: httpx.AsyncClient, signed_in: str, database: Database, app: MailbeaconApp
+) -> None:
+    tried: list[Any] = []
+
+    def record(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        tried.append(auth_data)
+        return AuthResult(success=False, handled=False)
+
+    r = await client.post("/settings/email-sync", data={**FORM, "csrf_token": signed_in})
+    assert r.status_code == 303
+    async with smtp_server(authenticator=record, auth_require_tls=False) as peer:
+        # Someone with the session points the connection at their own server and
+        # leaves the password field empty, as the form invites to.
+        moved = {
+            **FORM,
+            "smtp_host": peer.host,
+            "smtp_port": str(peer.port),
+            "smtp_security": "none",
+            "smtp_password": "",
+        }
+        r = await client.post("/settings/email-sync/test", data={**moved, "csrf_token": signed_in})
+    assert r.status_code == 422
+    assert "Enter the password again: the server changed." in r.text
+    assert tried == []
+    with database.sessions() as s:
+        row = s.execute(text("SELECT * FROM mailbox_connections")).mappings().one()
+    assert row["smtp_host"] == "127.0.0.1"
+    assert row["smtp_password_encrypted"] == ""
+    # Saving (rather than testing) a changed server says the same.
+    r = await client.post("/settings/email-sync", data={**FORM, "csrf_token": signed_in})
+    assert r.status_code == 303
+    r = await client.post(
+        "/settings/email-sync",
+        data={
+            **FORM,
+            "smtp_host": "smtp.other.example",
+            "smtp_password": "",
+            "csrf_token": signed_in,
+        },
+    )
+    assert r.status_code == 200
+    assert "Enter the password again: the server changed." in r.text
+    assert "A password is stored" not in r.text
+    with database.sessions() as s:
+        sealed = s.scalars(select(MailboxConnection.smtp_password_encrypted)).one()
+    assert app.runtime.credentials.open(sealed) == ""
+
+
 async def test_the_demo_mailbox_takes_one_click_and_unmarks_this_browser(
     client: httpx.AsyncClient, signed_in: str, database: Database, app: MailbeaconApp
 ) -> None:

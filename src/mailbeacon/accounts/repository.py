@@ -105,6 +105,12 @@ def add_attempt(session: Session, key: str, at: datetime, *, succeeded: bool) ->
     session.add(SignInAttempt(key=key, at=at, succeeded=succeeded))
 
 
+def lock_attempt_keys(session: Session, lock_ids: Sequence[int]) -> None:
+    """PostgreSQL: wait for, then hold until the transaction ends, an advisory lock per id."""
+    for lock_id in lock_ids:
+        session.execute(select(func.pg_advisory_xact_lock(lock_id)))
+
+
 def forget_failures(session: Session, key: str) -> None:
     session.execute(
         delete(SignInAttempt).where(SignInAttempt.key == key, SignInAttempt.succeeded.is_(False))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
 from mailbeacon.accounts import repository
 from mailbeacon.accounts.credentials import CredentialBox
@@ -114,6 +118,96 @@ class ComposeSwitches:
     link_tracking: bool
 
 
+@dataclass(frozen=True, slots=True)
+class MailboxSaved:
+    """The saved connection, and whether its stored password had to be dropped."""
+
+    mailbox: MailboxConnection
+    password_dropped: bool
+
+
+SERVER_CHANGED_NOTICE = (
+    "Enter the password again: the server changed. The stored password was removed "
+    "so that it is never sent to a server it was not entered for."
+)
+
+
+def _smtp_server_changed(mailbox: MailboxConnection, data: MailboxSettings) -> bool:
+    """Whether the settings point the stored password at another server or account."""
+    return (
+        mailbox.smtp_host != data.smtp_host
+        or mailbox.smtp_port != data.smtp_port
+        or str(mailbox.smtp_security) != str(data.smtp_security)
+        or mailbox.smtp_username != data.smtp_username
+    )
+
+
+class _AttemptGate:
+    """Serialises sign-in attempts per rate-limit key until the attempt's transaction ends.
+
+    PostgreSQL: a transaction-level advisory lock per key, so every process and
+    machine queues on it. SQLite: a lock per stripe of keys in this process (one
+    machine, and the web app runs in one process); released when the session's
+    transaction ends, after its failures are committed for the next one to count.
+    """
+
+    STRIPES = 64
+    WAIT_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._stripes = [threading.Lock() for _ in range(self.STRIPES)]
+
+    def enter(self, session: Session, keys: Sequence[str]) -> None:
+        ids = sorted({_lock_id(k) for k in keys})  # one order everywhere: no deadlock
+        if session.get_bind().dialect.name == "postgresql":
+            repository.lock_attempt_keys(session, ids)
+            return
+        held: set[int] = session.info.setdefault(_STRIPES_HELD, set())
+        if not session.info.get(_STRIPES_RELEASER):
+            event.listen(session, "after_transaction_end", self._release)
+            session.info[_STRIPES_RELEASER] = True
+        # Waiting holds no pooled connection: parallel attempts could exhaust the pool.
+        for stripe in sorted({i % self.STRIPES for i in ids} - held):
+            if not self._stripes[stripe].acquire(timeout=self.WAIT_SECONDS):
+                self._release_held(held)
+                raise TooManyAttempts(1)
+            held.add(stripe)
+        try:
+            session.connection()  # begin the transaction whose end releases the stripes
+        except BaseException:
+            self._release_held(held)
+            raise
+
+    def _release(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is not None:
+            return  # a savepoint or subtransaction: the attempt is not committed yet
+        self._release_held(session.info.get(_STRIPES_HELD, set()))
+
+    def _release_held(self, held: set[int]) -> None:
+        while held:
+            self._stripes[held.pop()].release()
+
+
+_STRIPES_HELD = "mailbeacon.sign_in_stripes"
+_STRIPES_RELEASER = "mailbeacon.sign_in_releaser"
+_attempt_gate = _AttemptGate()
+
+
+def _lock_id(key: str) -> int:
+    """A stable signed 64-bit number for a rate-limit key (PostgreSQL advisory lock id)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def _pre_check_reader(session: Session) -> Iterator[Session]:
+    """Where sign-in reads before the password check (see ``sign_in``)."""
+    if session.get_bind().dialect.name != "sqlite":
+        yield session
+        return
+    with Session(bind=session.get_bind()) as reader:
+        yield reader
+
+
 def normalise_email(email: str) -> str:
     return email.strip().lower()
 
@@ -188,17 +282,29 @@ class AccountService:
         now = now or utcnow()
         email = normalise_email(email)[:320]
         email_key, ip_key = f"email:{email}", f"ip:{ip_prefix(client_ip)}"
-        repository.prune_attempts(session, [email_key, ip_key], now - 4 * EMAIL_LIMIT.window)
-        for key, limit in ((email_key, EMAIL_LIMIT), (ip_key, IP_LIMIT)):
-            attempts = repository.failure_times(session, key, now - limit.window)
-            if len(attempts) >= limit.failures:
-                # Refused without checking the password and without counting:
-                # otherwise a steady trickle would keep the owner locked out.
-                raise TooManyAttempts(_remaining_minutes(attempts, limit, now))
-        user = repository.get_user_by_email(session, email)
-        usable = user is not None and user.is_active
+        # Attempts on the same key wait for each other until the earlier one's
+        # transaction ends: without that, parallel requests would all count the
+        # same failures and all get their password checked.
+        _attempt_gate.enter(session, [email_key, ip_key])
+        # Nothing is written before the password check: on SQLite the first write
+        # takes the database's single write lock, which must not be held across
+        # argon2 (the ingest writer would wait for it). The reads run outside the
+        # session's transaction there, so that it starts with a write and cannot
+        # fail to upgrade a stale read snapshot.
+        with _pre_check_reader(session) as reader:
+            for key, limit in ((email_key, EMAIL_LIMIT), (ip_key, IP_LIMIT)):
+                attempts = repository.failure_times(reader, key, now - limit.window)
+                if len(attempts) >= limit.failures:
+                    # Refused without checking the password and without counting:
+                    # otherwise a steady trickle would keep the owner locked out.
+                    raise TooManyAttempts(_remaining_minutes(attempts, limit, now))
+            found = repository.get_user_by_email(reader, email)
+            stored_hash = found.password_hash if found is not None and found.is_active else None
         # Unknown emails cost one hash verification too (against a dummy hash).
-        if not verify_password(user.password_hash if usable and user else None, password):
+        verified = verify_password(stored_hash, password)
+        repository.prune_attempts(session, [email_key, ip_key], now - 4 * EMAIL_LIMIT.window)
+        user = repository.get_user_by_email(session, email) if verified else None
+        if user is None or not user.is_active or user.password_hash != stored_hash:
             repository.add_attempt(session, email_key, now, succeeded=False)
             repository.add_attempt(session, ip_key, now, succeeded=False)
             raise SignInRefused()
@@ -325,15 +431,30 @@ class AccountService:
 
     def save_mailbox(
         self, session: Session, user: User, data: MailboxSettings, box: CredentialBox
-    ) -> MailboxConnection:
-        """Store the user's SMTP settings; the password only ever sealed."""
+    ) -> MailboxSaved:
+        """Store the user's SMTP settings; the password only ever sealed.
+
+        A stored password is kept only for the server it was entered for: when
+        the host, port, security or user name change and no new password comes
+        with them, it is dropped (``password_dropped``). Otherwise anyone holding
+        a session could point the connection at their own server and receive
+        the password in AUTH with "Test connection".
+        """
         mailbox = repository.get_mailbox(session, user.id)
+        password_dropped = False
         if mailbox is None:
             mailbox = MailboxConnection(user_id=user.id)
             session.add(mailbox)
         elif mailbox.is_demo:
             # Leaving the demo mailbox: its (empty) credentials mean nothing here.
             mailbox.smtp_password_encrypted = ""
+        elif (
+            not data.smtp_password
+            and mailbox.smtp_password_encrypted
+            and _smtp_server_changed(mailbox, data)
+        ):
+            mailbox.smtp_password_encrypted = ""
+            password_dropped = True
         mailbox.is_demo = False
         mailbox.sender_name = data.sender_name
         mailbox.sender_address = data.sender_address
@@ -346,7 +467,7 @@ class AccountService:
         mailbox.last_test_at = None
         mailbox.last_test_result = ""
         session.flush()
-        return mailbox
+        return MailboxSaved(mailbox=mailbox, password_dropped=password_dropped)
 
     def use_demo_mailbox(self, session: Session, user: User, port: int) -> MailboxConnection:
         """Send through the built-in demo mailbox (loopback SMTP into the Demo inbox)."""

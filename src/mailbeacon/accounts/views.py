@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session
 from mailbeacon.accounts.schemas import TrackingOptions
 from mailbeacon.accounts.security import ANON_CSRF_COOKIE, SESSION_COOKIE, SESSION_LIFETIME
 from mailbeacon.accounts.service import (
+    SERVER_CHANGED_NOTICE,
     ConnectionReport,
     InvalidInput,
+    MailboxSaved,
     SignInRefused,
     account_service,
 )
@@ -220,9 +222,24 @@ async def _mailbox_form(request: Request) -> dict[str, str]:
     return {name: str(form.get(name, "")) for name in _MAILBOX_FIELDS}
 
 
-def _save_mailbox(request: Request, session: Session, user: User, values: dict[str, str]) -> None:
+def _save_mailbox(
+    request: Request, session: Session, user: User, values: dict[str, str]
+) -> MailboxSaved:
     data = account_service.parse_mailbox_settings(values)
-    account_service.save_mailbox(session, user, data, get_runtime(request).credentials)
+    return account_service.save_mailbox(session, user, data, get_runtime(request).credentials)
+
+
+def _password_dropped_page(
+    request: Request, session: Session, user: User, *, status_code: int
+) -> HTMLResponse:
+    """The settings were saved without their password: ask for it, on the field itself."""
+    return _email_sync_page(
+        request,
+        session,
+        user,
+        errors={"smtp_password": [SERVER_CHANGED_NOTICE]},
+        status_code=status_code,
+    )
 
 
 def _without_password(values: dict[str, str]) -> dict[str, str]:
@@ -233,7 +250,7 @@ def _without_password(values: dict[str, str]) -> dict[str, str]:
 async def save_email_sync(request: Request, session: DbSession, viewer: CheckedViewer) -> Response:
     values = await _mailbox_form(request)
     try:
-        await run_in_threadpool(_save_mailbox, request, session, viewer.user, values)
+        saved = await run_in_threadpool(_save_mailbox, request, session, viewer.user, values)
     except InvalidInput as exc:
         errors = exc.errors
         await run_in_threadpool(session.rollback)
@@ -247,7 +264,13 @@ async def save_email_sync(request: Request, session: DbSession, viewer: CheckedV
                 status_code=422,
             )
         )
-    response = RedirectResponse("/settings/email-sync?notice=saved", status_code=303)
+    response: Response
+    if saved.password_dropped:
+        response = await run_in_threadpool(
+            lambda: _password_dropped_page(request, session, viewer.user, status_code=200)
+        )
+    else:
+        response = RedirectResponse("/settings/email-sync?notice=saved", status_code=303)
     mark_browser_as_sender(request, response, viewer.user, mark=True)
     return response
 
@@ -261,7 +284,7 @@ async def test_email_sync(request: Request, session: DbSession, viewer: CheckedV
     response_mark: bool | None = None
     if values["smtp_host"] or values["sender_address"]:
         try:
-            await run_in_threadpool(_save_mailbox, request, session, user, values)
+            saved = await run_in_threadpool(_save_mailbox, request, session, user, values)
             response_mark = True
         except InvalidInput as exc:
             errors = exc.errors
@@ -276,6 +299,13 @@ async def test_email_sync(request: Request, session: DbSession, viewer: CheckedV
                     status_code=422,
                 )
             )
+        if saved.password_dropped:
+            # Nothing to test with: the old password is never tried on a new server.
+            page = await run_in_threadpool(
+                lambda: _password_dropped_page(request, session, user, status_code=422)
+            )
+            mark_browser_as_sender(request, page, user, mark=True)
+            return page
     params = await run_in_threadpool(
         account_service.smtp_params, session, user, runtime.credentials
     )

@@ -11,7 +11,13 @@ from pydantic import BaseModel, Field, ValidationError
 from mailbeacon.accounts.schemas import field_errors
 from mailbeacon.accounts.service import account_service
 from mailbeacon.mail.schemas import Draft
-from mailbeacon.mail.service import InvalidDraft, NoMailbox, message_service
+from mailbeacon.mail.service import (
+    CannotRetry,
+    CopyNotFound,
+    InvalidDraft,
+    NoMailbox,
+    message_service,
+)
 from mailbeacon.mail.views import copies_of_messages, message_of_user
 from mailbeacon.models import Message, RecipientCopy
 from mailbeacon.web.deps import (
@@ -191,3 +197,33 @@ def get_message(session: DbSession, viewer: SignedInViewer, message_id: int) -> 
     if message is None:
         raise HTTPException(status_code=404)
     return message_out(message, copies_of_messages(session, [message.id])[message.id])
+
+
+@router.post(
+    "/messages/{message_id}/copies/{copy_id}/retry",
+    status_code=202,
+    response_model=MessageOut,
+    responses={
+        404: {"description": "No such copy among your messages"},
+        409: {"description": "The copy's delivery is not unknown"},
+    },
+)
+def retry_copy(
+    request: Request, session: DbSession, viewer: CheckedViewer, message_id: int, copy_id: int
+) -> Response:
+    """Send again a copy whose delivery is ``unknown`` (the connection was lost mid-send).
+
+    The recipient may or may not have received it; only its sender decides to resend.
+    """
+    try:
+        message_service.retry_unknown(session, viewer.user, copy_id, message_id=message_id)
+    except CopyNotFound:
+        raise HTTPException(status_code=404) from None
+    except CannotRetry as exc:
+        session.rollback()
+        return JSONResponse({"error": str(exc)}, status_code=409)
+    commit_and_wake_outbox(request, session)
+    message = message_of_user(session, viewer.user.id, message_id)
+    assert message is not None
+    out = message_out(message, copies_of_messages(session, [message.id])[message.id])
+    return JSONResponse(out.model_dump(mode="json"), status_code=202)

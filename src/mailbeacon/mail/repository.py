@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 import zlib
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -105,6 +105,23 @@ def copy_of_user(session: Session, user_id: int, copy_id: int) -> RecipientCopy 
         .join(Message, Message.id == RecipientCopy.message_id)
         .where(RecipientCopy.id == copy_id, Message.user_id == user_id)
     ).one_or_none()
+
+
+def requeue_unknown_copy(session: Session, copy_id: int, now: datetime, reply: str) -> bool:
+    """Queue an ``unknown`` copy again; False if it is not ``unknown`` (any more)."""
+    result = session.execute(
+        update(_copies)
+        .where(_copies.c.id == copy_id, _copies.c.status == CopyStatus.UNKNOWN)
+        .values(
+            status=CopyStatus.QUEUED,
+            attempts=0,
+            next_attempt_at=now,
+            claimed_by=None,
+            claimed_at=None,
+            smtp_reply=reply[:REPLY_MAX],
+        )
+    )
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def reopen_outbox_entry(session: Session, message_id: int, now: datetime) -> None:
@@ -314,6 +331,9 @@ class SendQueue:
         connection (on SQLite with ``BEGIN IMMEDIATE``: the write lock is held from
         the start). Driver errors come out as SQLAlchemy's ``DBAPIError``.
         """
+        # Copies are settled in id order, the order the ingest writer locks them in:
+        # two transactions that take row locks in one order cannot deadlock.
+        settlements = sorted(settlements, key=lambda s: s.copy_id)
         raw = self.conn.connection.driver_connection
         assert raw is not None
         cursor = raw.cursor()
@@ -421,7 +441,8 @@ class SendQueue:
         settlements: Sequence[Settlement],
         messages_started: set[int] | None = None,
     ) -> None:
-        """Settle within the caller's transaction."""
+        """Settle within the caller's transaction (in copy id order, as ``round`` does)."""
+        settlements = sorted(settlements, key=lambda s: s.copy_id)
         cursor = self._cursor()
         try:
             self._settle(cursor, worker_id, now, settlements, messages_started)
@@ -526,6 +547,30 @@ def complete_outbox_entries(
             return
         stmt = stmt.where(_outbox.c.message_id.in_(ids))
     conn.execute(stmt.values(completed_at=now))
+
+
+def requeue_lost_claims(conn: Connection, worker_id: str, known: Collection[int]) -> int:
+    """Put back in the queue this worker's claims it never started; return how many.
+
+    ``known`` are the copies the worker has in flight or has finished: every other
+    copy in ``sending`` under its id was claimed by a round whose answer was lost,
+    so it never reached an SMTP server, and its attempt is given back.
+    """
+    stmt = (
+        update(_copies)
+        .where(_copies.c.claimed_by == worker_id, _copies.c.status == CopyStatus.SENDING)
+        .values(
+            status=CopyStatus.QUEUED,
+            claimed_by=None,
+            claimed_at=None,
+            attempts=_copies.c.attempts - 1,
+        )
+    )
+    if known:
+        stmt = stmt.where(_copies.c.id.not_in(sorted(known)))
+    with conn.begin() if not conn.in_transaction() else contextlib.nullcontext():
+        result = conn.execute(stmt)
+    return cast(CursorResult[Any], result).rowcount
 
 
 def sending_workers(conn: Connection, exclude: str) -> list[str]:

@@ -186,22 +186,28 @@ class MessageService:
         session.flush()
         return message
 
-    def retry_unknown(self, session: Session, user: User, copy_id: int) -> None:
-        """Queue again a copy whose delivery is unknown: the user has said to resend it."""
+    def retry_unknown(
+        self, session: Session, user: User, copy_id: int, *, message_id: int | None = None
+    ) -> None:
+        """Queue again a copy whose delivery is unknown: the user has said to resend it.
+
+        The change is conditional on the copy still being ``unknown``: a worker that
+        learns late that it was sent (and settles it ``sent``) wins, and the user's
+        retry raises :class:`CannotRetry` instead of sending it twice.
+        """
         copy = repository.copy_of_user(session, user.id, copy_id)
-        if copy is None:
+        if copy is None or (message_id is not None and copy.message_id != message_id):
             raise CopyNotFound(copy_id)
-        if copy.status != CopyStatus.UNKNOWN:
+        now = utcnow()
+        if not repository.requeue_unknown_copy(
+            session, copy.id, now, "queued again at the sender's request"
+        ):
+            session.refresh(copy)
             raise CannotRetry(
                 f"only a copy whose delivery is unknown can be resent; this one is {copy.status}"
             )
-        copy.status = CopyStatus.QUEUED
-        copy.attempts = 0
-        copy.next_attempt_at = utcnow()
-        copy.claimed_by = None
-        copy.claimed_at = None
-        copy.smtp_reply = "queued again at the sender's request"
-        repository.reopen_outbox_entry(session, copy.message_id, utcnow())
+        session.expire(copy)
+        repository.reopen_outbox_entry(session, copy.message_id, now)
         session.flush()
 
 

@@ -262,7 +262,12 @@ class OutboxWorker:
         self._drain_lock = asyncio.Lock()
         self._stopping = False
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        # Copies this worker claimed and knows of: in flight, or finished and not
+        # yet settled. Any other copy in `sending` under its id is a lost claim.
+        self._held: set[int] = set()
+        self._claims_in_doubt = False
         self._abandoned: list[Settlement] = []
         self._queue: repository.SendQueue | None = None  # the pass's connection
         self._started: set[int] = set()  # messages whose sent_at this pass has set
@@ -277,6 +282,7 @@ class OutboxWorker:
         if self._task is not None:
             return
         self._stopping = False
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.presence.acquire)
         await self.recover_orphans()
         self._task = asyncio.create_task(self._poll_loop(), name="mailbeacon-outbox-worker")
@@ -302,8 +308,21 @@ class OutboxWorker:
         await asyncio.to_thread(self.presence.release)
 
     def wake(self) -> None:
-        """Look for due copies now instead of at the next poll (after a send is planned)."""
-        self._wake.set()
+        """Look for due copies now instead of at the next poll (after a send is planned).
+
+        Safe from any thread: sync request handlers call it from the threadpool, and
+        ``asyncio.Event`` may only be touched from its loop's own thread.
+        """
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            self._wake.set()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def run_once(self) -> int:
         """Deliver every copy due now (retries that fall due meanwhile too); return how many."""
@@ -501,6 +520,19 @@ class OutboxWorker:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             self._queue = repository.SendQueue(conn)
         queue = self._queue
+        if self._claims_in_doubt:
+            # A round that failed may have committed its claims (on PostgreSQL a round
+            # is one autocommitted statement, and the context query that follows can
+            # fail on its own). Those copies were never started: put them back.
+            try:
+                repository.requeue_lost_claims(queue.conn, self.worker_id, self._held)
+            except SQLAlchemyError:
+                self._queue = None
+                with contextlib.suppress(SQLAlchemyError):
+                    queue.conn.invalidate()
+                queue.conn.close()
+                raise
+            self._claims_in_doubt = False
         try:
             claimed, contexts = queue.round(
                 self.worker_id,
@@ -511,11 +543,14 @@ class OutboxWorker:
                 known_messages=self._plans,
             )
         except SQLAlchemyError:
+            self._claims_in_doubt = True
             self._queue = None
             with contextlib.suppress(SQLAlchemyError):
                 queue.conn.invalidate()
             queue.conn.close()
             raise
+        self._held.difference_update(s.copy_id for s in settlements)
+        self._held.update(c.id for c in claimed)
         self._touched.update(s.message_id for s in settlements)
         for message_id, context in contexts.items():
             self._plans[message_id] = self._plan(context)

@@ -19,13 +19,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import LargeBinary, cast, func, select
 from sqlalchemy.orm import Session
 
 from mailbeacon.accounts.schemas import field_errors
 from mailbeacon.accounts.service import account_service
 from mailbeacon.mail.schemas import Draft
-from mailbeacon.mail.service import InvalidDraft, NoMailbox, message_service
+from mailbeacon.mail.service import (
+    CannotRetry,
+    CopyNotFound,
+    InvalidDraft,
+    NoMailbox,
+    message_service,
+)
 from mailbeacon.models import CopyStatus, DemoMessage, Message, RecipientCopy, User
 from mailbeacon.web.deps import (
     CheckedViewer,
@@ -59,7 +65,11 @@ DEMO_MESSAGE_CSP = (
 # a new tab, and allow-popups-to-escape-sandbox lets the page opened there work.
 DEMO_FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
 
-NOTICES = {"queued": "Your email is on its way: it is being sent in the background."}
+NOTICES = {
+    "queued": "Your email is on its way: it is being sent in the background.",
+    "resent": "The copy is queued again: it is being sent in the background.",
+    "not-resent": "That copy was not sent again: its delivery is no longer unknown.",
+}
 COMPOSE_LABELS = {
     "to": "To",
     "cc": "Cc",
@@ -109,10 +119,34 @@ def copies_of_messages(session: Session, message_ids: list[int]) -> dict[int, li
     return copies
 
 
-def _demo_messages(session: Session, limit: int) -> list[DemoMessage]:
+def _demo_messages(session: Session, user_id: int, limit: int) -> list[DemoMessage]:
+    """The newest demo deliveries of this user's messages.
+
+    Filtered before the limit, or other users' mail would push this user's out of
+    the page. A delivery belongs to a message of the user sent to its recipient
+    whose Message-ID its raw bytes contain; the page then checks the parsed header.
+    """
+    header = Message.message_id_header
+    if session.get_bind().dialect.name == "postgresql":
+        # bytea has no strpos; its escape form keeps printable ASCII (a Message-ID) as is.
+        contains = func.strpos(func.encode(DemoMessage.raw, "escape"), header) > 0
+    else:
+        contains = func.instr(DemoMessage.raw, cast(header, LargeBinary)) > 0
+    owned = (
+        select(Message.id)
+        .join(RecipientCopy, RecipientCopy.message_id == Message.id)
+        .where(
+            Message.user_id == user_id,
+            Message.message_id_header != "",
+            func.lower(RecipientCopy.address) == func.lower(DemoMessage.recipient),
+            contains,
+        )
+        .exists()
+    )
     return list(
         session.scalars(
             select(DemoMessage)
+            .where(owned)
             .order_by(DemoMessage.received_at.desc(), DemoMessage.id.desc())
             .limit(limit)
         )
@@ -292,6 +326,22 @@ def sent_message(
     )
 
 
+@router.post("/sent/{message_id}/copies/{copy_id}/retry")
+def retry_copy(
+    request: Request, session: DbSession, viewer: CheckedViewer, message_id: int, copy_id: int
+) -> Response:
+    """Send an ``unknown`` copy again, on the sender's say; anyone else's is "not found"."""
+    try:
+        message_service.retry_unknown(session, viewer.user, copy_id, message_id=message_id)
+    except CopyNotFound:
+        raise HTTPException(status_code=404) from None
+    except CannotRetry:
+        session.rollback()
+        return RedirectResponse(f"/sent/{message_id}?notice=not-resent", status_code=303)
+    commit_and_wake_outbox(request, session)
+    return RedirectResponse(f"/sent/{message_id}?notice=resent", status_code=303)
+
+
 # ------------------------------------------------------------------ demo inbox
 
 
@@ -323,7 +373,10 @@ def _header(msg: Any, name: str) -> str:
 def demo_inbox(request: Request, session: DbSession, viewer: SignedInViewer) -> Response:
     """What the demo mailbox delivered for this user's messages, grouped by recipient."""
     parser = BytesHeaderParser(policy=email.policy.default)
-    parsed = [(d, parser.parsebytes(d.raw)) for d in _demo_messages(session, DEMO_PAGE_SIZE)]
+    parsed = [
+        (d, parser.parsebytes(d.raw))
+        for d in _demo_messages(session, viewer.user.id, DEMO_PAGE_SIZE)
+    ]
     owned = _own_message_ids(
         session, viewer.user.id, {_header(h, "Message-ID") for _, h in parsed} - {""}
     )
