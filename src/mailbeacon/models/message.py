@@ -38,7 +38,21 @@ class CopyStatus(StrEnum):
     PREVIEW = "preview"
 
 
-class Message(Base):
+class TrackingFigures:
+    """Figures kept current by the ingest writer in the same transaction as the
+    events (see tracking/event_sql.py); only people (human and image-proxy opens,
+    human clicks) count, machines go to ``machine_event_count``."""
+
+    open_count: Mapped[int] = mapped_column(Integer, default=0)
+    click_count: Mapped[int] = mapped_column(Integer, default=0)
+    machine_event_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_open_at: Mapped[datetime | None]
+    last_open_at: Mapped[datetime | None]
+    first_click_at: Mapped[datetime | None]
+    last_click_at: Mapped[datetime | None]
+
+
+class Message(TrackingFigures, Base):
     __tablename__ = "messages"
     __table_args__ = (Index("ix_messages_user_created", "user_id", "created_at"),)
 
@@ -63,18 +77,8 @@ class Message(Base):
         ForeignKey("mailbox_connections.id", ondelete="SET NULL")
     )
 
-    # Figures kept current by the ingest writer in the same transaction as the
-    # events; only people (human and image-proxy opens, human clicks) count.
-    open_count: Mapped[int] = mapped_column(Integer, default=0)
-    click_count: Mapped[int] = mapped_column(Integer, default=0)
-    machine_event_count: Mapped[int] = mapped_column(Integer, default=0)
-    first_open_at: Mapped[datetime | None]
-    last_open_at: Mapped[datetime | None]
-    first_click_at: Mapped[datetime | None]
-    last_click_at: Mapped[datetime | None]
 
-
-class RecipientCopy(Base):
+class RecipientCopy(TrackingFigures, Base):
     """One recipient's own copy of a message, with its own tokens and figures."""
 
     __tablename__ = "recipient_copies"
@@ -113,14 +117,6 @@ class RecipientCopy(Base):
     # Any event, person or machine; lets the writer skip the history look-up
     # for copies that had no recent hit (the common case).
     last_event_at: Mapped[datetime | None]
-
-    open_count: Mapped[int] = mapped_column(Integer, default=0)
-    click_count: Mapped[int] = mapped_column(Integer, default=0)
-    machine_event_count: Mapped[int] = mapped_column(Integer, default=0)
-    first_open_at: Mapped[datetime | None]
-    last_open_at: Mapped[datetime | None]
-    first_click_at: Mapped[datetime | None]
-    last_click_at: Mapped[datetime | None]
 
 
 class MessageLink(Base):
