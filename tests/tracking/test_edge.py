@@ -13,7 +13,14 @@ from sqlalchemy import func, select
 from mailbeacon.asgi import MailbeaconApp
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
-from mailbeacon.models import LinkClickStat, Message, RecipientCopy, TrackingEvent
+from mailbeacon.models import (
+    LinkClickStat,
+    MailboxConnection,
+    Message,
+    RecipientCopy,
+    Security,
+    TrackingEvent,
+)
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.edge import PIXEL_GIF, VIEWER_COOKIE
 from tests.factories.messages import make_message, make_user
@@ -279,3 +286,39 @@ async def test_the_viewer_cookie_is_found_by_its_exact_name_in_any_cookie_header
     with database.sessions() as s:
         labels = [e.label for e in s.scalars(select(TrackingEvent).order_by(TrackingEvent.id))]
     assert labels == ["human", "self"]
+
+
+@pytest.mark.asyncio
+async def test_too_fast_applies_to_real_mailboxes_but_not_to_the_demo_mailbox(
+    settings: Settings, database: Database
+) -> None:
+    with database.unit_of_work() as s:
+        user = make_user(s)
+        demo = MailboxConnection(
+            user_id=user.id,
+            is_demo=True,
+            sender_address=user.email,
+            smtp_host="127.0.0.1",
+            smtp_port=2525,
+            smtp_security=Security.NONE,
+        )
+        s.add(demo)
+        s.flush()
+        _, (real_copy,) = make_message(s, user)
+        demo_message, (demo_copy,) = make_message(s, user)
+        demo_message.mailbox_connection_id = demo.id
+        ids = (real_copy.id, demo_copy.id)
+    strict = MailbeaconApp(
+        Runtime.from_settings(settings.model_copy(update={"TOO_FAST_SECONDS": 60}))
+    )
+    await strict.ingest.start()
+    try:
+        async with client(strict) as c:
+            for copy_id in ids:
+                await c.get(f"/t/o/{strict.runtime.codec.mint_open_token(copy_id)}.gif")
+    finally:
+        await strict.ingest.stop()
+        strict.runtime.database.dispose()
+    with database.sessions() as s:
+        labels = {e.copy_id: e.label for e in s.scalars(select(TrackingEvent))}
+    assert labels == {ids[0]: "too_fast", ids[1]: "human"}

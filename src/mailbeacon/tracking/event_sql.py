@@ -117,8 +117,10 @@ class EventSql:
     def copy_context(self, ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
         cond, params = self._in(ids)
         return (
-            "SELECT c.id, c.message_id, c.sent_at, c.last_event_at, m.user_id, m.sent_at "
-            f"FROM recipient_copies c JOIN messages m ON m.id = c.message_id WHERE c.id {cond}",
+            "SELECT c.id, c.message_id, c.sent_at, c.last_event_at, m.user_id, m.sent_at, "
+            "mc.is_demo FROM recipient_copies c JOIN messages m ON m.id = c.message_id "
+            "LEFT JOIN mailbox_connections mc ON mc.id = m.mailbox_connection_id "
+            f"WHERE c.id {cond}",
             params,
         )
 

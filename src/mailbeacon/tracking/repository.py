@@ -113,6 +113,10 @@ class CopyContext:
     user_id: int | None
     sent_at: datetime | None
     last_event_at: datetime | None
+    # Delivered by the built-in demo mailbox: loopback to a page a person reads,
+    # with no security gateway in between, so "too soon after sending" means
+    # nothing there (and a newcomer trying the product opens it within seconds).
+    via_demo_mailbox: bool = False
 
 
 def write_hits(
@@ -137,11 +141,15 @@ def write_hits(
         hits = sorted(hits, key=lambda h: h.occurred_at)
         copies: dict[int, CopyContext] = {}
         for chunk in _chunks(sorted({h.copy_id for h in hits})):
-            for cid, mid, c_sent, last_event, uid, m_sent in conn.exec_driver_sql(
+            for cid, mid, c_sent, last_event, uid, m_sent, demo in conn.exec_driver_sql(
                 *sql.copy_context(chunk)
             ):
                 copies[cid] = CopyContext(
-                    mid, uid, sql.read_ts(c_sent) or sql.read_ts(m_sent), sql.read_ts(last_event)
+                    mid,
+                    uid,
+                    sql.read_ts(c_sent) or sql.read_ts(m_sent),
+                    sql.read_ts(last_event),
+                    bool(demo),
                 )
 
         window = max(policy.burst_seconds, policy.duplicate_seconds)
@@ -177,7 +185,9 @@ def write_hits(
                 result.unknown_copies += 1
                 continue
             after_send = (
-                None if copy.sent_at is None else hit.occurred_at - copy.sent_at.timestamp()
+                None
+                if copy.sent_at is None or copy.via_demo_mailbox
+                else hit.occurred_at - copy.sent_at.timestamp()
             )
             key = source_key(hit)
             signals = HitSignals(
