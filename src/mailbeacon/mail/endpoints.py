@@ -20,6 +20,7 @@ from mailbeacon.mail.service import (
 )
 from mailbeacon.mail.views import copies_of_messages, message_of_user
 from mailbeacon.models import Message, RecipientCopy
+from mailbeacon.tracking.schemas import FiguresOut, figures_of
 from mailbeacon.web.deps import (
     CheckedViewer,
     DbSession,
@@ -45,7 +46,7 @@ class MessageIn(BaseModel):
     link_tracking: bool | None = None
 
 
-class RecipientOut(BaseModel):
+class RecipientOut(FiguresOut):
     id: int
     address: str
     kind: str
@@ -56,13 +57,6 @@ class RecipientOut(BaseModel):
     links_tracked: bool
     sent_at: datetime | None
     smtp_reply: str
-    open_count: int
-    click_count: int
-    machine_event_count: int
-    first_open_at: datetime | None
-    last_open_at: datetime | None
-    first_click_at: datetime | None
-    last_click_at: datetime | None
 
 
 class MessageOut(BaseModel):
@@ -115,13 +109,7 @@ def message_out(message: Message, copies: list[RecipientCopy]) -> MessageOut:
                 links_tracked=c.links_tracked,
                 sent_at=c.sent_at,
                 smtp_reply=c.smtp_reply,
-                open_count=c.open_count,
-                click_count=c.click_count,
-                machine_event_count=c.machine_event_count,
-                first_open_at=c.first_open_at,
-                last_open_at=c.last_open_at,
-                first_click_at=c.first_click_at,
-                last_click_at=c.last_click_at,
+                **figures_of(c),
             )
             for c in copies
         ],

@@ -46,6 +46,7 @@ from mailbeacon.tracking.schemas import (
     MailRowOut,
     RecipientDetailOut,
     RecipientOut,
+    figures_of,
 )
 from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
 
@@ -415,13 +416,7 @@ def _recipient_out(c: _Row) -> RecipientOut:
         status=c.status,
         open_tracked=c.open_tracked,
         links_tracked=c.links_tracked,
-        open_count=c.open_count,
-        click_count=c.click_count,
-        machine_event_count=c.machine_event_count,
-        first_open_at=c.first_open_at,
-        last_open_at=c.last_open_at,
-        first_click_at=c.first_click_at,
-        last_click_at=c.last_click_at,
+        **figures_of(c),
     )
 
 
@@ -435,13 +430,7 @@ def _row_out(r: _Row, copies: list[_Row], events: list[EventOut]) -> MailRowOut:
         to=r.to_header,
         cc=r.cc_header,
         recipients=[_recipient_out(c) for c in copies],
-        open_count=r.open_count,
-        click_count=r.click_count,
-        machine_event_count=r.machine_event_count,
-        first_open_at=r.first_open_at,
-        last_open_at=r.last_open_at,
-        first_click_at=r.first_click_at,
-        last_click_at=r.last_click_at,
+        **figures_of(r),
         open_icon=_icon(any(c.open_tracked for c in copies), r.open_count, events, "open"),
         link_icon=_icon(any(c.links_tracked for c in copies), r.click_count, events, "click"),
         more_events=max(0, total - len(events)),
@@ -565,13 +554,7 @@ def mail_detail(
         sent_at=message.sent_at,
         open_tracking=message.open_tracking,
         link_tracking=message.link_tracking,
-        open_count=message.open_count,
-        click_count=message.click_count,
-        machine_event_count=message.machine_event_count,
-        first_open_at=message.first_open_at,
-        last_open_at=message.last_open_at,
-        first_click_at=message.first_click_at,
-        last_click_at=message.last_click_at,
+        **figures_of(message),
         open_icon=_icon(any(c.open_tracked for c in copies), message.open_count, hover, "open"),
         link_icon=_icon(any(c.links_tracked for c in copies), message.click_count, hover, "click"),
         recipients=recipients,

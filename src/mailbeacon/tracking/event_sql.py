@@ -104,9 +104,6 @@ class EventSql:
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
-    def flag(self, value: bool) -> Any:
-        return value if self.postgres else int(value)
-
     # -- queries with id lists ------------------------------------------------
 
     def _in(self, ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -47,23 +47,36 @@ class IconOut(BaseModel):
     )
 
 
-class RecipientOut(BaseModel):
-    copy_id: int
-    address: str
-    kind: str = Field(description="to, cc or bcc")
-    status: str = Field(description="Delivery: queued, sending, sent, failed, unknown")
-    open_tracked: bool
-    links_tracked: bool
-    open_count: int
-    click_count: int
-    machine_event_count: int
+class FiguresOut(BaseModel):
+    """The figures a sent email and each recipient's copy carry (models.TrackingFigures)."""
+
+    open_count: int = Field(description="Opens by people")
+    click_count: int = Field(description="Clicks by people")
+    machine_event_count: int = Field(description="Machine hits and your own views")
     first_open_at: datetime | None
     last_open_at: datetime | None
     first_click_at: datetime | None
     last_click_at: datetime | None
 
 
-class MailRowOut(BaseModel):
+FIGURES = tuple(FiguresOut.model_fields)
+
+
+def figures_of(source: object) -> dict[str, Any]:
+    """The figure fields of a message or copy (ORM object or row), for a FiguresOut."""
+    return {name: getattr(source, name) for name in FIGURES}
+
+
+class RecipientOut(FiguresOut):
+    copy_id: int
+    address: str
+    kind: str = Field(description="to, cc or bcc")
+    status: str = Field(description="Delivery: queued, sending, sent, failed, unknown")
+    open_tracked: bool
+    links_tracked: bool
+
+
+class MailRowOut(FiguresOut):
     """A sent email as the Mail tab lists it."""
 
     id: int
@@ -73,13 +86,6 @@ class MailRowOut(BaseModel):
     to: str
     cc: str
     recipients: list[RecipientOut]
-    open_count: int = Field(description="Opens by people, all recipients")
-    click_count: int = Field(description="Clicks by people, all recipients")
-    machine_event_count: int
-    first_open_at: datetime | None
-    last_open_at: datetime | None
-    first_click_at: datetime | None
-    last_click_at: datetime | None
     open_icon: IconOut
     link_icon: IconOut
     more_events: int = Field(description="Events left out of the hover lists (see the timeline)")
@@ -117,7 +123,7 @@ class LinkOut(BaseModel):
     machine_click_count: int
 
 
-class MailDetailOut(BaseModel):
+class MailDetailOut(FiguresOut):
     """One sent email with everything its detail page shows."""
 
     id: int
@@ -130,13 +136,6 @@ class MailDetailOut(BaseModel):
     sent_at: datetime | None
     open_tracking: bool
     link_tracking: bool
-    open_count: int
-    click_count: int
-    machine_event_count: int
-    first_open_at: datetime | None
-    last_open_at: datetime | None
-    first_click_at: datetime | None
-    last_click_at: datetime | None
     open_icon: IconOut
     link_icon: IconOut
     recipients: list[RecipientDetailOut]
