@@ -1,0 +1,1 @@
+"""Mailbox sync over IMAP: the client, and what incoming mail is (reply, auto-reply, bounce)."""
