@@ -6,9 +6,11 @@ import email
 import email.policy
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailbeacon.kit.text_urls import find_text_urls
 from mailbeacon.mail.mime import (
     CopyTemplate,
     VisibleHeaders,
@@ -135,3 +137,56 @@ def test_html_to_text_keeps_link_targets_and_structure() -> None:
 def test_html_to_text_of_nothing_is_empty() -> None:
     assert html_to_text("") == ""
     assert html_to_text("<p> </p><div></div>") == ""
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        # A body ends an unclosed head, as in a browser.
+        ("<head><title>T</title><body><p>Hi</p>", "Hi"),
+        # Frames, plugins and scripting fallbacks are not shown; textarea and xmp are.
+        ("<iframe><p>no</p></iframe><noscript>no</noscript>yes", "yes"),
+        ("<textarea>a &amp; <b></textarea><xmp>&amp;</xmp>", "a & <b>&amp;"),
+        # A new <a> ends the open one, as the HTML parser does.
+        ('<a href="https://a.com/">one<a href="https://b.com/">two</a>',
+         "one (https://a.com/) two (https://b.com/)"),
+        # Deep lists are indented only so far; repeated tags come in one go.
+        ("<ul>" * 20 + "<li>deep", "              - deep"),
+        ("<ol><li>a<li><li>c</ol>", "1. a\n2.\n3. c"),
+        ("a" + "<br>" * 5 + "b" + "<p>" * 3 + "c", "a\n\nb\n\nc"),
+        # An unfinished tag drops the rest, as eof-in-tag does.
+        ('<p>kept</p><a href="https://x.com/', "kept"),
+        ("<p>kept<!-- open", "kept"),
+    ],
+)  # fmt: skip
+def test_html_to_text_follows_the_html_tokenizer(html: str, text: str) -> None:
+    assert html_to_text(html) == text
+
+
+def test_html_to_text_keeps_the_text_past_its_step_limit_without_layout() -> None:
+    html = "<p>x</p>" * 40_000 + "<p>end &amp; <b>all</b></p><script>no</script>"
+    text = html_to_text(html)
+    assert text.startswith("x\n\nx\n\n")
+    assert text.endswith("x end & all")
+    assert "no" not in text
+
+
+_HTMLISH = st.lists(
+    st.sampled_from(
+        ["<a href='https://x.com/'>", "<a href=\"https://e&#10;x.com/a\">", "</a>", "<p>", "</p>",
+         "<ul>", "<ol>", "<li>", "</ul>", "<br>", "<pre>", "</pre>", "<td>", "<img alt='i'>",
+         "<script>", "</script>", "<head>", "<body>", "<!--", "-->", "<", ">", "&", "&#", "&#x",
+         "&amp;", "&#99999999999;", "&copy", '"', "'", " ", "\n", "x", ")", ".", "/", "("]
+    ),
+    max_size=30,
+).map("".join)  # fmt: skip
+
+
+@given(_HTMLISH)
+@settings(max_examples=300)
+def test_html_to_text_reads_any_markup_and_its_links_lead_where_the_html_did(html: str) -> None:
+    text = html_to_text(html)
+    # The markup holds no address but its two links: the text part carries those, whole,
+    # as a browser reads them, and nothing else.
+    hrefs = {"https://x.com/", "https://ex.com/a"}
+    assert {found.url for found in find_text_urls(text)} <= hrefs, text

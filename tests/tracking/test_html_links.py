@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailbeacon.tracking.html_links import (
+    MAX_LINK_SITES,
     LinkSite,
     anchor_text,
     decode_attribute,
@@ -202,3 +203,52 @@ def test_anchor_text_is_collapsed_and_falls_back_to_alt_text() -> None:
 
 def test_normalise_url_follows_the_url_parser() -> None:
     assert normalise_url(" \x00https://x.com/a\tb\nc\r \x1f") == "https://x.com/abc"
+
+
+@pytest.mark.parametrize(
+    ("value", "decoded"),
+    [
+        ("&#1;", "\x01"),  # kept, as the tokenizer keeps it (html.unescape drops it)
+        ("&#x7f;", "\x7f"),
+        ("&#xFDD0;", "\ufdd0"),
+        ("&#0;", "\ufffd"),
+        ("&#128;", "\u20ac"),
+        ("&#xD800;", "\ufffd"),
+        ("&#x110000;", "\ufffd"),
+        ("&#" + "0" * 5000 + "65;", "A"),
+        ("&#" + "9" * 5000 + ";", "\ufffd"),
+    ],
+)
+def test_numeric_references_are_decoded_as_the_tokenizer_does(value: str, decoded: str) -> None:
+    assert decode_attribute(value) == decoded
+
+
+def test_link_tags_past_the_limit_are_passed_over_and_the_scan_goes_on() -> None:
+    document = '<a href="https://x.com/">x</a>' * (MAX_LINK_SITES + 5)
+    document += '<!--[if mso]><v:rect href="https://y.com/"><![endif]--></body><!-- x'
+    scan = scan_html(document)
+    assert len(scan.links) == MAX_LINK_SITES
+    assert scan.body_close == document.index("</body>")
+    assert scan.data_end == document.index("<!-- x")
+
+
+_ATTRIBUTES = st.lists(
+    st.sampled_from(
+        [' href="https://x.com/"', " HREF=https://y.com/", " href", " href=", " hrefx='z'",
+         ' class="a b"', " x=1", "/", " =y", ' a="b"="c"', " h", " data-x='href=\"q\"'",
+         "\thref\t=\t'https://t.com/'", ' title="<a href=x>"', " \u212aey=v"]
+    ),
+    max_size=6,
+).map("".join)  # fmt: skip
+
+
+@given(_ATTRIBUTES)
+def test_first_href_is_the_one_html5lib_keeps(attrs: str) -> None:
+    document = f"<a{attrs}>x</a>"
+    anchor = html5lib.parse(document, namespaceHTMLElements=False).find(".//a")
+    expected = anchor.get("href") if anchor is not None else None
+    found = scan_html(document).links
+    if expected is None or not expected.lower().startswith(("http://", "https://")):
+        assert found == []
+    else:
+        assert [site.url for site in found] == [expected]

@@ -9,12 +9,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailbeacon.tracking.instrument import (
+    MAX_TRACKED_LINKS,
     Instrumented,
     TrackedLink,
+    _has_placeholder,
     click_url,
     find_links,
     instrument,
     is_empty_body,
+    is_trackable_url,
     open_url,
     pixel_html,
 )
@@ -487,3 +490,38 @@ def test_property_helpers_catch_a_changed_byte() -> None:
     other = TokenCodec([(7, bytes(range(64)))]).mint_click_token(COPY + 1, 0, "https://x.com/")
     with pytest.raises(AssertionError):
         restore_text(html, html.replace("https://x.com/", click_url(BASE, other)), COPY)
+
+
+# The placeholder rule as a lazy regex, as it was first written: quadratic on "{{{{...",
+# but a plain statement of which URLs hold a placeholder.
+_PLACEHOLDER_AS_WRITTEN = re.compile(
+    r"""\{\{.*?\}\}|\{%.*?%\}|\{!.*?\}|\{\$.*?\}|\*\|.*?\|\*|%%.*?%%|\[\[.*?\]\]
+      |\$\{.*?\}|\$[A-Za-z_][\w.:\-]*\$|<%.*?%>""",
+    re.DOTALL | re.VERBOSE,
+)
+
+
+@given(st.text(alphabet="{}%!$*|[]<>_ab.", max_size=16))
+def test_placeholder_search_agrees_with_the_lazy_regex(tail: str) -> None:
+    url = "https://x.com/" + tail
+    assert _has_placeholder(url) == (_PLACEHOLDER_AS_WRITTEN.search(url) is not None)
+    if _has_placeholder(url):
+        assert not is_trackable_url(url)
+
+
+def test_destinations_past_the_limit_stay_as_written_and_are_counted() -> None:
+    html = "".join(f'<a href="https://x.com/{i}">{i}</a>' for i in range(MAX_TRACKED_LINKS + 7))
+    text = "see https://y.com/ and https://x.com/3"
+    result = run(html, text, open_tracking=False)
+    assert len(result.links) == MAX_TRACKED_LINKS
+    assert result.links_over_limit == 8  # seven in the HTML, one in the text
+    assert find_links(html, text) == result.links
+    assert result.html is not None and result.text is not None
+    assert result.html.endswith(
+        "".join(
+            f'<a href="https://x.com/{i}">{i}</a>'
+            for i in range(MAX_TRACKED_LINKS, MAX_TRACKED_LINKS + 7)
+        )
+    )
+    assert result.text.startswith("see https://y.com/ and https://t.example.com/t/c/")
+    assert run(html, text, link_tracking=False).links_over_limit == 0

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import base64
 import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
+from mailbeacon.tracking.tokens import (
+    MAX_CLICK_TOKEN_CHARS,
+    MAX_CLICK_URL_BYTES,
+    InvalidToken,
+    TokenCodec,
+    click_token_fits,
+)
 
 KEY1 = (1, os.urandom(64))
 KEY2 = (2, os.urandom(64))
@@ -107,3 +114,50 @@ def test_random_strings_never_verify(garbage: str) -> None:
         codec.read_click_token(garbage)
     with pytest.raises(InvalidToken):
         codec.read_open_token(garbage)
+
+
+@pytest.mark.parametrize(
+    ("copy_id", "position"),
+    [(-1, 0), (2**64, 0), (1, -1), (1, 65536), (1, 70_000)],
+)
+def test_ids_and_positions_out_of_range_are_a_clear_value_error(
+    copy_id: int, position: int
+) -> None:
+    codec = TokenCodec([KEY1])
+    with pytest.raises(ValueError, match="outside"):
+        codec.mint_click_token(copy_id, position, "https://x.com/")
+    if not 0 <= copy_id < 2**64:
+        with pytest.raises(ValueError, match="outside"):
+            codec.mint_open_token(copy_id)
+        with pytest.raises(ValueError, match="outside"):
+            codec.mint_viewer_token(copy_id)
+    with pytest.raises(TypeError):
+        codec.mint_click_token(1.5, 0, "https://x.com/")  # type: ignore[arg-type]
+
+
+def test_a_token_the_edge_would_refuse_is_never_minted() -> None:
+    codec = TokenCodec([KEY1])
+    incompressible = "https://x.com/" + base64.urlsafe_b64encode(os.urandom(6000)).decode()
+    assert not click_token_fits(incompressible)
+    with pytest.raises(ValueError, match="does not fit"):
+        codec.mint_click_token(1, 0, incompressible)
+    too_long = "https://x.com/" + "a" * MAX_CLICK_URL_BYTES
+    assert not click_token_fits(too_long)
+    with pytest.raises(ValueError, match="longer than"):
+        codec.mint_click_token(1, 0, too_long)
+    assert not click_token_fits("https://x.com/\udc80")
+    with pytest.raises(ValueError, match="Unicode"):
+        codec.mint_click_token(1, 0, "https://x.com/\udc80")
+
+
+@given(st.text(alphabet="ab/%\u00e9\U0001f600", min_size=1500, max_size=7000))
+def test_click_token_fits_agrees_with_minting(tail: str) -> None:
+    codec = TokenCodec([KEY1])
+    url = "https://x.com/" + tail
+    if click_token_fits(url):
+        token = codec.mint_click_token(2**64 - 1, 65535, url)
+        assert len(token) <= MAX_CLICK_TOKEN_CHARS
+        assert codec.read_click_token(token).url == url
+    else:
+        with pytest.raises(ValueError, match=r"does not fit|longer than"):
+            codec.mint_click_token(1, 0, url)

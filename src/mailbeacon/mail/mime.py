@@ -26,7 +26,10 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
-from html.parser import HTMLParser
+
+from mailbeacon.kit.html_tokens import REST, START, TEXT, attributes, html_tokens, strip_markup
+from mailbeacon.kit.text_urls import DROPPABLE, find_text_urls, is_text_url, trim_text_url
+from mailbeacon.kit.urls import normalise_url, web_destination
 
 # The multipart boundary starts with "=_": quoted-printable output can never
 # contain that pair ("=" is always followed by two hex digits or a line end),
@@ -154,128 +157,257 @@ _BLOCK = frozenset(
 )  # fmt: skip
 _PARAGRAPH = frozenset({"blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "ol", "p", "pre",
                         "table", "ul"})  # fmt: skip
-_SKIP = frozenset({"head", "script", "style", "template", "title", "noscript"})
+# Content nobody reads: metadata, scripts, and what browsers show only when they lack a
+# feature (frames, plugins, scripting) that all of them have.
+_SKIP = frozenset({"head", "script", "style", "template", "title", "noscript", "iframe",
+                   "noembed", "noframes"})  # fmt: skip
+# Every tag the writer acts on; the tokenizer passes over all others.
+_TAGS = _BLOCK | _SKIP | {"a", "body", "br", "img", "li", "td", "th"}
 _WHITESPACE = re.compile(r"[ \t\r\n\f\v]+")
+_WEB_SCHEME = re.compile(r"https?://", re.IGNORECASE)
+# What ends an address in plain text (see kit.text_urls): a character that cannot
+# continue it.
+_URL_STOP = re.compile(r"""[\s<>"\x00-\x1f\x7f]""")
+_MAX_INDENT = 8  # list levels shown by indentation; deeper ones are not indented further
+# Tags and text runs read with their layout (line breaks, lists, links written out); the
+# text after them is kept without layout. Each costs a trip through Python, and a body of
+# millions of tiny tags must not cost seconds; an email has a few thousand.
+_MAX_STEPS = 50_000
+_MAX_GLUE = 64  # punctuation after an address that is checked before a space is forced
 
 
-class _TextWriter(HTMLParser):
+class _TextWriter:
+    """Writes the text of HTML tokens, keeping what it needs to know about the output so
+    far (trailing line breaks, the last character) up to date instead of re-reading it."""
+
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self.skip = 0
         self.pre = 0
-        self.links: list[tuple[str, int]] = []  # (href, index in out where the text began)
+        # The open link: its href, and the output state where its text began. HTML has no
+        # links in links: a new <a> ends the open one (the adoption agency algorithm).
+        self.link: tuple[str, tuple[int, int, bool, str]] | None = None
         self.lists: list[int | None] = []  # item counter for <ol>, None for <ul>
+        self.newlines = 0  # line breaks at the end of the output
+        self.content = False  # anything but line breaks written
+        self.last = "\n"  # the output's last character
+        # An address just written, and what followed it without a break: text that
+        # follows it must not turn it into another address for a plain-text reader.
+        self.address: str | None = None
+        self.after_address = ""
+        self.addresses: dict[str, tuple[str, str] | None] = {}  # by href
+
+    def _address_for_text(self, href: str) -> tuple[str, str] | None:
+        if href not in self.addresses:
+            self.addresses[href] = _address_for_text(href)
+        return self.addresses[href]
+
+    def _state(self) -> tuple[int, int, bool, str]:
+        return len(self.out), self.newlines, self.content, self.last
+
+    def _write(self, chunk: str) -> None:
+        if not chunk:
+            return
+        if self.address is not None:
+            chunk = self._keep_address_apart(chunk)
+        self.out.append(chunk)
+        stripped = chunk.rstrip("\n")
+        if stripped:
+            self.newlines = len(chunk) - len(stripped)
+            self.content = True
+        else:
+            self.newlines += len(chunk)
+        self.last = chunk[-1]
+
+    def _keep_address_apart(self, chunk: str) -> str:
+        """Put a space before ``chunk`` if, written right after the last address, it would
+        make a plain-text reader see a different address (``(https://x.com/)here``)."""
+        assert self.address is not None
+        stop = _URL_STOP.search(chunk)
+        head = chunk if stop is None else chunk[: stop.start()]
+        if not head:
+            self.address = None
+            return chunk
+        following = self.after_address + head
+        if (
+            len(following) > _MAX_GLUE
+            or following.strip(DROPPABLE)  # anything but punctuation a reader drops
+            or trim_text_url(self.address + following) != self.address
+        ):
+            self.address = None
+            return " " + chunk
+        if stop is None:
+            self.after_address = following
+        else:
+            self.address = None
+        return chunk
+
+    def _write_address(self, url: str) -> None:
+        if self.last not in " \n(":
+            self._write(" ")  # glued to the word before, it would not be an address
+        self._write(url)
+        self.address, self.after_address = url, ""
 
     def _break(self, lines: int) -> None:
         """End the current line, leaving at least ``lines`` line breaks (no more)."""
-        have = 0
-        for chunk in reversed(self.out):
-            stripped = chunk.rstrip("\n")
-            have += len(chunk) - len(stripped)
-            if stripped:
-                break
-        else:
-            return  # nothing written yet: no leading blank lines
-        if have < lines:
-            self.out.append("\n" * (lines - have))
+        if self.content and self.newlines < lines:
+            self._write("\n" * (lines - self.newlines))  # never any leading blank lines
 
     def _space(self) -> None:
-        if self._tail() not in " \n":
-            self.out.append(" ")
+        if self.last not in " \n":
+            self._write(" ")
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def start(self, tag: str, written: str, times: int) -> None:
+        """A start tag, ``times`` times in a row (nothing but spaces between them)."""
         if tag in _SKIP:
-            self.skip += 1
+            self.skip += times
+            return
+        if tag == "body":
+            self.skip = 0  # a body ends the head, closed or not
             return
         if self.skip:
             return
-        attr = dict(attrs)
         if tag == "br":
-            self.out.append("\n")
+            self._write("\n" * times)
         elif tag == "a":
-            self.links.append((attr.get("href") or "", len(self.out)))
+            if self.link is not None:
+                self.end("a", 1)
+            href = attributes(written).get("href", "")
+            if times > 1:  # each <a> ends the one before: all but the last have no text
+                found = self._address_for_text(href)
+                if found is not None:
+                    self._write_address(found[0])
+                    self._write(f" {found[0]}" * (times - 2))
+                    self.address, self.after_address = found[0], ""
+            self.link = (href, self._state())
         elif tag == "img":
-            alt = " ".join((attr.get("alt") or "").split())
+            alt = " ".join(attributes(written).get("alt", "").split())
             if alt:
                 self._space()
-                self.out.append(alt)
+                self._write(" ".join([alt] * times))
         elif tag in ("ul", "ol"):
             self.lists.append(0 if tag == "ol" else None)
             self._break(2 if len(self.lists) == 1 else 0)
+            self.lists.extend([self.lists[-1]] * (times - 1))
         elif tag == "li":
-            depth = max(len(self.lists), 1)
+            indent = "  " * (min(max(len(self.lists), 1), _MAX_INDENT) - 1)
             counter = self.lists[-1] if self.lists else None
             if counter is not None:
-                self.lists[-1] = counter + 1
-                bullet = f"{counter + 1}. "
+                self.lists[-1] = counter + times
+                bullets = [f"{indent}{n}. " for n in range(counter + 1, counter + times + 1)]
             else:
-                bullet = "- "
+                bullets = [f"{indent}- "] * times
             self._break(1)
-            self.out.append("  " * (depth - 1) + bullet)
+            self._write("\n".join(bullets))
         elif tag in ("td", "th"):
             self._space()
         elif tag in _BLOCK:
             if tag == "pre":
-                self.pre += 1
+                self.pre += times
             self._break(2 if tag in _PARAGRAPH else 1)
 
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag == "a":
-            self.handle_endtag(tag)
-
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str, times: int) -> None:
+        """An end tag, ``times`` times in a row."""
         if tag in _SKIP:
-            self.skip = max(self.skip - 1, 0)
+            self.skip = max(self.skip - times, 0)
             return
         if self.skip:
             return
-        if tag == "a" and self.links:
-            href, start = self.links.pop()
+        if tag == "a" and self.link is not None:
+            href, (start, newlines, content, last) = self.link
+            self.link = None
+            found = self._address_for_text(href)
+            if found is None:
+                return
+            address, destination = found
             label = " ".join("".join(self.out[start:]).split())
-            if href.lower().startswith(("http://", "https://")):
-                bare = href.split("://", 1)[1].rstrip("/")
-                if not label or label.rstrip("/") in (href.rstrip("/"), bare):
-                    del self.out[start:]
-                    self.out.append(href)
-                else:
-                    self.out.append(f" ({href})")
+            bare = address.split("://", 1)[1].rstrip("/")
+            if (
+                not label
+                or label.rstrip("/") in (address.rstrip("/"), bare)
+                or _shows_another_address(label, destination)
+            ):
+                del self.out[start:]
+                self.newlines, self.content, self.last = newlines, content, last
+                self._write_address(address)
+            else:
+                self._write(" (")
+                self._write_address(address)
+                self._write(")")
         elif tag in ("ul", "ol"):
-            if self.lists:
-                self.lists.pop()
+            del self.lists[-times:]
             self._break(2 if not self.lists else 1)
         elif tag in _BLOCK:
             if tag == "pre":
-                self.pre = max(self.pre - 1, 0)
+                self.pre = max(self.pre - times, 0)
             self._break(2 if tag in _PARAGRAPH else 1)
 
-    def _tail(self) -> str:
-        for chunk in reversed(self.out):
-            if chunk:
-                return chunk[-1]
-        return "\n"
-
-    def handle_data(self, data: str) -> None:
+    def text(self, data: str) -> None:
         if self.skip:
             return
         if self.pre:
-            self.out.append(data)
+            self._write(data)
             return
         data = _WHITESPACE.sub(" ", data)
-        if data.startswith(" ") and self._tail() in " \n":
+        if data.startswith(" ") and self.last in " \n":
             data = data[1:]
-        self.out.append(data)
+        self._write(data)
+
+
+def _address_for_text(href: str) -> tuple[str, str] | None:
+    """How a web link's destination is written in the plain-text part, and the URL it
+    leads to (serialised); None for a link that is not written there.
+
+    The text part is tracked too, by finding the addresses in it, so what is written must
+    be found there whole and lead exactly where the link did: the ``href`` as a browser
+    reads it (tabs and newlines, from ``&#10;`` say, dropped), or else that URL serialised
+    (``https://ex&#x0a;ample.com`` becomes ``https://example.com/``), percent-encoded
+    with no spaces or quotes to cut it short. A backslash, which browsers read as a slash
+    and people and other programs do not, is always written serialised. A link that
+    neither form can carry (one ending in punctuation a reader would not take for part of
+    it) is left out.
+    """
+    url = normalise_url(href)
+    if _WEB_SCHEME.match(url) is None:
+        return None
+    destination = web_destination(url)
+    if destination is None:
+        return None  # a browser would not follow it either
+    for address in (url, destination):
+        if "\\" not in address and is_text_url(address):
+            return address, destination
+    return None
+
+
+def _shows_another_address(label: str, destination: str) -> bool:
+    """Whether a link's text holds an address that leads elsewhere than the link: left
+    beside it, the plain-text part would carry a link the HTML never had."""
+    if "://" not in label:
+        return False
+    return any(web_destination(u.url) != destination for u in find_text_urls(label))
 
 
 def html_to_text(html: str) -> str:
     """A readable plain-text version of an HTML body; links become ``text (url)``.
 
     Keeping each web link's target in the text means the plain-text part's links
-    are tracked like the HTML part's when the copy is instrumented.
+    are tracked like the HTML part's when the copy is instrumented. Linear in the size of
+    the input, however it is malformed.
     """
     writer = _TextWriter()
-    writer.feed(html)
-    writer.close()
+    on_text, on_start, on_end = writer.text, writer.start, writer.end
+    for kind, name, value, times in html_tokens(html, _TAGS, _MAX_STEPS):
+        if kind == TEXT:
+            on_text(value)
+        elif kind == START:
+            on_start(name, value, times)
+        elif kind == REST:
+            if writer.link is not None:
+                on_end("a", 1)  # the rest is no link's text
+            on_text(strip_markup(value))
+        else:
+            on_end(name, times)
+    if writer.link is not None:
+        writer.end("a", 1)
     text = "\n".join(line.rstrip(" ") for line in "".join(writer.out).split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n")

@@ -13,8 +13,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import quote, urlsplit
 
+from mailbeacon.kit.urls import web_destination
+from mailbeacon.models.event import EventKind
 from mailbeacon.tracking.hits import Hit
 from mailbeacon.tracking.networks import NetworkMap, truncate_ip
 from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
@@ -55,24 +56,22 @@ _NOT_FOUND_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 _PREFETCH_HEADERS = (b"purpose", b"sec-purpose", b"x-purpose", b"x-moz")
-# Characters a Location header may carry as they are; everything else is
-# percent-encoded (RFC 3986 reserved and unreserved sets, plus '%').
-_URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
 
 
 def location_for(url: str) -> bytes | None:
-    """The Location value for a sealed destination, or None if we must not go there."""
-    # Control characters could split the header; a space is fine (browsers
-    # follow such links, and quote() below turns it into %20).
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return None
-    return quote(url, safe=_URL_SAFE).encode("ascii")
+    """The Location value for a sealed destination, or None if we must not go there.
+
+    The destination is parsed as a browser parses the link it came from (WHATWG URL, see
+    `mailbeacon.kit.urls`) and the header carries that parse serialised: printable ASCII
+    that the browser reads back to the very same URL, so the redirect lands where the
+    original link led. Reading it any other way can change the host: with RFC 3986 rules
+    ``https://good.example\\@evil.example/`` is a link to evil.example, for a browser it
+    goes to good.example. Anything but an http(s) URL that the parser accepts is refused,
+    and so is any control character (one that could split the header never comes from
+    `instrument`, which seals the link without them).
+    """
+    destination = web_destination(url)
+    return destination.encode("ascii") if destination is not None else None
 
 
 class TrackingEdge:
@@ -92,7 +91,11 @@ class TrackingEdge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        path: str = scope["path"]
+        # Match the path as it was sent, not as the server percent-decoded it: only the
+        # canonical "/t/o/..." and "/t/c/..." are our URLs, so "/%74/o/..." or a token
+        # with escapes in it is nothing we minted. Some servers leave the query on it.
+        raw: bytes | None = scope.get("raw_path")
+        path: str = raw.partition(b"?")[0].decode("latin-1") if raw else scope["path"]
         method: str = scope["method"]
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")], b"")
@@ -113,7 +116,7 @@ class TrackingEdge:
             except InvalidToken:
                 copy_id = None
         if copy_id is not None:
-            await self._record_safely(self._hit(scope, "open", copy_id, None, head))
+            await self._record_safely(self._hit(scope, EventKind.OPEN, copy_id, None, head))
         # Valid or not, the same answer: nothing about the token leaks.
         await _respond(send, 200, _PIXEL_HEADERS, b"" if head else PIXEL_GIF)
 
@@ -126,7 +129,9 @@ class TrackingEdge:
         if target is None or location is None:
             await _respond(send, 404, _NOT_FOUND_HEADERS, b"" if head else _NOT_FOUND_BODY)
             return
-        await self._record_safely(self._hit(scope, "click", target.copy_id, target.position, head))
+        await self._record_safely(
+            self._hit(scope, EventKind.CLICK, target.copy_id, target.position, head)
+        )
         await _respond(
             send,
             302,
@@ -146,7 +151,9 @@ class TrackingEdge:
             # The answer must go out whatever happens to the bookkeeping.
             log.exception("could not record hit %s", hit.uid)
 
-    def _hit(self, scope: Scope, kind: str, copy_id: int, position: int | None, head: bool) -> Hit:
+    def _hit(
+        self, scope: Scope, kind: EventKind, copy_id: int, position: int | None, head: bool
+    ) -> Hit:
         ua = ""
         hint = None
         viewer = None

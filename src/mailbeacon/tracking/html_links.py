@@ -21,14 +21,16 @@ script-data escape states (``<!--`` inside ``<script>``) are not modelled.
 from __future__ import annotations
 
 import functools
-import html as html_lib
 import re
 import string
-from html.entities import html5 as _HTML5_ENTITIES
 from typing import NamedTuple
+
+from mailbeacon.kit.html_tokens import decode_attribute, decode_text
+from mailbeacon.kit.urls import normalise_url
 
 __all__ = [
     "INVISIBLE_CHARS",
+    "MAX_LINK_SITES",
     "NOTRACK_ATTRIBUTE",
     "HtmlScan",
     "LinkSite",
@@ -39,6 +41,10 @@ __all__ = [
 ]
 
 NOTRACK_ATTRIBUTE = "data-mb-notrack"
+# Link tags read from one document; any after them are passed over like other tags (and so
+# left as written). Each costs a trip through Python, and an email has dozens to hundreds:
+# the cap keeps a body of a hundred thousand link tags from costing seconds.
+MAX_LINK_SITES = 10_000
 
 
 def _ci(word: str) -> str:
@@ -142,13 +148,16 @@ _PLAIN_VML = rf"""
     (?=[^<>hH]*+(?:[hH](?![rR][eE][fF])[^<>hH]*+)*+>){_PLAIN_ATTRS}"""
 
 
-def _scanner(*, visible_mode: bool) -> re.Pattern[str]:
+def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
     """One step of the scan: pass over everything uninteresting, then report one thing.
 
     In visible mode, text is passed over only while it is blank and images are reported, so
-    that the first visible content ends the step.
+    that the first visible content ends the step. Without ``links`` (past MAX_LINK_SITES),
+    link tags and conditional comments are passed over like any other tag or comment.
     """
-    stop_tags: tuple[str, ...] = (*_LINK_TAGS, *_RAW_TEXT, "plaintext")
+    stop_tags: tuple[str, ...] = (*_RAW_TEXT, "plaintext")
+    if links:
+        stop_tags += _LINK_TAGS
     if visible_mode:
         stop_tags += _VISIBLE_TAGS
         text = rf"[{INVISIBLE_CHARS}]++|{_INVISIBLE_ENTITY}"
@@ -156,25 +165,33 @@ def _scanner(*, visible_mode: bool) -> re.Pattern[str]:
         visible = rf"| (?P<vis>[^<]|<(?![a-zA-Z!/?])|<{_names(*_VISIBLE_TAGS)})"
     else:
         text = r"[^<]++"
-        lone_lt = r"| (?![a-zA-Z!/?])"  # a "<" that starts nothing is text
+        lone_lt = r"(?![a-zA-Z!/?]) |"  # a "<" that starts nothing is text
         visible = ""
+    if links:
+        link_tags = rf"{_PLAIN_LINK} | {_PLAIN_VML}"
+        comment = r"--(?!\[[iI][fF])"
+        reported = rf"""
+            (?P<link><(?P<lname>{_names(*_LINK_TAGS)}|{_ci("v:")}[^\t\n\f\r />]*+)
+                (?P<lattrs>{_TAIL}))
+          | (?P<cc><!--(?P<ccbody>\[[iI][fF]{_COMMENT_TEXT})--!?>)"""
+    else:
+        link_tags = rf"{_ci('v:')}{_TAIL}"
+        comment = "--"
+        reported = "(?!)"
     return re.compile(
         rf"""(?:
             {text}
           | <(?:
+                {lone_lt}
                 /(?:(?!{_names("body")})[a-zA-Z]{_TAIL}|(?![a-zA-Z])[^>]*+>)
               | {_other_names(stop_tags, "v:")}{_TAIL}
-              | {_PLAIN_LINK}
-              | {_PLAIN_VML}
-              | !(?:--(?!\[[iI][fF])(?>>|->|{_COMMENT_TEXT}--!?>)|(?!--)[^>]*+>)
+              | {link_tags}
+              | !(?:{comment}(?>>|->|{_COMMENT_TEXT}--!?>)|(?!--)[^>]*+>)
               | \?[^>]*+>
-              {lone_lt}
             )
         )*+
         (?:
-            (?P<link><(?P<lname>{_names(*_LINK_TAGS)}|{_ci("v:")}[^\t\n\f\r />]*+)
-                (?P<lattrs>{_TAIL}))
-          | (?P<cc><!--(?P<ccbody>\[[iI][fF]{_COMMENT_TEXT})--!?>)
+            {reported}
           {visible}
           | (?P<raw><(?P<rawname>{_names(*_RAW_TEXT, "plaintext")}){_TAIL})
           | (?P<body></{_names("body")}{_TAIL})
@@ -186,14 +203,21 @@ def _scanner(*, visible_mode: bool) -> re.Pattern[str]:
 
 _SCAN_LINKS = _scanner(visible_mode=False)
 _SCAN_VISIBLE = _scanner(visible_mode=True)
+_SCAN_REST = _scanner(visible_mode=False, links=False)
+_SCAN_VISIBLE_REST = _scanner(visible_mode=True, links=False)
 _RAW_END = {name: re.compile(rf"</{_ci(name)}{_DELIM}") for name in _RAW_TEXT}
 
-# Inside a link tag already matched: the common case of `href` as its first attribute...
-_FIRST_HREF = re.compile(
-    r"""[\t\n\f\r /]++[hH][rR][eE][fF][\t\n\f\r ]*+=[\t\n\f\r ]*+"""
-    r"""("[^"]*+"|'[^']*+'|[^\t\n\f\r >"'][^\t\n\f\r >]*+)"""
+# Inside a link tag already matched: its first attribute named "href", the others passed
+# over inside the regex engine (the tokenizer drops later duplicates of an attribute, so
+# an empty first href, `<a href>`, shadows any later one)...
+_ATTR_VALUE = r"""(?:"[^"]*+"?|'[^']*+'?|[^\t\n\f\r >"'][^\t\n\f\r >]*+)"""
+_HREF = re.compile(
+    r"""(?:[\t\n\f\r /]*+(?![hH][rR][eE][fF](?:[\t\n\f\r /=>]|\Z))"""
+    rf"""[^\t\n\f\r />][^\t\n\f\r />=]*+(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+{_ATTR_VALUE}?)?+)*+"""
+    r"""[\t\n\f\r /]*+[hH][rR][eE][fF](?=[\t\n\f\r /=>]|\Z)"""
+    rf"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?P<value>{_ATTR_VALUE})?)?+"""
 )
-# ...and attribute by attribute for the rest, or when the opt-out marker may be present.
+# ...and attribute by attribute when the opt-out marker may be present.
 _ATTR = re.compile(
     r"""[\t\n\f\r /]*+(?P<name>[^\t\n\f\r />][^\t\n\f\r />=]*+)"""
     r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"""
@@ -253,16 +277,20 @@ def scan_html(html: str, *, stop_at_visible: bool = False) -> HtmlScan:
         if kind == "link":
             _read_link_tag(html, m, scan)
             pos = m.end()
+            if len(scan.links) >= MAX_LINK_SITES:
+                pattern = _SCAN_VISIBLE_REST if pattern is _SCAN_VISIBLE else _SCAN_REST
         elif kind == "cc":
             # Outlook renders what sits between <!--[if mso]> and <![endif]-->, so links there
             # (VML buttons above all) are followed by real readers.
             _scan_conditional(html, m.start("ccbody"), m.end("ccbody"), scan)
             pos = m.end()
+            if len(scan.links) >= MAX_LINK_SITES:
+                pattern = _SCAN_VISIBLE_REST if pattern is _SCAN_VISIBLE else _SCAN_REST
         elif kind == "vis":
             scan.visible = True
             if stop_at_visible:
                 return scan
-            pattern = _SCAN_LINKS
+            pattern = _SCAN_LINKS if pattern is _SCAN_VISIBLE else _SCAN_REST
             pos = m.start("vis")
         elif kind == "body":
             scan.body_close = m.start("body")
@@ -283,7 +311,7 @@ def scan_html(html: str, *, stop_at_visible: bool = False) -> HtmlScan:
 def _scan_conditional(html: str, start: int, stop: int, scan: HtmlScan) -> None:
     """Collect the links in a conditional comment's body, markup only Outlook reads."""
     pos = start
-    while True:
+    while len(scan.links) < MAX_LINK_SITES:
         m = _SCAN_LINKS.match(html, pos, stop)
         assert m is not None
         kind = m.lastgroup
@@ -304,10 +332,12 @@ def _scan_conditional(html: str, start: int, stop: int, scan: HtmlScan) -> None:
 
 def _read_link_tag(html: str, m: re.Match[str], scan: HtmlScan) -> None:
     attrs_start, attrs_end = m.start("lattrs"), m.end("lattrs") - 1  # without the ">"
-    notrack = _MARKER_HINT.search(html, attrs_start, attrs_end) is not None
-    first = None if notrack else _FIRST_HREF.match(html, attrs_start, attrs_end)
-    if first is not None:
-        start, end = first.span(1)
+    if _MARKER_HINT.search(html, attrs_start, attrs_end) is None:
+        href = _HREF.match(html, attrs_start, attrs_end)
+        if href is None or href.start("value") < 0:
+            return  # no href, or an empty first one
+        start, end = href.span("value")
+        notrack = False
     else:
         found = _find_href(html, attrs_start, attrs_end, scan)
         if found is None:
@@ -354,47 +384,6 @@ def _find_href(
     return None if href is None else (href[0], href[1], notrack)
 
 
-# html.unescape's reference grammar; what differs inside attributes is decided per match.
-_LEGACY_MAX = max(len(name) for name in _HTML5_ENTITIES if not name.endswith(";"))
-_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
-
-
-def _decode_attribute_ref(m: re.Match[str]) -> str:
-    ref = m.group(1)
-    if ref[0] == "#" or ref in _HTML5_ENTITIES:
-        return html_lib.unescape(m.group(0))
-    # Only the legacy names (none longer than six letters) are recognised without ";".
-    for size in range(min(len(ref) - 1, _LEGACY_MAX), 1, -1):
-        if ref[:size] in _HTML5_ENTITIES:
-            after = ref[size]
-            # In an attribute, a legacy reference without ";" that runs into a letter, digit
-            # or "=" stays literal, so `?a=1&copy=2` keeps its "&copy" (HTML 13.2.5.73).
-            if after == "=" or (after.isascii() and after.isalnum()):
-                return m.group(0)
-            return _HTML5_ENTITIES[ref[:size]] + ref[size:]
-    return m.group(0)
-
-
-def decode_attribute(value: str) -> str:
-    """Decode the character references of an attribute value as the HTML tokenizer does."""
-    if "&" not in value:
-        return value
-    return _CHARREF.sub(_decode_attribute_ref, value)
-
-
-_URL_STRIP = "".join(chr(c) for c in range(0x21))
-_URL_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
-
-
-def normalise_url(url: str) -> str:
-    """Remove outer C0 controls and spaces, and tabs and newlines anywhere.
-
-    This is the URL parser's own first step (WHATWG URL, basic URL parser), so the result is
-    the destination a browser would open; it is also safe to put in a Location header.
-    """
-    return url.strip(_URL_STRIP).translate(_URL_TAB_NEWLINE)
-
-
 _TAG_OR_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)|<[^>]*+>?", re.DOTALL)
 _IMG_ALT = re.compile(r"""<img\b[^>]*?\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _ANCHOR_WINDOW = 4000  # a link's text is near its start tag; do not read a whole document
@@ -412,10 +401,10 @@ def anchor_text(html: str, site: LinkSite) -> str:
         return ""
     found = _end_tag(site.tag).search(html, site.tag_end, site.tag_end + _ANCHOR_WINDOW)
     inner = html[site.tag_end : found.start()] if found is not None else ""
-    text = " ".join(html_lib.unescape(_TAG_OR_COMMENT.sub(" ", inner)).split())
+    text = " ".join(decode_text(_TAG_OR_COMMENT.sub(" ", inner)).split())
     if not text:
         alt = _IMG_ALT.search(inner)
         if alt is not None:
             alt_text = next(g for g in alt.groups() if g is not None)
-            text = " ".join(html_lib.unescape(alt_text).split())
+            text = " ".join(decode_attribute(alt_text).split())
     return text[:ANCHOR_TEXT_MAX]

@@ -5,6 +5,10 @@ replaced, and the pixel is inserted; every other character of the bodies stays a
 Positions number the distinct destinations in first-seen order, HTML before text, so the same
 body always yields the same positions and, for one copy, the same tokens: instrumenting again
 is stable, and `find_links` can plan the per-link rows before any copy is made.
+
+A link is tracked only if the edge can send the reader exactly where it leads (see
+`is_trackable_url`), and at most MAX_TRACKED_LINKS destinations per email; every other link
+is left as written, and so still works, untracked.
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ import html as html_lib
 import re
 from dataclasses import dataclass
 
+from mailbeacon.kit.text_urls import TextUrl, find_text_urls
+from mailbeacon.kit.urls import is_web_destination
+from mailbeacon.tracking import tokens
 from mailbeacon.tracking.html_links import (
     INVISIBLE_CHARS,
+    MAX_LINK_SITES,
     HtmlScan,
     LinkSite,
     anchor_text,
     scan_html,
 )
-from mailbeacon.tracking.text_links import TextUrl, find_text_urls
-from mailbeacon.tracking.tokens import TokenCodec
+from mailbeacon.tracking.tokens import TokenCodec, click_token_fits
 
 __all__ = [
+    "MAX_TRACKED_LINKS",
     "Instrumented",
     "TrackedLink",
     "click_url",
@@ -38,6 +46,12 @@ __all__ = [
 
 CLICK_PATH = "/t/c/"
 OPEN_PATH = "/t/o/"
+# Distinct destinations tracked in one email; any further ones are left as written. Real
+# emails stay far below (the corpus tops out at 12, long newsletters at a few hundred),
+# while every tracked destination costs a token per copy and a stored row per message: the
+# cap keeps a pathological body from costing seconds and megabytes on every copy of a send.
+# Link positions travel in 16 bits, so the cap must stay below 65,536.
+MAX_TRACKED_LINKS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,8 @@ class Instrumented:
     open_tracked: bool  # this call inserted a pixel
     links_tracked: bool  # this call rewrote at least one link
     empty_body: bool  # nothing visible: nothing was tracked and the bodies are unchanged
+    # Distinct trackable destinations left as written because of MAX_TRACKED_LINKS.
+    links_over_limit: int = 0
 
 
 def click_url(base_url: str, token: str) -> str:
@@ -84,30 +100,55 @@ def pixel_html(src: str) -> str:
     client style sheets from growing it. It is not hidden with ``display:none``, which some
     clients treat as a reason not to fetch the image at all.
     """
-    return (
-        f'<img src="{_attribute_text(src)}" width="1" height="1" alt="" border="0" '
-        'style="display:block;width:1px;height:1px;max-width:1px;max-height:1px;'
-        'border:0;margin:0;padding:0;overflow:hidden;" />'
-    )
+    return _PIXEL_HTML.format(src=_attribute_text(src))
+
+
+_PIXEL_HTML = (
+    '<img src="{src}" width="1" height="1" alt="" border="0" '
+    'style="display:block;width:1px;height:1px;max-width:1px;max-height:1px;'
+    'border:0;margin:0;padding:0;overflow:hidden;" />'
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _attribute_base(base: str) -> str:
+    """``base`` escaped for an attribute; a token (base64url) and our paths need no escape."""
+    return _attribute_text(base)
 
 
 # Template syntax that a sending tool fills in later: sealing it into a token would freeze
-# the placeholder, and the link would lead nowhere once the tool had done its work.
-_PLACEHOLDER = re.compile(
-    r"""\{\{.*?\}\}|\{%.*?%\}|\{!.*?\}|\{\$.*?\}   # Handlebars, Liquid, Jinja, Salesforce, Smarty
-      | \*\|.*?\|\*                                  # Mailchimp merge tags
-      | %%.*?%%                                      # Salesforce Marketing Cloud, Acoustic
-      | \[\[.*?\]\]                                  # Campaign Monitor-style tags
-      | \$\{.*?\} | \$[A-Za-z_][\w.:\-]*\$           # ${var} and $var$ merge fields
-      | <%.*?%>                                      # ERB and ASP
-    """,
-    re.DOTALL | re.VERBOSE,
-)
+# the placeholder, and the link would lead nowhere once the tool had done its work. Each is
+# an opener with a closer somewhere after it. Searched for as plain strings: a lazy regex
+# (`\{\{.*?\}\}`) tries every opener against the rest of the text, quadratic on `{{{{...`,
+# while if the first opener has no closer after it, no later one has either.
+_PLACEHOLDER_DELIMITERS = (
+    ("{{", "}}"), ("{%", "%}"), ("{!", "}"), ("{$", "}"),  # Handlebars, Liquid, Jinja, Smarty
+    ("*|", "|*"),  # Mailchimp merge tags
+    ("%%", "%%"),  # Salesforce Marketing Cloud, Acoustic
+    ("[[", "]]"),  # Campaign Monitor-style tags
+    ("${", "}"),  # ${var} merge fields
+    ("<%", "%>"),  # ERB and ASP
+)  # fmt: skip
+# $var$ merge fields; linear, as the run of name characters cannot hold the closing "$".
+_MERGE_FIELD = re.compile(r"\$[A-Za-z_][\w.:\-]*+\$")
 # A click URL minted by any mailbeacon edge: never wrap one twice, whatever its host.
 _OUR_CLICK_URL = re.compile(r"/t/c/[A-Za-z0-9_-]{32,}\Z")
 _AUTHORITY = re.compile(r"https?://([^/?#\\]*)", re.IGNORECASE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _VISIBLE_TEXT = re.compile(rf"[^{INVISIBLE_CHARS}]")
+
+
+_PLACEHOLDER_OPENING = re.compile(r"[{*%\[$<]")  # the first character of every opener
+
+
+def _has_placeholder(url: str) -> bool:
+    if _PLACEHOLDER_OPENING.search(url) is None:
+        return False
+    for opener, closer in _PLACEHOLDER_DELIMITERS:
+        start = url.find(opener)
+        if start >= 0 and url.find(closer, start + len(opener)) >= 0:
+            return True
+    return _MERGE_FIELD.search(url) is not None
 
 
 def _has_host(url: str) -> bool:
@@ -125,14 +166,20 @@ def is_trackable_url(url: str, base_url: str | None = None) -> bool:
     """Whether a web destination may be sealed into a click token.
 
     It must name a host, hold no template placeholder, not be a click URL already (of any
-    mailbeacon edge, or malformed ones under ``base_url``), and be proper text.
+    mailbeacon edge, or malformed ones under ``base_url``), and be proper text. And the
+    edge must be able to send the reader exactly where the link leads: the URL parser of a
+    browser must accept it (see `mailbeacon.kit.urls`; the edge redirects to what that
+    parser makes of the sealed text) and it must fit in a click token. Whatever fails
+    stays as written and works as it always would, untracked.
     """
-    if not _has_host(url) or _PLACEHOLDER.search(url) or _OUR_CLICK_URL.search(url):
+    if not _has_host(url) or _has_placeholder(url) or _OUR_CLICK_URL.search(url):
         return False
     if base_url is not None and url.startswith(base_url + CLICK_PATH):
         return False
     # Bytes that did not decode in the body's charset cannot be sealed as UTF-8 text.
-    return _SURROGATE.search(url) is None
+    if _SURROGATE.search(url) is not None:
+        return False
+    return is_web_destination(url) and click_token_fits(url)
 
 
 def _text_is_visible(text: str | None) -> bool:
@@ -149,7 +196,7 @@ def is_empty_body(html: str | None, text: str | None) -> bool:
 class _Plan:
     """Positions of the trackable destinations, and the sites that lead to each."""
 
-    __slots__ = ("html_sites", "links", "positions", "text_urls")
+    __slots__ = ("has_open_path", "html_sites", "links", "over_limit", "positions", "text_urls")
 
     def __init__(
         self, html: str | None, scan: HtmlScan | None, text_urls: list[TextUrl], base: str | None
@@ -158,22 +205,39 @@ class _Plan:
         self.html_sites: list[LinkSite] = []
         self.text_urls: list[TextUrl] = []
         texts: list[str] = []
+        # Each destination is judged once, however often it appears; None: over the limit.
+        verdicts: dict[str, int | None] = {}
+        over_limit = 0
+
+        def position_of(url: str) -> int | None:
+            nonlocal over_limit
+            if url in verdicts:
+                return verdicts[url]
+            position = None
+            if is_trackable_url(url, base):
+                if len(self.positions) < MAX_TRACKED_LINKS:
+                    position = self.positions[url] = len(self.positions)
+                    texts.append("")
+                else:
+                    over_limit += 1
+            verdicts[url] = position
+            return position
+
         if html is not None and scan is not None:
             for site in scan.links:
-                if site.notrack or not is_trackable_url(site.url, base):
+                position = None if site.notrack else position_of(site.url)
+                if position is None:
                     continue
                 self.html_sites.append(site)
-                position = self.positions.setdefault(site.url, len(self.positions))
-                if position == len(texts):
-                    texts.append("")
                 if not texts[position]:  # the first occurrence with words on it names it
                     texts[position] = anchor_text(html, site)
         for found in text_urls:
-            if is_trackable_url(found.url, base):
+            if position_of(found.url) is not None:
                 self.text_urls.append(found)
-                if self.positions.setdefault(found.url, len(self.positions)) == len(texts):
-                    texts.append("")
+        self.over_limit = over_limit
         self.links = [TrackedLink(p, url, texts[p]) for url, p in self.positions.items()]
+        # Only a body that holds our open path at all can hold a copy's pixel already.
+        self.has_open_path = html is not None and OPEN_PATH in html
 
 
 # A message goes out as one copy per recipient, all with the same bodies: the scan and the
@@ -182,7 +246,8 @@ class _Plan:
 @functools.lru_cache(maxsize=8)
 def _scanned(html: str | None, text: str | None) -> tuple[HtmlScan | None, list[TextUrl], bool]:
     scan = scan_html(html) if html is not None else None
-    urls = find_text_urls(text) if text is not None else []
+    # Addresses past the first MAX_LINK_SITES stay as written, as links in HTML do.
+    urls = find_text_urls(text, MAX_LINK_SITES) if text is not None else []
     empty = not (_text_is_visible(text) or (scan is not None and scan.visible))
     return scan, urls, empty
 
@@ -199,6 +264,7 @@ def clear_caches() -> None:
     """Forget the per-body scans (benchmarks measure a body seen for the first time)."""
     _plan.cache_clear()
     _scanned.cache_clear()
+    tokens.clear_caches()
 
 
 def find_links(
@@ -255,30 +321,41 @@ def instrument(
     text_edits: list[tuple[int, int, str]] = []
     if scan is not None:
         html_edits.extend((start, end, "") for start, end in scan.markers)
+    escaped_base = _attribute_base(base)
     if link_tracking and plan.positions:
-        tokens: dict[int, str] = {}
+        minted: dict[str, str] = {}
 
-        def target(url: str) -> str:
-            position = plan.positions[url]
-            token = tokens.get(position)
+        def token_for(url: str) -> str:
+            token = minted.get(url)
             if token is None:
-                token = tokens[position] = codec.mint_click_token(copy_id, position, url)
-            return click_url(base, token)
+                token = minted[url] = codec.mint_click_token(copy_id, plan.positions[url], url)
+            return token
 
+        values: dict[tuple[str, str], str] = {}
         for site in plan.html_sites:
             # An unquoted value gets double quotes: a token URL may hold characters (from the
             # base URL) that an unquoted attribute value cannot.
             quote = site.quote or '"'
-            value = f"{quote}{_attribute_text(target(site.url))}{quote}"
+            value = values.get((site.url, quote))
+            if value is None:
+                value = f"{quote}{escaped_base}{CLICK_PATH}{token_for(site.url)}{quote}"
+                values[site.url, quote] = value
             html_edits.append((site.start, site.end, value))
-        text_edits.extend((found.start, found.end, target(found.url)) for found in plan.text_urls)
+        text_edits.extend(
+            (found.start, found.end, f"{base}{CLICK_PATH}{token_for(found.url)}")
+            for found in plan.text_urls
+        )
 
     open_tracked = False
     if open_tracking and html is not None and scan is not None:
-        src = open_url(base, codec.mint_open_token(copy_id))
-        escaped = _attribute_text(src)
-        if src not in html and (escaped == src or escaped not in html):
-            html_edits.append((scan.pixel_offset, scan.pixel_offset, pixel_html(src)))
+        token = codec.mint_open_token(copy_id)
+        escaped = f"{escaped_base}{OPEN_PATH}{token}.gif"
+        if not plan.has_open_path or (
+            f"{base}{OPEN_PATH}{token}.gif" not in html and escaped not in html
+        ):
+            html_edits.append(
+                (scan.pixel_offset, scan.pixel_offset, _PIXEL_HTML.format(src=escaped))
+            )
             open_tracked = True
 
     links = list(plan.links) if link_tracking else []
@@ -289,4 +366,5 @@ def instrument(
         open_tracked=open_tracked,
         links_tracked=bool(links),
         empty_body=False,
+        links_over_limit=plan.over_limit if link_tracking else 0,
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import operator
 import struct
 import zlib
 from collections.abc import Iterable
@@ -29,6 +31,14 @@ _FLAG_DEFLATE = 1
 # Longer tokens are refused before any work is done on them.
 MAX_CLICK_TOKEN_CHARS = 8192
 OPEN_TOKEN_CHARS = 34
+MAX_ID = 2**64 - 1  # copy and user ids travel as unsigned 64-bit numbers
+MAX_POSITION = 2**16 - 1  # a link position travels as an unsigned 16-bit number
+# A destination longer than this is never sealed, however well it compresses: browsers and
+# servers stop far below it (Chrome at 2 MB, most servers at 8-16 KB of request line), and it
+# bounds what the edge inflates and puts in a Location header.
+MAX_CLICK_URL_BYTES = 65536
+# Bytes around the payload in a click token: key id, SIV tag, then the fixed head.
+_CLICK_OVERHEAD = 1 + 16 + _CLICK_HEAD.size
 
 
 class InvalidToken(Exception):
@@ -40,6 +50,77 @@ class ClickTarget:
     copy_id: int
     position: int
     url: str
+
+
+def _unsigned(value: int, name: str, maximum: int) -> int:
+    """``value`` as an int within 0..maximum; struct would raise its own obscure error."""
+    number = operator.index(value)  # TypeError for floats, strings and the like
+    if not 0 <= number <= maximum:
+        raise ValueError(f"{name} {number} is outside 0..{maximum}")
+    return number
+
+
+def _click_body(url: str) -> tuple[bytes, int]:
+    """The destination as it travels in a click token (deflated when that is shorter), and
+    its flags. Raises ValueError for text that UTF-8 cannot carry (lone surrogates)."""
+    if isinstance(url, str) and len(url) <= _REMEMBERED_URL_CHARS:
+        return _remembered_click_body(url)
+    return _pack_click_body(url)
+
+
+# Every copy of a message seals the same destinations: deflating each once (a third of the
+# cost of a click token) serves all of them. Only URL-sized ones are remembered.
+_REMEMBERED_URL_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=2048)
+def _remembered_click_body(url: str) -> tuple[bytes, int]:
+    return _pack_click_body(url)
+
+
+def clear_caches() -> None:
+    """Forget the destinations deflated so far (benchmarks measure a body never seen)."""
+    _remembered_click_body.cache_clear()
+
+
+def _pack_click_body(url: str) -> tuple[bytes, int]:
+    if not isinstance(url, str):
+        raise TypeError(f"a destination is text, not {type(url).__name__}")
+    try:
+        plain = url.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("the destination is not valid Unicode text") from exc
+    if len(plain) > MAX_CLICK_URL_BYTES:
+        raise ValueError(f"the destination is longer than {MAX_CLICK_URL_BYTES} bytes")
+    # Raw deflate (no zlib header or trailer). A small window and memory level make it ~7x
+    # cheaper to set up than zlib.compress, with the same size on URL-sized input; inflate
+    # with wbits=-15 reads any window size.
+    packer = zlib.compressobj(9, zlib.DEFLATED, -9, 1)
+    packed = packer.compress(plain) + packer.flush()
+    if len(packed) < len(plain):
+        return packed, _FLAG_DEFLATE
+    return plain, 0
+
+
+def _b64_chars(size: int) -> int:
+    return (size * 4 + 2) // 3  # unpadded base64
+
+
+def click_token_fits(url: str) -> bool:
+    """Whether ``url`` can be sealed in a click token that the edge will accept.
+
+    A token longer than MAX_CLICK_TOKEN_CHARS is refused unread at the edge, so a link
+    sealed in one would break: such a destination must stay untracked.
+    """
+    try:
+        if _b64_chars(_CLICK_OVERHEAD + 4 * len(url)) <= MAX_CLICK_TOKEN_CHARS:
+            # Even at four UTF-8 bytes a character it fits: no need to compress.
+            url.encode("utf-8")  # but lone surrogates cannot travel at all
+            return True
+        body, _ = _click_body(url)
+    except ValueError:  # not valid Unicode text, or too long to seal at all
+        return False
+    return _b64_chars(_CLICK_OVERHEAD + len(body)) <= MAX_CLICK_TOKEN_CHARS
 
 
 def _b64encode(raw: bytes) -> str:
@@ -83,27 +164,29 @@ class TokenCodec:
         return sorted(self._ciphers)
 
     def mint_open_token(self, copy_id: int) -> str:
-        sealed = self._primary_cipher.encrypt(struct.pack(">Q", copy_id), _OPEN_AD)
-        return _b64encode(self._prefix + sealed)
+        """Raises ValueError (or TypeError) for a copy id outside 0..MAX_ID."""
+        plain = struct.pack(">Q", _unsigned(copy_id, "copy id", MAX_ID))
+        return _b64encode(self._prefix + self._primary_cipher.encrypt(plain, _OPEN_AD))
 
     def mint_click_token(self, copy_id: int, position: int, url: str) -> str:
-        plain = url.encode("utf-8")
-        flags = 0
-        # Raw deflate (no zlib header or trailer). A small window and memory level
-        # make it ~7x cheaper to set up than zlib.compress, with the same size on
-        # URL-sized input; inflate with wbits=-15 reads any window size.
-        packer = zlib.compressobj(9, zlib.DEFLATED, -9, 1)
-        packed = packer.compress(plain) + packer.flush()
-        if len(packed) < len(plain):
-            plain, flags = packed, _FLAG_DEFLATE
-        payload = _CLICK_HEAD.pack(copy_id, position, flags) + plain
+        """Seal a destination for one copy and link position.
+
+        Raises ValueError for ids or positions out of range (0..MAX_ID, 0..MAX_POSITION) and
+        for a destination that cannot travel in a token the edge accepts (see
+        `click_token_fits`); TypeError for arguments of the wrong type.
+        """
+        copy_id = _unsigned(copy_id, "copy id", MAX_ID)
+        position = _unsigned(position, "position", MAX_POSITION)
+        body, flags = _click_body(url)
+        if _b64_chars(_CLICK_OVERHEAD + len(body)) > MAX_CLICK_TOKEN_CHARS:
+            raise ValueError(f"the destination does not fit in {MAX_CLICK_TOKEN_CHARS} characters")
+        payload = _CLICK_HEAD.pack(copy_id, position, flags) + body
         return _b64encode(self._prefix + self._primary_cipher.encrypt(payload, _CLICK_AD))
 
     def mint_viewer_token(self, user_id: int) -> str:
         """A cookie value that tells the edge "this browser belongs to user N"."""
-        return _b64encode(
-            self._prefix + self._primary_cipher.encrypt(struct.pack(">Q", user_id), _VIEWER_AD)
-        )
+        plain = struct.pack(">Q", _unsigned(user_id, "user id", MAX_ID))
+        return _b64encode(self._prefix + self._primary_cipher.encrypt(plain, _VIEWER_AD))
 
     def read_viewer_token(self, token: str) -> int:
         if len(token) != OPEN_TOKEN_CHARS:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailbeacon.tracking.text_links import find_text_urls
+from mailbeacon.kit.text_urls import find_text_urls, trim_text_url
 
 
 def found(text: str) -> list[str]:
@@ -85,3 +85,26 @@ def test_addresses_are_substrings_without_trailing_punctuation(text: str) -> Non
         for close, open_ in ((")", "("), ("]", "[")):
             if url.url.endswith(close):
                 assert url.url.count(open_) >= url.url.count(close)
+
+
+def _trim_one_at_a_time(url: str) -> str:
+    """The rule read literally: drop from the end while the last character is trailing
+    punctuation or a closing bracket that outnumbers its opening one."""
+    closing = {")": "(", "]": "[", "}": "{"}
+    while url:
+        last = url[-1]
+        unbalanced = last in closing and url.count(last) > url.count(closing[last])
+        if last not in ".,;:!?'*~" and not unbalanced:
+            break
+        url = url[:-1]
+    return url
+
+
+@given(st.text(alphabet="a()[]{}.,!x", max_size=40))
+def test_bulk_trimming_agrees_with_the_rule_read_literally(url: str) -> None:
+    assert trim_text_url(url) == _trim_one_at_a_time(url)
+
+
+def test_limit_stops_after_that_many_addresses() -> None:
+    text = " ".join(f"https://x.com/{i}" for i in range(10))
+    assert [u.url for u in find_text_urls(text, 3)] == [f"https://x.com/{i}" for i in range(3)]
