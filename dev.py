@@ -55,6 +55,8 @@ def test(args: list[str]) -> int:
     steps = [
         [str(BIN / "ruff"), "check", "src", "tests", "bench", "dev.py"],
         [str(BIN / "mypy")],
+        # The layers and independent domains declared in pyproject.toml.
+        [str(BIN / "lint-imports")],
         [str(BIN / "pytest"), *args],
     ]
     for step in steps:

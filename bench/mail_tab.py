@@ -13,7 +13,7 @@ scanner with 2% of all events), with the figures on ``messages``,
 ingest writer keeps them. A colleague in the same organisation has emails of
 his own, so every query has something to leave out.
 
-Then it times, in this process, each query the pages make (``activity.py``) and
+Then it times, in this process, each query the pages make (``mail/reading.py``) and
 each whole page or API answer through the ASGI app (routing, session, queries,
 template; no network), and prints p50 and p95 per case beside two references
 measured in the same run: a bare ``SELECT 1`` and the page's own index range
@@ -54,6 +54,8 @@ from mailbeacon.accounts.service import account_service  # noqa: E402
 from mailbeacon.asgi import MailbeaconApp  # noqa: E402
 from mailbeacon.config import Settings  # noqa: E402
 from mailbeacon.db import normalise_url  # noqa: E402
+from mailbeacon.mail import reading  # noqa: E402
+from mailbeacon.mail.schemas import MailFilter  # noqa: E402
 from mailbeacon.migrate import upgrade  # noqa: E402
 from mailbeacon.models import (  # noqa: E402
     LinkClickStat,
@@ -66,8 +68,6 @@ from mailbeacon.models import (  # noqa: E402
 from mailbeacon.models.event import PERSON_LABELS  # noqa: E402
 from mailbeacon.notify.service import notification_service  # noqa: E402
 from mailbeacon.runtime import Runtime  # noqa: E402
-from mailbeacon.tracking import activity  # noqa: E402
-from mailbeacon.tracking.schemas import MailFilter  # noqa: E402
 
 PASSWORD = "benchmark password"  # noqa: S105 (a throwaway user in a throwaway database)
 LABELS = [  # (label, weight): what a busy sales mailbox sees
@@ -353,11 +353,11 @@ def run_queries(runtime: Runtime, picks: dict[str, int], rounds: int) -> dict[st
     def page(**kw: Any) -> Callable[[], Any]:
         def run() -> Any:
             with sessions() as s:
-                return activity.mail_page(s, sally, **kw)
+                return reading.mail_page(s, sally, **kw)
 
         return run
 
-    print("queries (tracking/activity.py, one session each)")
+    print("queries (mail/reading.py, one session each)")
     first = page()()
     cases: list[tuple[str, Callable[[], Any]]] = [("list: first page", page())]
     for f in MailFilter:
@@ -374,9 +374,7 @@ def run_queries(runtime: Runtime, picks: dict[str, int], rounds: int) -> dict[st
     def detail(mid: int) -> Callable[[], Any]:
         def run() -> Any:
             with sessions() as s:
-                return activity.mail_detail(
-                    s, sally, mid, codec=runtime.codec, base_url=runtime.settings.BASE_URL
-                )
+                return reading.mail_detail(s, sally, mid, links=runtime.tracking)
 
         return run
 
@@ -387,7 +385,7 @@ def run_queries(runtime: Runtime, picks: dict[str, int], rounds: int) -> dict[st
 
     def rows() -> Any:
         with sessions() as s:
-            return activity.mail_rows(s, sally, [picks.get("busy", 1)])
+            return reading.mail_rows(s, sally, [picks.get("busy", 1)])
 
     def unread() -> Any:
         with sessions() as s:

@@ -39,7 +39,6 @@ from mailbeacon.db import is_sqlite  # noqa: E402
 from mailbeacon.mail.mime import CopyTemplate, VisibleHeaders  # noqa: E402
 from mailbeacon.mail.schemas import Draft  # noqa: E402
 from mailbeacon.mail.service import message_service  # noqa: E402
-from mailbeacon.mail.tasks import OutboxWorker  # noqa: E402
 from mailbeacon.migrate import upgrade  # noqa: E402
 from mailbeacon.models import (  # noqa: E402
     CopyStatus,
@@ -96,9 +95,7 @@ def plan_round(runtime: Runtime, user_id: int, recipients: int, round_no: int) -
     )
     with runtime.database.unit_of_work() as s:
         user = s.get_one(User, user_id)
-        message = message_service.plan_send(
-            s, user, draft, codec=runtime.codec, base_url=runtime.settings.BASE_URL
-        )
+        message = message_service.plan_send(s, user, draft, instrumenter=runtime.tracking)
         return message.id
 
 
@@ -181,7 +178,7 @@ async def run(args: argparse.Namespace, port: int) -> None:
             message_id = plan_round(runtime, user_id, args.recipients, round_no)
             plans.append(time.perf_counter() - started)
 
-            worker = OutboxWorker(runtime, concurrency=args.concurrency)
+            worker = runtime.make_outbox_worker(concurrency=args.concurrency)
             started = time.perf_counter()
             handled = await worker.run_once()
             elapsed = time.perf_counter() - started

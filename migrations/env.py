@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from mailbeacon.config import Settings
 from mailbeacon.db import make_engine
@@ -11,6 +11,12 @@ from mailbeacon.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+
+# pg_advisory_xact_lock key held while migrating ("mbmg"): several processes
+# starting at once (`serve --workers N`, a database coming back) migrate one
+# after the other, and all but the first find nothing left to do.
+_MIGRATION_LOCK = 0x6D626D67
 
 
 def _run(connection: Connection) -> None:
@@ -21,6 +27,8 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         context.run_migrations()
 
 
@@ -32,7 +40,8 @@ def run_migrations_online() -> None:
     url = config.attributes.get("url") or Settings().database_url()
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
+        # On SQLite the write lock comes first, for the same reason as the lock above.
+        with engine.connect().execution_options(sqlite_immediate=True) as conn:
             _run(conn)
             conn.commit()
     finally:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
+import pytest_asyncio
 from sqlalchemy import create_engine, text
 
+from mailbeacon.asgi import MailbeaconApp
 from mailbeacon.config import Settings
 from mailbeacon.db import Database, normalise_url
 from mailbeacon.migrate import upgrade
 from mailbeacon.models import Base
+from mailbeacon.runtime import Runtime
+from tests.client import make_client
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -66,18 +71,14 @@ def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         admin.dispose()
 
 
-def _truncate(db: Database) -> None:
+def _empty(db: Database) -> None:
+    """Delete every row, children first. On PostgreSQL this is 2-3 ms where TRUNCATE
+    takes about 40 (it swaps files per table); ids are not reset, and no test may
+    count on them."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with db.engine.begin() as conn:
-        if db.is_sqlite:
-            for name in tables:
-                conn.execute(text(f'DELETE FROM "{name}"'))
-        else:
-            conn.execute(
-                text(
-                    "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
-                )
-            )
+        for name in tables:
+            conn.execute(text(f'DELETE FROM "{name}"'))
 
 
 @pytest.fixture(params=[b for b in ("sqlite", "postgresql") if b in BACKENDS])
@@ -90,7 +91,7 @@ def db_url(request: pytest.FixtureRequest, database_urls: dict[str, str]) -> Ite
     yield url
     db = Database(url)
     try:
-        _truncate(db)
+        _empty(db)
     finally:
         db.dispose()
 
@@ -110,3 +111,17 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         BASE_URL="http://mb.test",
         TOO_FAST_SECONDS=0,
     )
+
+
+@pytest_asyncio.fixture
+async def app(settings: Settings) -> AsyncIterator[MailbeaconApp]:
+    """The whole ASGI app (web app and tracking edge) on the test database, not started."""
+    application = MailbeaconApp(Runtime.from_settings(settings))
+    yield application
+    application.runtime.database.dispose()
+
+
+@pytest_asyncio.fixture
+async def client(app: MailbeaconApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(app) as c:
+        yield c

@@ -1,21 +1,37 @@
-"""Outermost entry point: /t/* goes to the tracking edge, the rest to the web app."""
+"""Outermost entry point: /t/* goes to the tracking edge, the rest to the web app.
+
+The process starts whether or not the database answers. The tracking edge never
+needs it (hits go to the spool while it is away); the web app answers 503 until
+the database is reachable and its migrations have run, which a watcher retries
+in the background; then the outbox worker starts and service is normal, with
+no restart.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import threading
 from types import FrameType
 from typing import Any
 
+from sqlalchemy import text
+
+from mailbeacon.app import create_web_app
 from mailbeacon.config import Settings
+from mailbeacon.db import describe_url, is_unreachable
 from mailbeacon.mail.demo import DemoSmtpServer
-from mailbeacon.mail.tasks import OutboxWorker
+from mailbeacon.migrate import upgrade
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.edge import Receive, Scope, Send, TrackingEdge
-from mailbeacon.web.app import create_web_app
 
 log = logging.getLogger(__name__)
+
+# Seconds between attempts to reach the database at start-up, doubling up to the cap.
+DATABASE_RETRY_SECONDS = 1.0
+DATABASE_RETRY_CAP_SECONDS = 15.0
 
 
 class MailbeaconApp:
@@ -31,8 +47,8 @@ class MailbeaconApp:
             trust_forwarded_for=runtime.settings.TRUST_FORWARDED_FOR,
         )
         self.web = create_web_app(runtime)
-        self.outbox: OutboxWorker | None = None
         self.demo_smtp: DemoSmtpServer | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -51,9 +67,15 @@ class MailbeaconApp:
         web_lifespan = self.web.router.lifespan_context(self.web)
         try:
             await self.ingest.start()
-            await self.runtime.live.start()
             self._end_live_streams_on_exit()
-            await self._start_mail()
+            await self._start_demo_mailbox()
+            self.runtime.database_ready = False
+            if await asyncio.to_thread(self._prepare_database):
+                await self._database_ready()
+            else:
+                self._watcher = asyncio.create_task(
+                    self._wait_for_database(), name="mailbeacon-database-watcher"
+                )
             await web_lifespan.__aenter__()
         except Exception as exc:
             log.exception("startup failed")
@@ -65,6 +87,10 @@ class MailbeaconApp:
         try:
             await web_lifespan.__aexit__(None, None, None)
         finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watcher
             await self._stop_mail()
             await self.runtime.live.stop()
             await self.ingest.stop()
@@ -94,30 +120,77 @@ class MailbeaconApp:
 
             signal.signal(signum, handler)
 
-    async def _start_mail(self) -> None:
-        """The demo mailbox first (the worker may send to it), then the outbox worker."""
+    def _prepare_database(self) -> bool:
+        """Run the migrations (unless turned off) and check the database answers; False if it
+        cannot be reached. Runs in a thread."""
+        settings = self.runtime.settings
+        url = settings.database_url()
+        try:
+            if settings.MIGRATE_ON_START:
+                upgrade(url)
+            with self.runtime.database.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            log.warning(
+                "the database at %s is unavailable (%s); tracked links and pixels keep "
+                "working, pages and the API answer 503 until it is back",
+                describe_url(url),
+                _first_line(exc),
+            )
+            return False
+        return True
+
+    async def _wait_for_database(self) -> None:
+        """Retry until the database answers and is migrated, then start what needs it."""
+        delay = DATABASE_RETRY_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                ready = await asyncio.to_thread(self._prepare_database)
+            except Exception:
+                log.exception("preparing the database failed; retrying")
+                ready = False
+            if ready:
+                log.warning("the database is back: normal service resumes")
+                await self._database_ready()
+                return
+            delay = min(delay * 2, DATABASE_RETRY_CAP_SECONDS)
+
+    async def _database_ready(self) -> None:
+        self.runtime.database_ready = True
+        await self.runtime.live.start()
+        if self.runtime.settings.RUN_WORKER:
+            outbox = self.runtime.make_outbox_worker()
+            await outbox.start()
+            # A planned send wakes it after commit (Runtime.wake_outbox), so the copies
+            # leave at once rather than at the worker's next poll.
+            self.runtime.outbox = outbox
+
+    async def _start_demo_mailbox(self) -> None:
+        """The demo mailbox's SMTP server (it answers 451 while the database is away)."""
         settings = self.runtime.settings
         if settings.DEMO_SMTP_PORT:
-            self.demo_smtp = DemoSmtpServer(self.runtime, port=settings.DEMO_SMTP_PORT)
+            self.demo_smtp = DemoSmtpServer(self.runtime.database, port=settings.DEMO_SMTP_PORT)
             try:
                 await self.demo_smtp.start()
             except OSError:
                 log.exception("the demo mailbox could not start; serving without it")
                 self.demo_smtp = None
-        if settings.RUN_WORKER:
-            self.outbox = OutboxWorker(self.runtime)
-            await self.outbox.start()
-        # Views call `request.app.state.outbox.wake()` after committing a send, so
-        # it leaves at once rather than at the worker's next poll.
-        self.web.state.outbox = self.outbox
 
     async def _stop_mail(self) -> None:
-        if self.outbox is not None:
-            await self.outbox.stop()
-            self.outbox = None
+        outbox, self.runtime.outbox = self.runtime.outbox, None
+        if outbox is not None:
+            await outbox.stop()
         if self.demo_smtp is not None:
             await self.demo_smtp.stop()
             self.demo_smtp = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(getattr(exc, "orig", None) or exc).strip()
+    return text_.splitlines()[0] if text_ else type(exc).__name__
 
 
 def create_app(settings: Settings | None = None) -> MailbeaconApp:

@@ -44,8 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings(args)
-    if not args.no_migrate:
-        _upgrade(settings)
+    if args.no_migrate:
+        # Read by every server process (uvicorn workers too) through Settings.
+        os.environ["MAILBEACON_MIGRATE_ON_START"] = "false"
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     host = args.host or settings.HOST
     port = args.port or settings.PORT
     print(
@@ -86,9 +88,8 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 def cmd_instrument(args: argparse.Namespace) -> int:
     from mailbeacon.kit.clock import utcnow
-    from mailbeacon.models import CopyStatus, Message, RecipientCopy
+    from mailbeacon.models import CopyStatus, Message, RecipientCopy, TrackingDecision
     from mailbeacon.tracking.charset import decode_html_bytes, encode_html
-    from mailbeacon.tracking.service import tracking_service
 
     settings = _settings(args)
     path = Path(args.file)
@@ -119,14 +120,12 @@ def cmd_instrument(args: argparse.Namespace) -> int:
             message_id=message.id,
             address=args.to or "preview@mailbeacon.invalid",
             status=CopyStatus.PREVIEW,
-            decision="tracked",
+            decision=TrackingDecision.TRACKED,
         )
         session.add(copy)
         session.flush()
-        tracking_service.record_links(session, message)
-        result = tracking_service.instrument_copy(
-            session, message, copy, runtime.codec, settings.BASE_URL.rstrip("/")
-        )
+        runtime.tracking.record_links(session, message)
+        result = runtime.tracking.instrument(session, message, copy)
         copy_id, decision = copy.id, copy.decision
     out = result.text if args.text else result.html
     assert out is not None
@@ -149,13 +148,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from mailbeacon.mail.tasks import OutboxWorker
-
     settings = _settings(args)
     runtime = _runtime(settings)
 
     async def run() -> int:
-        worker = OutboxWorker(runtime)
+        worker = runtime.make_outbox_worker()
         if args.once:
             handled = await worker.run_once()
             print(f"mailbeacon worker: {handled} copies handled", file=sys.stderr)
@@ -307,8 +304,9 @@ def cmd_user_create(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from mailbeacon.accounts.schemas import NewUser, field_errors
+    from mailbeacon.accounts.schemas import NewUser
     from mailbeacon.accounts.service import InvalidInput, account_service
+    from mailbeacon.kit.validation import field_errors
 
     settings = _settings(args)
     if args.password_stdin:
@@ -452,7 +450,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except Exception as exc:
+        from mailbeacon.db import describe_url, is_unreachable
+
+        if not is_unreachable(exc):
+            raise
+        # One line an operator can act on, not a traceback.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
+        print(
+            f"mailbeacon {args.command}: the database at "
+            f"{describe_url(Settings().database_url())} is unavailable ({reason[0]})",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The built-in demo mailbox listens here (loopback only; see mail/demo.py).
+DEMO_SMTP_HOST = "127.0.0.1"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAILBEACON_", extra="ignore")
@@ -19,9 +22,23 @@ class Settings(BaseSettings):
     BASE_URL: str = "http://127.0.0.1:8000"
     HOST: str = "127.0.0.1"
     PORT: int = 8000
+    # `serve` applies the migrations when it starts (and again when a database that
+    # was away comes back). Off: the operator runs `mailbeacon db upgrade`.
+    MIGRATE_ON_START: bool = True
 
     # Only trust X-Forwarded-For when a reverse proxy that sets it sits in front.
     TRUST_FORWARDED_FOR: bool = False
+
+    # Request bodies are refused above these sizes before they are read: most
+    # requests are small forms or JSON; sending an email (compose, the API) may
+    # carry large bodies (and later attachments).
+    MAX_REQUEST_BYTES: int = Field(default=256 * 1024, ge=1024)
+    MAX_SEND_REQUEST_BYTES: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    # Mail servers (Test connection, sending, sync) and webhook receivers may be on
+    # private networks (RFC 1918, ULA) only if the operator allows it; link-local
+    # and cloud metadata addresses never, loopback only for the demo mailbox.
+    ALLOW_PRIVATE_NETWORKS: bool = False
 
     # Classification thresholds.
     TOO_FAST_SECONDS: float = Field(default=5.0, ge=0)
@@ -66,13 +83,3 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.DATA_DIR / "spool"
-
-
-settings = Settings()
-
-
-def reload_settings(**overrides: object) -> Settings:
-    """Re-read the environment (the CLI calls this after parsing --data-dir)."""
-    global settings
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    return settings

@@ -1,52 +1,30 @@
-"""Plain factory functions for senders, their mailbox connections and planned sends."""
+"""Plain factories for emails: planned sends, delivered sends, bare messages."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from mailbeacon.db import Database
+from mailbeacon.kit.clock import utcnow
 from mailbeacon.mail.schemas import Draft
 from mailbeacon.mail.service import message_service
-from mailbeacon.models import MailboxConnection, Message, Organisation, Security, User
+from mailbeacon.models import CopyStatus, Message, RecipientCopy, User
 from mailbeacon.runtime import Runtime
 
+# A link with an escaped query (plan) and without (send_mail), so that both the
+# entity handling and plain titles are exercised.
 OFFER_HTML = (
     '<p>Hello,</p><p>see our <a href="https://example.com/offer?x=1&amp;y=2">new offer</a> '
     'and <a href="https://example.com/pricing">pricing</a>.</p>'
 )
-
-
-def make_sender(
-    session: Session,
-    *,
-    port: int,
-    email: str = "sally@example.com",
-    name: str = "Sally Seller",
-    host: str = "127.0.0.1",
-    security: Security = Security.NONE,
-    username: str = "",
-    sealed_password: str = "",
-) -> User:
-    """A user with an organisation and a mailbox connection to an SMTP server on loopback."""
-    org = Organisation(name="Acme")
-    session.add(org)
-    session.flush()
-    user = User(organisation_id=org.id, email=email, display_name=name)
-    session.add(user)
-    session.flush()
-    session.add(
-        MailboxConnection(
-            user_id=user.id,
-            sender_name=name,
-            sender_address=email,
-            smtp_host=host,
-            smtp_port=port,
-            smtp_security=security,
-            smtp_username=username,
-            smtp_password_encrypted=sealed_password,
-        )
-    )
-    session.flush()
-    return user
+SENT_HTML = (
+    '<p>Hello,</p><p>see our <a href="https://example.com/offer">new offer</a> '
+    'and <a href="https://example.com/pricing">pricing</a>.</p>'
+)
 
 
 def plan(
@@ -61,6 +39,84 @@ def plan(
         }
         values.update(fields)
         draft = Draft.model_validate(values)
-    return message_service.plan_send(
-        session, user, draft, codec=runtime.codec, base_url=runtime.settings.BASE_URL
+    return message_service.plan_send(session, user, draft, instrumenter=runtime.tracking)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message_id: int
+    copies: dict[str, int]  # address -> copy id
+    user_id: int
+
+
+def send_mail(
+    database: Database,
+    runtime: Runtime,
+    user_id: int,
+    to: tuple[str, ...] = ("ann@example.org",),
+    *,
+    subject: str = "Our offer",
+    html: str | None = SENT_HTML,
+    text: str | None = None,
+    bcc: tuple[str, ...] = (),
+    open_tracking: bool = True,
+    link_tracking: bool = True,
+) -> Sent:
+    """Plan a send as compose does, and mark every copy delivered."""
+    with database.unit_of_work() as s:
+        user = s.get(User, user_id)
+        assert user is not None
+        draft = Draft(
+            to=list(to),
+            bcc=list(bcc),
+            subject=subject,
+            body_html=html,
+            body_text=text,
+            open_tracking=open_tracking,
+            link_tracking=link_tracking,
+        )
+        message = message_service.plan_send(s, user, draft, instrumenter=runtime.tracking)
+        now = utcnow()
+        message.sent_at = now
+        s.execute(
+            update(RecipientCopy)
+            .where(RecipientCopy.message_id == message.id)
+            .values(status=CopyStatus.SENT, sent_at=now)
+        )
+        s.flush()
+        copies = {c.address: c.id for c in s.query(RecipientCopy).filter_by(message_id=message.id)}
+        return Sent(message.id, copies, user_id)
+
+
+def make_message(
+    session: Session,
+    user: User | None = None,
+    *,
+    recipients: tuple[str, ...] = ("ann@example.org",),
+    html: str | None = '<p>Hi <a href="https://example.com/offer">offer</a></p>',
+    text: str | None = None,
+    sent_at: datetime | None = None,
+) -> tuple[Message, list[RecipientCopy]]:
+    """A sent message and its copies, written directly (no planning, no instrumentation)."""
+    message = Message(
+        user_id=user.id if user else None,
+        subject="Hello",
+        body_html=html,
+        body_text=text,
+        sent_at=sent_at or utcnow(),
     )
+    session.add(message)
+    session.flush()
+    copies = []
+    for address in recipients:
+        copy = RecipientCopy(
+            message_id=message.id,
+            address=address,
+            decision="tracked",
+            status=CopyStatus.SENT,
+            sent_at=message.sent_at,
+        )
+        session.add(copy)
+        copies.append(copy)
+    session.flush()
+    return message, copies

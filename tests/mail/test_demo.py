@@ -8,14 +8,14 @@ import email.policy
 import pytest
 from sqlalchemy import select
 
+from mailbeacon.accounts.service import account_service
 from mailbeacon.db import Database
-from mailbeacon.mail.demo import DemoSmtpServer, ensure_demo_mailbox
+from mailbeacon.mail.demo import DemoSmtpServer
 from mailbeacon.mail.mailer import test_smtp_connection
-from mailbeacon.mail.tasks import OutboxWorker
 from mailbeacon.models import CopyStatus, DemoMessage, MailboxConnection, RecipientCopy, Security
 from mailbeacon.runtime import Runtime
-from tests.factories.mail import make_sender, plan
-from tests.factories.messages import make_user
+from tests.factories.accounts import make_smtp_sender, make_user
+from tests.factories.mail import plan
 
 pytestmark = pytest.mark.asyncio
 
@@ -23,12 +23,12 @@ pytestmark = pytest.mark.asyncio
 async def test_sending_through_the_demo_mailbox_lands_in_demo_messages(
     database: Database, runtime: Runtime
 ) -> None:
-    demo = DemoSmtpServer(runtime, port=0)
+    demo = DemoSmtpServer(runtime.database, port=0)
     await demo.start()
     try:
         with database.unit_of_work() as s:
             user = make_user(s)
-            mailbox = ensure_demo_mailbox(s, user, port=demo.port)
+            mailbox = account_service.use_demo_mailbox(s, user, port=demo.port)
             assert (mailbox.is_demo, mailbox.smtp_host, mailbox.smtp_security) == (
                 True,
                 "127.0.0.1",
@@ -36,7 +36,7 @@ async def test_sending_through_the_demo_mailbox_lands_in_demo_messages(
             )
             message = plan(s, runtime, user, to=["ann@example.org"], bcc=["bob@example.org"])
             message_id = message.id
-        assert await OutboxWorker(runtime).run_once() == 2
+        assert await runtime.make_outbox_worker().run_once() == 2
         check = await test_smtp_connection("127.0.0.1", demo.port, Security.NONE, "", "")
         assert check.ok
     finally:
@@ -58,17 +58,17 @@ async def test_sending_through_the_demo_mailbox_lands_in_demo_messages(
 
 async def test_the_demo_mailbox_listens_on_loopback_only(runtime: Runtime) -> None:
     with pytest.raises(ValueError, match="loopback"):
-        DemoSmtpServer(runtime, host="0.0.0.0", port=0)  # noqa: S104 (refused, never bound)
+        DemoSmtpServer(runtime.database, host="0.0.0.0", port=0)  # noqa: S104 (refused, never bound)
 
 
 async def test_ensure_demo_mailbox_never_replaces_a_real_mailbox(database: Database) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=587, host="127.0.0.1", security=Security.STARTTLS)
-        mailbox = ensure_demo_mailbox(s, user, port=2525)
+        user = make_smtp_sender(s, port=587, host="127.0.0.1", security=Security.STARTTLS)
+        mailbox = account_service.use_demo_mailbox(s, user, port=2525)
         assert (mailbox.is_demo, mailbox.smtp_port) == (False, 587)
         other = make_user(s, email="olga@example.com")
-        first = ensure_demo_mailbox(s, other, port=2525)
-        again = ensure_demo_mailbox(s, other, port=2600)
+        first = account_service.use_demo_mailbox(s, other, port=2525)
+        again = account_service.use_demo_mailbox(s, other, port=2600)
         assert first.id == again.id and again.smtp_port == 2600
     with database.sessions() as s:
         assert len(s.scalars(select(MailboxConnection)).all()) == 2

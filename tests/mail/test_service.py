@@ -26,8 +26,8 @@ from mailbeacon.models import (
     User,
 )
 from mailbeacon.runtime import Runtime
-from tests.factories.mail import OFFER_HTML, make_sender, plan
-from tests.factories.messages import make_user
+from tests.factories.accounts import make_smtp_sender, make_user
+from tests.factories.mail import OFFER_HTML, plan
 
 
 def copies_of(database: Database, message_id: int) -> list[RecipientCopy]:
@@ -45,7 +45,7 @@ def test_plan_writes_message_copies_links_contacts_and_outbox(
     database: Database, runtime: Runtime
 ) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
+        user = make_smtp_sender(s, port=2525)
         message = plan(
             s,
             runtime,
@@ -100,7 +100,7 @@ def test_plan_writes_message_copies_links_contacts_and_outbox(
 
 def test_contacts_are_created_once_and_reused(database: Database, runtime: Runtime) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
+        user = make_smtp_sender(s, port=2525)
         plan(s, runtime, user, to=["Ann <ann@example.org>"])
         plan(s, runtime, user, to=["Other Name <ANN@example.org>"])
     with database.sessions() as s:
@@ -112,7 +112,7 @@ def test_invalid_draft_reports_every_field_and_writes_nothing(
     database: Database, runtime: Runtime
 ) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
+        user = make_smtp_sender(s, port=2525)
     with database.sessions() as s:
         user = s.get_one(User, user.id)
         with pytest.raises(InvalidDraft) as caught:
@@ -151,7 +151,7 @@ def test_no_mailbox_is_a_domain_error(database: Database, runtime: Runtime) -> N
 
 def test_switches_default_from_the_last_send(database: Database, runtime: Runtime) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
+        user = make_smtp_sender(s, port=2525)
         draft = message_service.new_draft(user)
         assert (draft.open_tracking, draft.link_tracking) == (True, True)
         message = plan(s, runtime, user, open_tracking=False, link_tracking=True)
@@ -179,7 +179,7 @@ def test_tracking_turned_off_in_settings_forces_the_switches(
     database: Database, runtime: Runtime
 ) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
+        user = make_smtp_sender(s, port=2525)
         user.open_tracking_enabled = False
         user.link_tracking_enabled = False
         assert message_service.new_draft(user).open_tracking is False
@@ -207,7 +207,7 @@ def test_plain_text_and_empty_bodies_get_their_decisions(
     database: Database, runtime: Runtime
 ) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
+        user = make_smtp_sender(s, port=2525)
         text_id = plan(s, runtime, user, body_html=None, body_text="See https://example.com/a").id
         empty_id = plan(s, runtime, user, body_html="<p> </p>").id
     (text_copy,) = copies_of(database, text_id)
@@ -222,8 +222,8 @@ def test_only_an_unknown_copy_of_ones_own_can_be_resent(
     database: Database, runtime: Runtime
 ) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
-        other = make_sender(s, port=2525, email="otto@example.com")
+        user = make_smtp_sender(s, port=2525)
+        other = make_smtp_sender(s, port=2525, email="otto@example.com")
         message = plan(s, runtime, user)
         copy = s.scalars(select(RecipientCopy).where(RecipientCopy.message_id == message.id)).one()
         copy_id = copy.id
@@ -247,7 +247,7 @@ def test_a_late_settle_wins_over_the_users_retry(
     database: Database, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=2525)
+        user = make_smtp_sender(s, port=2525)
         copy = s.scalars(
             select(RecipientCopy).where(RecipientCopy.message_id == plan(s, runtime, user).id)
         ).one()

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from mailbeacon.db import Database
-from mailbeacon.mail import repository
-from mailbeacon.mail.tasks import OutboxWorker
+from mailbeacon.mail import queue
 from mailbeacon.models import CopyStatus, Message, OutboxEntry, RecipientCopy
 from mailbeacon.runtime import Runtime
-from tests.factories.mail import make_sender, plan
+from tests.factories.accounts import make_smtp_sender
+from tests.factories.mail import plan
 from tests.mail.conftest import SinkHandler, SmtpPeer
 
 pytestmark = pytest.mark.asyncio
@@ -33,7 +33,7 @@ VISIBLE = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
 
 def plan_send(database: Database, runtime: Runtime, port: int, **fields: object) -> int:
     with database.unit_of_work() as s:
-        user = make_sender(s, port=port)
+        user = make_smtp_sender(s, port=port)
         return plan(s, runtime, user, **fields).id
 
 
@@ -63,7 +63,7 @@ async def test_each_recipient_gets_its_own_copy_with_identical_visible_headers(
         bcc=["dora@example.org", "Eve Hidden <eve@example.org>"],
         subject="Our offer",
     )
-    worker = OutboxWorker(runtime)
+    worker = runtime.make_outbox_worker()
     assert await worker.run_once() == 5
 
     handler: SinkHandler = sink.handler
@@ -135,7 +135,7 @@ async def test_a_temporary_failure_is_retried_and_delivered_once(
     sink.handler.data_replies.append("451 4.7.1 Greylisted, try again")
     message_id = plan_send(database, runtime, sink.port)
     # Backoff is zero in tests, so the retry falls due within the same pass.
-    assert await OutboxWorker(runtime).run_once() == 2
+    assert await runtime.make_outbox_worker().run_once() == 2
     assert [r.rcpt_tos for r in sink.handler.accepted] == [["ann@example.org"]]
     assert sink.handler.data_calls == 2
     copy = copies(database, message_id)["ann@example.org"]
@@ -147,7 +147,7 @@ async def test_a_temporary_failure_waits_for_its_backoff(
 ) -> None:
     sink.handler.data_replies.append("451 4.3.0 Try later")
     message_id = plan_send(database, runtime, sink.port)
-    worker = OutboxWorker(runtime)
+    worker = runtime.make_outbox_worker()
     worker.backoff_seconds = 600
     assert await worker.run_once() == 1
     copy = copies(database, message_id)["ann@example.org"]
@@ -172,7 +172,7 @@ async def test_temporary_failures_give_up_after_the_last_attempt(
 ) -> None:
     sink.handler.data_replies.extend(["452 4.3.1 Out of space"] * 3)
     message_id = plan_send(database, runtime, sink.port)
-    worker = OutboxWorker(runtime)
+    worker = runtime.make_outbox_worker()
     worker.max_attempts = 3
     assert await worker.run_once() == 3
     copy = copies(database, message_id)["ann@example.org"]
@@ -191,7 +191,7 @@ async def test_a_refused_recipient_fails_alone_with_the_servers_reply(
         to=["ann@example.org", "bob@example.org"],
         cc=["carl@example.org"],
     )
-    assert await OutboxWorker(runtime).run_once() == 3
+    assert await runtime.make_outbox_worker().run_once() == 3
     by_address = copies(database, message_id)
     assert by_address["bob@example.org"].status == CopyStatus.FAILED
     assert by_address["bob@example.org"].smtp_reply == ("550 5.1.1 <bob@example.org>: no such user")
@@ -208,7 +208,7 @@ async def test_an_unreachable_server_is_retried_later(database: Database, runtim
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     message_id = plan_send(database, runtime, port)
-    worker = OutboxWorker(runtime)
+    worker = runtime.make_outbox_worker()
     worker.backoff_seconds = 60
     assert await worker.run_once() == 1
     copy = copies(database, message_id)["ann@example.org"]
@@ -221,7 +221,7 @@ async def test_two_workers_at_once_never_send_the_same_copy(
 ) -> None:
     addresses = [f"r{i}@example.org" for i in range(40)]
     message_id = plan_send(database, runtime, sink.port, to=addresses[:2], bcc=addresses[2:])
-    one, two = OutboxWorker(runtime, concurrency=4), OutboxWorker(runtime, concurrency=4)
+    one, two = runtime.make_outbox_worker(concurrency=4), runtime.make_outbox_worker(concurrency=4)
     handled = await asyncio.gather(one.run_once(), two.run_once())
     assert sum(handled) == 40
     counts = Counter(r for rec in sink.handler.accepted for r in rec.rcpt_tos)
@@ -234,14 +234,14 @@ async def test_two_workers_at_once_never_send_the_same_copy(
 
 async def test_a_claim_takes_at_most_its_limit(database: Database, runtime: Runtime) -> None:
     from mailbeacon.kit.clock import utcnow
-    from mailbeacon.mail import repository
+    from mailbeacon.mail import queue
 
     message_id = plan_send(database, runtime, 2525, bcc=[f"r{i}@example.org" for i in range(6)])
     with database.engine.connect().execution_options(sqlite_immediate=True) as conn:
         with conn.begin():
-            first = repository.claim_copies(conn, "w1", utcnow(), 2)
+            first = queue.claim_copies(conn, "w1", utcnow(), 2)
         with conn.begin():
-            second = repository.claim_copies(conn, "w2", utcnow(), 3)
+            second = queue.claim_copies(conn, "w2", utcnow(), 3)
     assert len(first) == 2 and len(second) == 3
     assert not {c.id for c in first} & {c.id for c in second}
     by_address = copies(database, message_id)
@@ -288,7 +288,7 @@ async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
     assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENDING
 
     handler.stall = False
-    worker = OutboxWorker(runtime)
+    worker = runtime.make_outbox_worker()
     # The dead worker's lock goes when its process does; PostgreSQL may take a
     # moment to notice the closed connection.
     for _ in range(100):
@@ -306,7 +306,7 @@ async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
     counts = Counter(r for rec in handler.accepted for r in rec.rcpt_tos)
     assert counts == {"ann@example.org": 1, "bob@example.org": 1, "carl@example.org": 1}
     # Never resent by a worker without the user's say.
-    assert await OutboxWorker(runtime).run_once() == 0
+    assert await runtime.make_outbox_worker().run_once() == 0
     with database.sessions() as s:
         assert s.scalars(select(OutboxEntry.completed_at)).one() is not None
 
@@ -317,11 +317,11 @@ async def test_a_live_worker_is_not_declared_dead(
     handler: SinkHandler = sink.handler
     handler.stall = True
     message_id = plan_send(database, runtime, sink.port)
-    busy = OutboxWorker(runtime, poll_seconds=0.05)
+    busy = runtime.make_outbox_worker(poll_seconds=0.05)
     await busy.start()
     try:
         await asyncio.wait_for(handler.stalled.wait(), 10)
-        other = OutboxWorker(runtime)
+        other = runtime.make_outbox_worker()
         assert await other.recover_orphans() == 0
         assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENDING
         handler.release.set()
@@ -337,7 +337,7 @@ async def test_a_live_worker_is_not_declared_dead(
 async def test_the_worker_started_in_the_background_sends_new_email(
     database: Database, runtime: Runtime, sink: SmtpPeer
 ) -> None:
-    worker = OutboxWorker(runtime, poll_seconds=0.05)
+    worker = runtime.make_outbox_worker(poll_seconds=0.05)
     await worker.start()
     try:
         message_id = plan_send(database, runtime, sink.port)
@@ -361,7 +361,7 @@ async def test_stopping_mid_transaction_marks_the_copy_unknown(
     handler: SinkHandler = sink.handler
     handler.stall = True
     message_id = plan_send(database, runtime, sink.port)
-    worker = OutboxWorker(runtime, poll_seconds=0.05)
+    worker = runtime.make_outbox_worker(poll_seconds=0.05)
     await worker.start()
     await asyncio.wait_for(handler.stalled.wait(), 10)
     await worker.stop()
@@ -379,17 +379,18 @@ async def test_claims_whose_round_failed_are_put_back_and_sent(
     message_id = plan_send(
         database, runtime, sink.port, to=["ann@example.org"], bcc=["bob@example.org"]
     )
-    real_contexts = repository.SendQueue._contexts
+    real_contexts = queue.SendQueue.contexts
     failures = [True]
 
-    def failing_contexts(queue: repository.SendQueue, cursor: Any, ids: set[int]) -> Any:
+    def failing_contexts(queue: queue.SendQueue, ids: Any) -> Any:
+        ids = set(ids)
         if ids and failures:
             failures.pop()
-            raise queue._driver_error("the connection was lost")
-        return real_contexts(queue, cursor, ids)
+            raise OperationalError("SELECT ...", {}, Exception("the connection was lost"))
+        return real_contexts(queue, ids)
 
-    monkeypatch.setattr(repository.SendQueue, "_contexts", failing_contexts)
-    worker = OutboxWorker(runtime)
+    monkeypatch.setattr(queue.SendQueue, "contexts", failing_contexts)
+    worker = runtime.make_outbox_worker()
     with pytest.raises(SQLAlchemyError):
         await worker.run_once()
     assert await worker.run_once() == 2
@@ -408,7 +409,7 @@ async def test_wake_from_another_thread_is_safe_and_prompt(
     # Sync request handlers run in the threadpool and wake the worker from there.
     # Debug mode makes the loop refuse calls from the wrong thread.
     asyncio.get_running_loop().set_debug(True)
-    worker = OutboxWorker(runtime, poll_seconds=30)
+    worker = runtime.make_outbox_worker(poll_seconds=30)
     await worker.start()
     try:
         for _ in range(200):  # until the worker waits for a wake-up

@@ -16,7 +16,9 @@ from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.notify.live import MAX_PAYLOAD_BYTES, LiveBroker, decode_wake, encode_wake
 from mailbeacon.runtime import Runtime
-from tests.notify.factories import hit, make_sender, record, send_mail
+from tests.factories.accounts import make_demo_sender
+from tests.factories.hits import hit, record
+from tests.factories.mail import send_mail
 
 
 @given(
@@ -100,8 +102,8 @@ async def test_an_open_written_by_one_process_reaches_a_stream_of_another(
     two_processes: tuple[Runtime, Runtime], database: Database
 ) -> None:
     writer, reader = two_processes
-    sally = make_sender(database)
-    tom = make_sender(database, "tom@example.com", name="Tom")
+    sally = make_demo_sender(database)
+    tom = make_demo_sender(database, "tom@example.com", name="Tom")
     sent = send_mail(database, writer, sally)
     sallys_stream, toms_stream = reader.live.subscribe(sally), reader.live.subscribe(tom)
     # The writer's own publish does nothing on PostgreSQL: NOTIFY carries the wake.

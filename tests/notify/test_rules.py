@@ -10,15 +10,9 @@ from sqlalchemy import event, select
 from mailbeacon.db import Database
 from mailbeacon.models import Notification, User
 from mailbeacon.runtime import Runtime
-from tests.notify.factories import (
-    GMAIL_PROXY,
-    SCANNER,
-    THUNDERBIRD,
-    hit,
-    make_sender,
-    record,
-    send_mail,
-)
+from tests.factories.accounts import make_demo_sender
+from tests.factories.hits import GMAIL_PROXY, SCANNER, THUNDERBIRD, hit, record
+from tests.factories.mail import send_mail
 
 MINUTE = 60.0
 
@@ -39,7 +33,7 @@ def set_user(database: Database, user_id: int, **values: object) -> None:
 def test_first_human_open_notifies_once_with_who_and_what(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally, ("ann@example.org",), subject="Our pricing")
     ann = sent.copies["ann@example.org"]
     result = record(runtime, hit(ann))
@@ -58,7 +52,7 @@ def test_first_human_open_notifies_once_with_who_and_what(
 def test_opens_inside_the_quiet_period_collapse_and_after_it_notify_again(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
     t0 = time.time()
@@ -76,7 +70,7 @@ def test_opens_inside_the_quiet_period_collapse_and_after_it_notify_again(
 
 
 def test_the_quiet_period_is_each_users_own(database: Database, runtime: Runtime) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     set_user(database, sally, notify_quiet_minutes=5)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
@@ -92,7 +86,7 @@ def test_the_quiet_period_is_each_users_own(database: Database, runtime: Runtime
 def test_several_opens_in_one_batch_follow_the_same_rules(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
     t0 = time.time()
@@ -112,7 +106,7 @@ def test_several_opens_in_one_batch_follow_the_same_rules(
 def test_each_recipient_and_each_link_is_notified_separately(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally, ("ann@example.org", "bob@example.com"))
     ann, bob = sent.copies["ann@example.org"], sent.copies["bob@example.com"]
     t0 = time.time()
@@ -138,7 +132,7 @@ def test_each_recipient_and_each_link_is_notified_separately(
 def test_machines_and_the_senders_own_views_never_notify_but_still_wake(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
     t0 = time.time()
@@ -156,7 +150,7 @@ def test_machines_and_the_senders_own_views_never_notify_but_still_wake(
 
 
 def test_an_image_proxy_open_is_a_person(database: Database, runtime: Runtime) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally)
     record(runtime, hit(sent.copies["ann@example.org"], ua=GMAIL_PROXY, network="google"))
     (note,) = notifications(database)
@@ -166,7 +160,7 @@ def test_an_image_proxy_open_is_a_person(database: Database, runtime: Runtime) -
 def test_a_first_open_after_machine_hits_still_notifies(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
     t0 = time.time()
@@ -179,7 +173,7 @@ def test_a_first_open_after_machine_hits_still_notifies(
 def test_no_notifications_when_the_user_turned_them_off(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     set_user(database, sally, notify_tracking=False)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
@@ -191,7 +185,7 @@ def test_no_notifications_when_the_user_turned_them_off(
 def test_turning_notifications_on_later_does_not_invent_a_first_open(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     set_user(database, sally, notify_tracking=False)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
@@ -203,8 +197,8 @@ def test_turning_notifications_on_later_does_not_invent_a_first_open(
 
 
 def test_only_the_sender_is_notified(database: Database, runtime: Runtime) -> None:
-    sally = make_sender(database)
-    tom = make_sender(database, "tom@example.com", name="Tom")  # same organisation
+    sally = make_demo_sender(database)
+    tom = make_demo_sender(database, "tom@example.com", name="Tom")  # same organisation
     sent = send_mail(database, runtime, sally)
     result = record(runtime, hit(sent.copies["ann@example.org"]))
     assert {n.user_id for n in notifications(database)} == {sally}
@@ -214,7 +208,7 @@ def test_only_the_sender_is_notified(database: Database, runtime: Runtime) -> No
 def test_the_hook_costs_the_same_few_queries_whatever_the_batch_size(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     small = send_mail(database, runtime, sally, tuple(f"r{i}@example.org" for i in range(2)))
     large = send_mail(database, runtime, sally, tuple(f"s{i}@example.org" for i in range(60)))
     statements: list[str] = []

@@ -18,8 +18,10 @@ from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.models import Notification, User
 from mailbeacon.runtime import Runtime
-from tests.notify.factories import CHROME, SCANNER, Sent, make_sender, send_mail
-from tests.web.conftest import csrf_of, make_client, sign_in
+from tests.client import csrf_of, make_client, sign_in
+from tests.factories.accounts import make_demo_sender
+from tests.factories.hits import CHROME, SCANNER
+from tests.factories.mail import Sent, send_mail
 
 pytestmark = pytest.mark.asyncio
 
@@ -42,7 +44,7 @@ async def app(settings: Settings) -> AsyncIterator[MailbeaconApp]:
 
 @pytest_asyncio.fixture
 async def sally(app: MailbeaconApp) -> AsyncIterator[httpx.AsyncClient]:
-    make_sender(app.runtime.database)
+    make_demo_sender(app.runtime.database)
     async with make_client(app) as c:
         c.headers["x-csrf-token"] = await sign_in(c, "sally@example.com")
         yield c
@@ -51,7 +53,7 @@ async def sally(app: MailbeaconApp) -> AsyncIterator[httpx.AsyncClient]:
 @pytest_asyncio.fixture
 async def tom(app: MailbeaconApp) -> AsyncIterator[httpx.AsyncClient]:
     """A colleague: another user of Sally's organisation."""
-    make_sender(app.runtime.database, "tom@example.com", name="Tom")
+    make_demo_sender(app.runtime.database, "tom@example.com", name="Tom")
     async with make_client(app, ip="198.51.100.7") as c:
         c.headers["x-csrf-token"] = await sign_in(c, "tom@example.com")
         yield c

@@ -23,7 +23,8 @@ from mailbeacon.models import (
 )
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.edge import PIXEL_GIF, VIEWER_COOKIE
-from tests.factories.messages import make_message, make_user
+from tests.factories.accounts import make_user
+from tests.factories.mail import make_message
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -20,7 +20,8 @@ from mailbeacon.models import RecipientCopy, TrackingEvent
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.hits import Hit
 from mailbeacon.tracking.spool import Spool
-from tests.factories.messages import make_message, make_user
+from tests.factories.accounts import make_user
+from tests.factories.mail import make_message
 
 # Nothing listens on port 1: connections are refused at once, as when the
 # database server is down.
@@ -82,7 +83,7 @@ async def test_edge_keeps_answering_with_the_database_down_and_replays_exactly_o
     codec = runtime.codec
     transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 1234))
     try:
-        runtime.database = Database(UNREACHABLE)  # the database goes away
+        runtime.pipeline.database = Database(UNREACHABLE)  # the database goes away
         async with httpx.AsyncClient(transport=transport, base_url="http://mb.test") as c:
             pixels = await asyncio.gather(
                 *(
@@ -103,8 +104,8 @@ async def test_edge_keeps_answering_with_the_database_down_and_replays_exactly_o
         assert spooled_lines(settings) == 26
         assert stored(real_db) == 0
 
-        runtime.database.dispose()
-        runtime.database = real_db  # the database comes back
+        runtime.pipeline.database.dispose()
+        runtime.pipeline.database = real_db  # the database comes back
         for _ in range(100):
             if stored(real_db) == 26 and not Spool(settings.spool_dir).has_pending():
                 break

@@ -91,7 +91,7 @@ async def test_the_mail_tab_shows_an_open_live(server: dict[str, Any]) -> None:
             message_id = (await sent.json())["id"]
             deadline = time.monotonic() + 30
             while True:
-                r = await page.request.get(f"{base}/api/messages/{message_id}")
+                r = await page.request.get(f"{base}/api/mail/{message_id}")
                 if all(x["status"] == "sent" for x in (await r.json())["recipients"]):
                     break
                 assert time.monotonic() < deadline, "the copies were not delivered"

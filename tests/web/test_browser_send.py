@@ -243,11 +243,11 @@ async def test_send_through_the_demo_mailbox_and_see_the_open_and_the_click(
             await page.screenshot(path=str(SCREENSHOTS / "mailbeacon-compose.png"), full_page=True)
             await page.get_by_role("button", name="Send").click()
             await expect(page.get_by_text("being sent in the background")).to_be_visible()
-            message_id = int(page.url.split("/sent/")[1].split("?")[0])
+            message_id = int(page.url.split("/mail/")[1].split("?")[0])
 
-            # The worker delivers in the background; the Sent page refreshes itself.
+            # The worker delivers in the background; the email's page refreshes itself.
             async def delivered() -> bool:
-                r = await page.request.get(f"{base}/api/messages/{message_id}")
+                r = await page.request.get(f"{base}/api/mail/{message_id}")
                 return all(x["status"] == "sent" for x in (await r.json())["recipients"])
 
             deadline = time.monotonic() + 30
@@ -280,7 +280,7 @@ async def test_send_through_the_demo_mailbox_and_see_the_open_and_the_click(
             await expect(tab.get_by_role("heading", name="Our pricing")).to_be_visible()
             await tab.close()
 
-            api = await page.request.get(f"{base}/api/messages/{message_id}")
+            api = await page.request.get(f"{base}/api/mail/{message_id}")
             recipients = {x["address"]: x for x in (await api.json())["recipients"]}
             await page.get_by_role("link", name="See this email's tracking").click()
             await expect(page.get_by_role("heading", name="Recipients")).to_be_visible()
@@ -294,7 +294,7 @@ async def test_send_through_the_demo_mailbox_and_see_the_open_and_the_click(
     def ann_events() -> list[dict[str, Any]]:
         lines = cli(env, "events", "--limit", "50").splitlines()
         events = [json.loads(line) for line in lines if line.strip()]
-        mine = [e for e in events if e["copy_id"] == ann["id"]]
+        mine = [e for e in events if e["copy_id"] == ann["copy_id"]]
         kinds = {e["kind"] for e in mine}
         return mine if {"open", "click"} <= kinds else []
 
@@ -304,12 +304,12 @@ async def test_send_through_the_demo_mailbox_and_see_the_open_and_the_click(
         (e["kind"], e["label"], e["reason"], e["user_agent"]) for e in events
     ]
     assert not any(
-        e["copy_id"] == bob["id"]
+        e["copy_id"] == bob["copy_id"]
         for e in map(json.loads, cli(env, "events", "--limit", "50").splitlines())
     )
     # The figures the app shows count them too, for Ann's copy only.
     async with httpx.AsyncClient(base_url=base) as plain:
-        assert (await plain.get(f"/api/messages/{message_id}")).status_code == 401
+        assert (await plain.get(f"/api/mail/{message_id}")).status_code == 401
     assert ann["decision"] == "tracked"
     assert ann["open_tracked"]
     assert ann["links_tracked"]

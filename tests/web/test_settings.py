@@ -18,7 +18,8 @@ from sqlalchemy import select, text
 from mailbeacon.asgi import MailbeaconApp
 from mailbeacon.db import Database
 from mailbeacon.models import MailboxConnection, Security, User
-from tests.web.conftest import create_user, sign_in
+from tests.client import sign_in
+from tests.factories.accounts import create_user
 
 pytestmark = pytest.mark.asyncio
 

@@ -17,7 +17,8 @@ from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.models import UserSession
 from mailbeacon.runtime import Runtime
-from tests.web.conftest import PASSWORD, create_user, csrf_of, make_client, sign_in
+from tests.client import csrf_of, make_client, sign_in
+from tests.factories.accounts import PASSWORD, create_user
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,8 +34,8 @@ def cookie_header(response: httpx.Response, name: str) -> str:
     "path",
     [
         "/compose",
-        "/sent",
-        "/sent/1",
+        "/mail",
+        "/mail/1",
         "/demo-inbox",
         "/demo-inbox/1",
         "/settings/email-sync",
@@ -50,7 +51,7 @@ async def test_every_page_but_sign_in_needs_a_signed_in_user(
     assert r.headers["location"].startswith("/sign-in")
 
 
-@pytest.mark.parametrize("path", ["/api/me", "/api/messages/1"])
+@pytest.mark.parametrize("path", ["/api/me", "/api/mail/1"])
 async def test_the_api_answers_401_without_credentials(
     client: httpx.AsyncClient, path: str
 ) -> None:
@@ -66,7 +67,7 @@ async def test_sign_in_sets_the_session_and_viewer_cookies_and_sign_out_clears_t
     app: MailbeaconApp, client: httpx.AsyncClient, database: Database
 ) -> None:
     user_id = create_user(database)
-    page = await client.get("/sign-in?next=/sent")
+    page = await client.get("/sign-in?next=/mail")
     assert page.status_code == 200
     assert 'type="password"' in page.text
     r = await client.post(
@@ -75,11 +76,11 @@ async def test_sign_in_sets_the_session_and_viewer_cookies_and_sign_out_clears_t
             "email": "sally@example.com",
             "password": PASSWORD,
             "csrf_token": csrf_of(page.text),
-            "next": "/sent",
+            "next": "/mail",
         },
     )
     assert r.status_code == 303
-    assert r.headers["location"] == "/sent"
+    assert r.headers["location"] == "/mail"
     session_cookie = cookie_header(r, "mb_session")
     for attribute in ("HttpOnly", "Path=/", "SameSite=lax"):
         assert attribute.lower() in session_cookie.lower()

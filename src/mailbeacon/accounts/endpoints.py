@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from mailbeacon.accounts.service import account_service
 from mailbeacon.web.deps import SignedInViewer
 
 router = APIRouter(prefix="/api")
@@ -30,16 +29,15 @@ class MeOut(BaseModel):
 def me(viewer: SignedInViewer) -> MeOut:
     """The signed-in user and where compose's tracking switches start."""
     user = viewer.user
-    switches = account_service.compose_switches(user)
     return MeOut(
         id=user.id,
         email=user.email,
         name=user.display_name,
         organisation_id=user.organisation_id,
         compose_defaults=ComposeDefaultsOut(
-            open_tracking_offered=switches.offer_open,
-            link_tracking_offered=switches.offer_link,
-            open_tracking=switches.open_tracking,
-            link_tracking=switches.link_tracking,
+            open_tracking_offered=user.open_tracking_enabled,
+            link_tracking_offered=user.link_tracking_enabled,
+            open_tracking=user.compose_open_tracking,
+            link_tracking=user.compose_link_tracking,
         ),
     )

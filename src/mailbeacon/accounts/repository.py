@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from mailbeacon.models import (
@@ -127,3 +127,13 @@ def get_mailbox(session: Session, user_id: int) -> MailboxConnection | None:
     return session.scalars(
         select(MailboxConnection).where(MailboxConnection.user_id == user_id)
     ).one_or_none()
+
+
+def touch_session(session: Session, session_id: int, now: datetime) -> None:
+    session.execute(
+        update(UserSession).where(UserSession.id == session_id).values(last_seen_at=now)
+    )
+
+
+def touch_api_token(session: Session, token_id: int, now: datetime) -> None:
+    session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))

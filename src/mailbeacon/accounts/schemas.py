@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mailbeacon.accounts.security import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS
 from mailbeacon.models import Security
@@ -92,17 +92,3 @@ class TrackingOptions(BaseModel):
     open_tracking_enabled: bool = False
     link_tracking_enabled: bool = False
     notify_tracking: bool = False
-
-
-def field_errors(exc: ValidationError) -> dict[str, list[str]]:
-    """Pydantic's errors as readable messages per field, the way forms show them."""
-    errors: dict[str, list[str]] = {}
-    for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "form"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "This field is required."
-        elif error["type"] == "string_too_long":
-            message = f"Use at most {error['ctx']['max_length']} characters."
-        errors.setdefault(name, []).append(message)
-    return errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from mailbeacon.accounts import repository
-from mailbeacon.accounts.credentials import CredentialBox
-from mailbeacon.accounts.schemas import MailboxSettings, NewUser, TrackingOptions, field_errors
+from mailbeacon.accounts.schemas import MailboxSettings, NewUser, TrackingOptions
 from mailbeacon.accounts.security import (
     EMAIL_LIMIT,
     IP_LIMIT,
@@ -32,27 +31,21 @@ from mailbeacon.accounts.security import (
     password_needs_rehash,
     verify_password,
 )
+from mailbeacon.config import DEMO_SMTP_HOST
+from mailbeacon.kit.addresses import parse_address
 from mailbeacon.kit.clock import as_utc, utcnow
-from mailbeacon.mail.addresses import parse_address
-from mailbeacon.mail.mailer import is_loopback_host, test_smtp_connection
+from mailbeacon.kit.credentials import CredentialBox
+from mailbeacon.kit.errors import Conflict, DomainError, InvalidInput, NotFound
+from mailbeacon.kit.net import is_loopback_host
+from mailbeacon.kit.validation import field_errors
 from mailbeacon.models import ApiToken, MailboxConnection, Organisation, Security, User, UserSession
 
 DEFAULT_ORGANISATION = "My organisation"
 
-
-class AccountError(Exception):
-    """Base of the accounts domain's errors; the web layer maps them to responses."""
+__all__ = ["InvalidInput"]
 
 
-class InvalidInput(AccountError):
-    """Input that breaks a rule, with readable messages per field."""
-
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__("; ".join(m for ms in errors.values() for m in ms))
-        self.errors = errors
-
-
-class SignInRefused(AccountError):
+class SignInRefused(DomainError):
     """Wrong email or password; deliberately does not say which."""
 
     def __init__(self, message: str = "Wrong email or password.") -> None:
@@ -67,12 +60,12 @@ class TooManyAttempts(SignInRefused):
         self.minutes = minutes
 
 
-class NoMailboxConnection(AccountError):
+class NoMailboxConnection(Conflict):
     """The user has not connected a mailbox yet."""
 
 
-class ApiTokenNotFound(AccountError):
-    pass
+class ApiTokenNotFound(NotFound):
+    """No such API token among the user's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +88,27 @@ class SmtpParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What a connection test found: the stage it reached and a message about it."""
+
+    ok: bool
+    stage: str  # "connect" | "tls" | "auth" | "ok"
+    message: str
+
+
+# Tries SMTP settings the way the outbox worker would use them (the mail domain
+# provides it; the composition root wires it in).
+SmtpProbe = Callable[[SmtpParams], Awaitable[ProbeResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpProbeBox:
+    """The SMTP probe as the application provides it to the Settings pages."""
+
+    probe: SmtpProbe
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionReport:
     """The outcome of "Test connection", in words a person can act on."""
 
@@ -106,16 +120,6 @@ class ConnectionReport:
     @property
     def summary(self) -> str:
         return f"{self.headline} {self.detail}".strip()
-
-
-@dataclass(frozen=True, slots=True)
-class ComposeSwitches:
-    """Which tracking switches compose offers, and where they start."""
-
-    offer_open: bool
-    offer_link: bool
-    open_tracking: bool
-    link_tracking: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +208,8 @@ def _pre_check_reader(session: Session) -> Iterator[Session]:
     if session.get_bind().dialect.name != "sqlite":
         yield session
         return
-    with Session(bind=session.get_bind()) as reader:
+    # A read-only session of its own, never holding (or waiting for) the write lock.
+    with Session(bind=session.get_bind().execution_options(sqlite_immediate=False)) as reader:
         yield reader
 
 
@@ -333,7 +338,12 @@ class AccountService:
     def session_user(
         self, session: Session, token: str | None, now: datetime | None = None
     ) -> tuple[User, UserSession] | None:
-        """The user a session cookie belongs to, or None if it is unknown or expired."""
+        """The user a session cookie belongs to, or None if it is unknown or expired.
+
+        Reads only: an expired session is simply not found (``delete_expired_sessions``
+        removes it at the next sign-in), and refreshing ``last_seen_at`` is
+        :meth:`touch_session`'s job, so a page view never needs the write lock.
+        """
         if not token or len(token) > 200:
             return None
         found = repository.get_session_with_user(session, hash_token(token))
@@ -341,14 +351,16 @@ class AccountService:
             return None
         record, user = found
         now = now or utcnow()
-        if as_utc(record.expires_at) <= now:
-            session.delete(record)
+        if as_utc(record.expires_at) <= now or not user.is_active:
             return None
-        if not user.is_active:
-            return None
-        if now - as_utc(record.last_seen_at) > SESSION_TOUCH_INTERVAL:
-            record.last_seen_at = now
         return user, record
+
+    def session_needs_touch(self, record: UserSession, now: datetime | None = None) -> bool:
+        return (now or utcnow()) - as_utc(record.last_seen_at) > SESSION_TOUCH_INTERVAL
+
+    def touch_session(self, session: Session, session_id: int, now: datetime | None = None) -> None:
+        """Note that a browser session is in use (at most once per ``SESSION_TOUCH_INTERVAL``)."""
+        repository.touch_session(session, session_id, now or utcnow())
 
     def sign_out(self, session: Session, token: str | None) -> None:
         """End a browser session; an unknown token is not an error."""
@@ -378,8 +390,9 @@ class AccountService:
 
     def api_token_user(
         self, session: Session, plain: str, now: datetime | None = None
-    ) -> User | None:
-        """The user an API token belongs to, or None if it is unknown or revoked."""
+    ) -> tuple[User, ApiToken] | None:
+        """The user an API token belongs to with the token, or None if it is unknown or
+        revoked. Reads only, like :meth:`session_user`."""
         if not plain or len(plain) > 200:
             return None
         found = repository.get_api_token_with_user(session, hash_token(plain))
@@ -388,10 +401,17 @@ class AccountService:
         token, user = found
         if not user.is_active:
             return None
+        return user, token
+
+    def token_needs_touch(self, token: ApiToken, now: datetime | None = None) -> bool:
         now = now or utcnow()
-        if token.last_used_at is None or now - as_utc(token.last_used_at) > SESSION_TOUCH_INTERVAL:
-            token.last_used_at = now
-        return user
+        return (
+            token.last_used_at is None or now - as_utc(token.last_used_at) > SESSION_TOUCH_INTERVAL
+        )
+
+    def touch_api_token(self, session: Session, token_id: int, now: datetime | None = None) -> None:
+        """Note that an API token is in use (at most once per ``SESSION_TOUCH_INTERVAL``)."""
+        repository.touch_api_token(session, token_id, now or utcnow())
 
     def list_api_tokens(self, session: Session, user: User) -> Sequence[ApiToken]:
         return repository.list_api_tokens(session, user.id)
@@ -470,15 +490,35 @@ class AccountService:
         return MailboxSaved(mailbox=mailbox, password_dropped=password_dropped)
 
     def use_demo_mailbox(self, session: Session, user: User, port: int) -> MailboxConnection:
-        """Send through the built-in demo mailbox (loopback SMTP into the Demo inbox)."""
-        from mailbeacon.mail.demo import ensure_demo_mailbox
+        """Send through the built-in demo mailbox (loopback SMTP into the Demo inbox),
+        creating the connection if the user has none.
 
-        return ensure_demo_mailbox(session, user, port=port)
+        A real mailbox the user connected is never replaced: it is returned unchanged.
+        """
+        mailbox = repository.get_mailbox(session, user.id)
+        if mailbox is None:
+            mailbox = MailboxConnection(
+                user_id=user.id,
+                is_demo=True,
+                sender_name=user.display_name,
+                sender_address=user.email,
+                smtp_host=DEMO_SMTP_HOST,
+                smtp_port=port,
+                smtp_security=Security.NONE,
+            )
+            session.add(mailbox)
+            session.flush()
+        elif mailbox.is_demo and mailbox.smtp_port != port:
+            mailbox.smtp_port = port
+            session.flush()
+        return mailbox
 
     def smtp_params(self, session: Session, user: User, box: CredentialBox) -> SmtpParams:
         mailbox = repository.get_mailbox(session, user.id)
         if mailbox is None:
-            raise NoMailboxConnection()
+            raise NoMailboxConnection(
+                "Connect a mailbox first, in Settings > Email sync (or use the demo mailbox)."
+            )
         return SmtpParams(
             host=mailbox.smtp_host,
             port=mailbox.smtp_port,
@@ -487,11 +527,9 @@ class AccountService:
             password=box.open(mailbox.smtp_password_encrypted),
         )
 
-    async def test_connection(self, params: SmtpParams) -> ConnectionReport:
+    async def test_connection(self, params: SmtpParams, probe: SmtpProbe) -> ConnectionReport:
         """Connect, secure and sign in as the worker would, and say which step failed."""
-        result = await test_smtp_connection(
-            params.host, params.port, params.security, params.username, params.password
-        )
+        result = await probe(params)
         headline = {
             "connect": "Cannot connect.",
             "tls": "TLS failure.",
@@ -517,31 +555,6 @@ class AccountService:
         user.open_tracking_enabled = data.open_tracking_enabled
         user.link_tracking_enabled = data.link_tracking_enabled
         user.notify_tracking = data.notify_tracking
-
-    def compose_switches(self, user: User) -> ComposeSwitches:
-        return ComposeSwitches(
-            offer_open=user.open_tracking_enabled,
-            offer_link=user.link_tracking_enabled,
-            open_tracking=user.open_tracking_enabled and user.last_open_tracking,
-            link_tracking=user.link_tracking_enabled and user.last_link_tracking,
-        )
-
-    def resolve_switches(
-        self, user: User, open_tracking: bool | None, link_tracking: bool | None
-    ) -> tuple[bool, bool]:
-        """The switches of one send: None means "as last time"; an option off is an error."""
-        defaults = self.compose_switches(user)
-        errors: dict[str, list[str]] = {}
-        if open_tracking and not defaults.offer_open:
-            errors["open_tracking"] = ["Open tracking is switched off in Settings > Email sync."]
-        if link_tracking and not defaults.offer_link:
-            errors["link_tracking"] = ["Link tracking is switched off in Settings > Email sync."]
-        if errors:
-            raise InvalidInput(errors)
-        return (
-            defaults.open_tracking if open_tracking is None else open_tracking,
-            defaults.link_tracking if link_tracking is None else link_tracking,
-        )
 
 
 account_service = AccountService()

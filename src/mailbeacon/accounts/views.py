@@ -10,30 +10,34 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from mailbeacon.accounts.schemas import TrackingOptions
-from mailbeacon.accounts.security import ANON_CSRF_COOKIE, SESSION_COOKIE, SESSION_LIFETIME
+from mailbeacon.accounts.security import SESSION_COOKIE, SESSION_LIFETIME
 from mailbeacon.accounts.service import (
     SERVER_CHANGED_NOTICE,
     ConnectionReport,
     InvalidInput,
     MailboxSaved,
     SignInRefused,
+    SmtpParams,
+    SmtpProbeBox,
     account_service,
 )
+from mailbeacon.config import Settings
+from mailbeacon.db import Database
+from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.models import MailboxConnection, Security, User
 from mailbeacon.web.deps import (
+    ANON_CSRF_COOKIE,
     CheckedViewer,
     DbSession,
     OptionalViewer,
     SignedInViewer,
     anonymous_csrf_checked,
     anonymous_csrf_token,
-    cookies_secure,
-    delete_session_cookie,
-    get_runtime,
+    deferred_unit,
     mark_browser_as_sender,
+    provided,
     render,
     safe_next,
-    set_session_cookie,
 )
 
 router = APIRouter()
@@ -57,8 +61,30 @@ SECURITY_CHOICES = [
 ]
 
 
+def cookies_secure(request: Request) -> bool:
+    return provided(request, Settings).BASE_URL.lower().startswith("https://")
+
+
+def set_session_cookie(request: Request, response: Response, token: str, max_age: int) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=cookies_secure(request),
+    )
+
+
+def delete_session_cookie(request: Request, response: Response) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=cookies_secure(request)
+    )
+
+
 def _client_ip(request: Request) -> str | None:
-    if get_runtime(request).settings.TRUST_FORWARDED_FOR:
+    if provided(request, Settings).TRUST_FORWARDED_FOR:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
             # The rightmost entry is the one our proxy wrote; the ones before it
@@ -106,7 +132,10 @@ def sign_in_form(
 
 
 @router.post(
-    "/sign-in", response_class=HTMLResponse, dependencies=[Depends(anonymous_csrf_checked)]
+    "/sign-in",
+    response_class=HTMLResponse,
+    # Deferred: argon2 runs before the first write (see AccountService.sign_in).
+    dependencies=[Depends(deferred_unit), Depends(anonymous_csrf_checked)],
 )
 def sign_in(
     request: Request,
@@ -132,7 +161,7 @@ def sign_in(
         request, response, signed.session_token, int(SESSION_LIFETIME.total_seconds())
     )
     mark_browser_as_sender(
-        request, response, signed.user, mark=not (mailbox is not None and mailbox.is_demo)
+        request, None if mailbox is not None and mailbox.is_demo else signed.user.id
     )
     response.delete_cookie(ANON_CSRF_COOKIE, path="/")
     return response
@@ -143,7 +172,7 @@ def sign_out(request: Request, session: DbSession, viewer: CheckedViewer) -> Res
     account_service.sign_out(session, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/sign-in?notice=signed-out", status_code=303)
     delete_session_cookie(request, response)
-    mark_browser_as_sender(request, response, viewer.user, mark=False)
+    mark_browser_as_sender(request, None)
     return response
 
 
@@ -194,7 +223,7 @@ def _email_sync_page(
         "notice": notice,
         "security_choices": SECURITY_CHOICES,
         "has_password": bool(mailbox and not mailbox.is_demo and mailbox.smtp_password_encrypted),
-        "demo_port": get_runtime(request).settings.DEMO_SMTP_PORT,
+        "demo_port": provided(request, Settings).DEMO_SMTP_PORT,
     }
     return render(request, "settings/email_sync.html", context, status_code=status_code)
 
@@ -226,7 +255,7 @@ def _save_mailbox(
     request: Request, session: Session, user: User, values: dict[str, str]
 ) -> MailboxSaved:
     data = account_service.parse_mailbox_settings(values)
-    return account_service.save_mailbox(session, user, data, get_runtime(request).credentials)
+    return account_service.save_mailbox(session, user, data, provided(request, CredentialBox))
 
 
 def _password_dropped_page(
@@ -253,7 +282,6 @@ async def save_email_sync(request: Request, session: DbSession, viewer: CheckedV
         saved = await run_in_threadpool(_save_mailbox, request, session, viewer.user, values)
     except InvalidInput as exc:
         errors = exc.errors
-        await run_in_threadpool(session.rollback)
         return await run_in_threadpool(
             lambda: _email_sync_page(
                 request,
@@ -271,62 +299,77 @@ async def save_email_sync(request: Request, session: DbSession, viewer: CheckedV
         )
     else:
         response = RedirectResponse("/settings/email-sync?notice=saved", status_code=303)
-    mark_browser_as_sender(request, response, viewer.user, mark=True)
+    mark_browser_as_sender(request, viewer.user.id)
     return response
 
 
-@router.post("/settings/email-sync/test", response_class=HTMLResponse)
+def _save_for_test(
+    request: Request, user_id: int, values: dict[str, str]
+) -> tuple[MailboxSaved | None, SmtpParams | None]:
+    """Save the form (if it was sent) in a unit of work of its own, and read what to test."""
+    with provided(request, Database).unit_of_work() as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        saved = None
+        if values["smtp_host"] or values["sender_address"]:
+            saved = _save_mailbox(request, session, user, values)
+            if saved.password_dropped:
+                return saved, None
+        return saved, account_service.smtp_params(session, user, provided(request, CredentialBox))
+
+
+def _record_test(request: Request, user_id: int, report: ConnectionReport) -> None:
+    with provided(request, Database).unit_of_work() as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        account_service.record_test(session, user, report)
+
+
+@router.post(
+    "/settings/email-sync/test",
+    response_class=HTMLResponse,
+    # The test talks to a mail server for up to its timeout: no transaction (and on
+    # SQLite no write lock) may stay open across it, so it writes in units of its own.
+    dependencies=[Depends(deferred_unit)],
+)
 async def test_email_sync(request: Request, session: DbSession, viewer: CheckedViewer) -> Response:
     """Save the form (if it was sent) and try it: connect, secure, sign in."""
     values = await _mailbox_form(request)
-    user = viewer.user
-    runtime = get_runtime(request)
-    response_mark: bool | None = None
-    if values["smtp_host"] or values["sender_address"]:
-        try:
-            saved = await run_in_threadpool(_save_mailbox, request, session, user, values)
-            response_mark = True
-        except InvalidInput as exc:
-            errors = exc.errors
-            await run_in_threadpool(session.rollback)
-            return await run_in_threadpool(
-                lambda: _email_sync_page(
-                    request,
-                    session,
-                    user,
-                    values=_without_password(values),
-                    errors=errors,
-                    status_code=422,
-                )
+    user_id = viewer.user.id
+    try:
+        saved, params = await run_in_threadpool(_save_for_test, request, user_id, values)
+    except InvalidInput as exc:
+        errors = exc.errors
+        return await run_in_threadpool(
+            lambda: _email_sync_page(
+                request,
+                session,
+                viewer.user,
+                values=_without_password(values),
+                errors=errors,
+                status_code=422,
             )
-        if saved.password_dropped:
-            # Nothing to test with: the old password is never tried on a new server.
-            page = await run_in_threadpool(
-                lambda: _password_dropped_page(request, session, user, status_code=422)
-            )
-            mark_browser_as_sender(request, page, user, mark=True)
-            return page
-    params = await run_in_threadpool(
-        account_service.smtp_params, session, user, runtime.credentials
-    )
-    # Commit before talking to the server: no transaction stays open across
-    # network timeouts.
-    await run_in_threadpool(session.commit)
-    report = await account_service.test_connection(params)
-    await run_in_threadpool(account_service.record_test, session, user, report)
-    page = await run_in_threadpool(
+        )
+    if saved is not None:
+        mark_browser_as_sender(request, viewer.user.id)
+    if params is None:
+        # Nothing to test with: the old password is never tried on a new server.
+        return await run_in_threadpool(
+            lambda: _password_dropped_page(request, session, viewer.user, status_code=422)
+        )
+    report = await account_service.test_connection(params, provided(request, SmtpProbeBox).probe)
+    await run_in_threadpool(_record_test, request, user_id, report)
+    await run_in_threadpool(session.expire_all)
+    return await run_in_threadpool(
         lambda: _email_sync_page(
-            request, session, user, report=report, status_code=200 if report.ok else 422
+            request, session, viewer.user, report=report, status_code=200 if report.ok else 422
         )
     )
-    if response_mark is not None:
-        mark_browser_as_sender(request, page, user, mark=response_mark)
-    return page
 
 
 @router.post("/settings/email-sync/demo")
 def use_demo_mailbox(request: Request, session: DbSession, viewer: CheckedViewer) -> Response:
-    port = get_runtime(request).settings.DEMO_SMTP_PORT
+    port = provided(request, Settings).DEMO_SMTP_PORT
     if not port:
         return RedirectResponse("/settings/email-sync?notice=demo-off", status_code=303)
     mailbox = account_service.use_demo_mailbox(session, viewer.user, port=port)
@@ -334,7 +377,7 @@ def use_demo_mailbox(request: Request, session: DbSession, viewer: CheckedViewer
         # A connected mailbox is never replaced by the demo one.
         return RedirectResponse("/settings/email-sync?notice=kept", status_code=303)
     response = RedirectResponse("/settings/email-sync?notice=demo", status_code=303)
-    mark_browser_as_sender(request, response, viewer.user, mark=False)
+    mark_browser_as_sender(request, None)
     return response
 
 
@@ -402,7 +445,6 @@ def create_api_token(
     try:
         _, plain = account_service.create_api_token(session, viewer.user, name)
     except InvalidInput as exc:
-        session.rollback()
         return _api_tokens_page(
             request, session, viewer.user, errors=exc.errors, name=name, status_code=422
         )

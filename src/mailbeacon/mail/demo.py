@@ -15,25 +15,23 @@ import weakref
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy.orm import Session as DbSession
 
+from mailbeacon.config import DEMO_SMTP_HOST
+from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
+from mailbeacon.kit.net import is_loopback_host
 from mailbeacon.mail import repository
-from mailbeacon.mail.mailer import is_loopback_host
-from mailbeacon.models import MailboxConnection, Security, User
-from mailbeacon.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-DEMO_HOST = "127.0.0.1"
 DEMO_SIZE_LIMIT = 25 * 1024 * 1024
 
 
 class _StoreHandler:
     """aiosmtpd handler: every recipient accepted, every message stored."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content or b""
@@ -50,22 +48,21 @@ class _StoreHandler:
         return "250 2.0.0 Delivered to the demo inbox"
 
     def _store(self, mail_from: str, recipients: list[str], raw: bytes) -> None:
-        with self.runtime.database.engine.begin() as conn:
-            repository.store_demo_message(conn, mail_from, recipients, raw, utcnow())
+        with self.database.unit_of_work() as session:
+            repository.store_demo_message(session, mail_from, recipients, raw, utcnow())
 
 
 class DemoSmtpServer:
     """Runs on the caller's event loop (inside ``serve``); loopback addresses only."""
 
-    def __init__(self, runtime: Runtime, host: str = DEMO_HOST, port: int = 2525) -> None:
+    def __init__(self, database: Database, host: str = DEMO_SMTP_HOST, port: int = 2525) -> None:
         if not is_loopback_host(host):
             raise ValueError(f"the demo mailbox listens on loopback only, not {host!r}")
-        self.runtime = runtime
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
-        self._handler = _StoreHandler(runtime)
+        self._handler = _StoreHandler(database)
 
     def _make_session(self) -> SMTP:
         smtp = SMTP(
@@ -110,27 +107,3 @@ class DemoSmtpServer:
     @property
     def running(self) -> bool:
         return self._server is not None
-
-
-def ensure_demo_mailbox(session: DbSession, user: User, *, port: int) -> MailboxConnection:
-    """The user's demo connection (loopback SMTP, no encryption), created if they have none.
-
-    A real mailbox the user connected is never replaced: it is returned unchanged.
-    """
-    mailbox = repository.mailbox_for_user(session, user.id)
-    if mailbox is None:
-        mailbox = MailboxConnection(
-            user_id=user.id,
-            is_demo=True,
-            sender_name=user.display_name,
-            sender_address=user.email,
-            smtp_host=DEMO_HOST,
-            smtp_port=port,
-            smtp_security=Security.NONE,
-        )
-        session.add(mailbox)
-        session.flush()
-    elif mailbox.is_demo and mailbox.smtp_port != port:
-        mailbox.smtp_port = port
-        session.flush()
-    return mailbox

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
 import socket
 import ssl
@@ -27,6 +26,7 @@ from typing import Literal, Protocol
 
 import aiosmtplib
 
+from mailbeacon.kit.net import is_loopback_host
 from mailbeacon.models.mailbox import Security
 
 log = logging.getLogger(__name__)
@@ -87,16 +87,6 @@ class SmtpStageError(Exception):
         self.stage: Stage = stage
         self.message = message
         self.temporary = temporary
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for addresses of this machine (no DNS lookup: names other than localhost are remote)."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _local_hostname() -> str:

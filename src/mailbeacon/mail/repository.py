@@ -1,43 +1,28 @@
-"""Every query of the mail domain: planning a send, claiming and settling copies.
+"""Queries of the mail domain for planning a send and for the Demo inbox.
 
-Planning uses the ORM and Core like the rest of the application. The worker's
-per-copy statements (claim, settle) are plain SQL on the driver connection
-(:class:`SendQueue`); see there for why.
-
-Claiming is what keeps two workers from sending the same copy. On PostgreSQL the
-due rows are picked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers take
-disjoint sets without waiting on each other. On SQLite the caller runs the claim
-in a ``BEGIN IMMEDIATE`` transaction, which holds the database's single write lock
-from the start, and the ``UPDATE`` re-checks ``status = 'queued'``; no other
-writer can slip in between choosing and claiming.
+The outbox worker's queries (claiming, settling, presence) are in ``queue.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-import zlib
-from collections.abc import Callable, Collection, Container, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
-    Connection,
     CursorResult,
+    LargeBinary,
     Table,
-    exists,
     func,
     insert,
-    or_,
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from mailbeacon.mail.addresses import Address
+from mailbeacon.kit.addresses import Address
 from mailbeacon.models import (
     Contact,
     CopyStatus,
@@ -47,7 +32,6 @@ from mailbeacon.models import (
     OutboxEntry,
     RecipientCopy,
 )
-from mailbeacon.models.base import UTCDateTime
 
 # ORM classes declare __table__ as a FromClause; these are plain tables.
 _copies = cast(Table, RecipientCopy.__table__)
@@ -134,537 +118,63 @@ def reopen_outbox_entry(session: Session, message_id: int, now: datetime) -> Non
         session.execute(insert(_outbox).values(message_id=message_id, created_at=now))
 
 
-# ------------------------------------------------------------------ the worker
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedCopy:
-    id: int
-    message_id: int
-    address: str
-    html_body: str | None
-    text_body: str | None
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendContext:
-    """What every copy of one message shares: headers and the mailbox to send through."""
-
-    message_id: int
-    subject: str
-    sender_name: str
-    sender_address: str
-    to_header: str
-    cc_header: str
-    message_id_header: str
-    created_at: datetime
-    mailbox_id: int | None
-    smtp_host: str
-    smtp_port: int
-    smtp_security: str
-    smtp_username: str
-    smtp_password_encrypted: str
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """How one claimed copy ends this attempt, to be written by :func:`settle_copies`."""
-
-    copy_id: int
-    message_id: int
-    status: CopyStatus  # sent, failed, unknown, or queued (retry later)
-    reply: str
-    next_attempt_at: datetime | None = None
-    release: bool = False  # never tried (worker stopping): give the attempt back
-
-
-# ------------------------------------------------------------------ the send path
-#
-# Claiming and settling run once per copy, on the worker's critical path. They are
-# plain SQL run on the driver's own connection: through the expression language and
-# SQLAlchemy's execution layer they cost several times the Python time of the SQL
-# itself, which against a fast SMTP server was most of the worker's time per copy.
-# The columns and states are the ones the models declare; timestamps are bound
-# through the same UTCDateTime type as everywhere else, so SQLite stores the same
-# text the ORM does.
-
-# Served in due order, which the (status, next_attempt_at) index yields as it is:
-# no sort of the whole queue per claim. Planning sets next_attempt_at, so new copies
-# queue in the order they were planned.
-_CLAIM_SQLITE = (
-    "UPDATE recipient_copies"
-    " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
-    " attempts = attempts + 1"
-    " WHERE id IN (SELECT id FROM recipient_copies"
-    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
-    " ORDER BY next_attempt_at LIMIT :limit)"
-    " AND status = 'queued'"
-    " RETURNING id, message_id, address, html_body, text_body, attempts"
-)
-# A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
-# rescan the subquery, and each rescan skips the rows the earlier ones locked: the
-# UPDATE would then claim more rows than the LIMIT.
-_CLAIM_POSTGRESQL = (
-    "WITH due AS (SELECT id FROM recipient_copies"
-    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
-    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
-    " UPDATE recipient_copies"
-    " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
-    " attempts = recipient_copies.attempts + 1"
-    " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
-    " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
-    " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
-)
-_SETTLE_SENT = (
-    "UPDATE recipient_copies"
-    " SET status = 'sent', sent_at = :now, next_attempt_at = NULL, smtp_reply = :reply"
-    " WHERE id = :copy_id AND claimed_by = :worker AND status IN ('sending', 'unknown')"
-)
-_SETTLE_ENDED = (
-    "UPDATE recipient_copies SET status = :status, smtp_reply = :reply"
-    " WHERE id = :copy_id AND claimed_by = :worker AND status = 'sending'"
-)
-_SETTLE_RETRY = (
-    "UPDATE recipient_copies"
-    " SET status = 'queued', claimed_by = NULL, claimed_at = NULL, next_attempt_at = :next,"
-    " smtp_reply = :reply, attempts = attempts - :giveback"
-    " WHERE id = :copy_id AND claimed_by = :worker AND status = 'sending'"
-)
-_MESSAGE_STARTED = "UPDATE messages SET sent_at = :now WHERE id = :message_id AND sent_at IS NULL"
-# On PostgreSQL a whole round is one statement: the outcomes (as arrays), the first
-# sent_at of their messages, and the next claims. Run in autocommit it is one
-# network round trip, commit included. The sub-statements touch disjoint rows: the
-# settled copies are 'sending' and the claimed ones 'queued' in the statement's
-# snapshot (a copy put back in the queue is claimable from the next round on).
-_ROUND_POSTGRESQL = (
-    "WITH outcome AS ("
-    " SELECT * FROM unnest(:ids ::bigint[], :statuses ::varchar[], :replies ::varchar[],"
-    " :nexts ::timestamptz[], :givebacks ::integer[])"
-    " AS o(id, status, reply, next_at, giveback)"
-    "), settled AS ("
-    " UPDATE recipient_copies AS rc SET status = o.status, smtp_reply = o.reply,"
-    " sent_at = CASE WHEN o.status = 'sent' THEN :now ELSE rc.sent_at END,"
-    " next_attempt_at = CASE WHEN o.status = 'sent' THEN NULL"
-    " WHEN o.status = 'queued' THEN o.next_at ELSE rc.next_attempt_at END,"
-    " claimed_by = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_by END,"
-    " claimed_at = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_at END,"
-    " attempts = rc.attempts - o.giveback"
-    " FROM outcome AS o"
-    " WHERE rc.id = o.id AND rc.claimed_by = :worker"
-    " AND (rc.status = 'sending' OR (o.status = 'sent' AND rc.status = 'unknown'))"
-    " RETURNING rc.id"
-    "), started AS ("
-    " UPDATE messages SET sent_at = :now"
-    " WHERE id = ANY(:started ::bigint[]) AND sent_at IS NULL RETURNING id"
-    "), due AS ("
-    " SELECT id FROM recipient_copies"
-    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
-    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED"
-    ")"
-    " UPDATE recipient_copies"
-    " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
-    " attempts = recipient_copies.attempts + 1"
-    " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
-    " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
-    " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
-)
-_CONTEXT = (
-    "SELECT m.id, m.subject, m.sender_name, m.sender_address, m.to_header, m.cc_header,"
-    " m.message_id_header, m.created_at, mb.id, mb.smtp_host, mb.smtp_port, mb.smtp_security,"
-    " mb.smtp_username, mb.smtp_password_encrypted"
-    " FROM messages AS m LEFT OUTER JOIN mailbox_connections AS mb"
-    " ON mb.id = m.mailbox_connection_id"
-    " WHERE m.id = :message_id"
-)
-
-
-def _pyformat(match: re.Match[str]) -> str:
-    """``:name`` (and ``:name ::type``) in psycopg's placeholder style."""
-    return f"%({match.group(1)})s" + ("::" if match.group(2) else "")
-
-
-class SendQueue:
-    """The claim and settle statements of one worker, on one dedicated connection."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        dialect = conn.dialect
-        self._sqlite = dialect.name == "sqlite"
-        # The type as this dialect stores it (on SQLite: text in SQLAlchemy's format).
-        timestamp = UTCDateTime().dialect_impl(dialect)
-        write = timestamp.bind_processor(dialect)
-        self._timestamp: Callable[[Any], Any] = write or (lambda value: value)
-        self._driver_error: type[Exception] = dialect.loaded_dbapi.Error
-        self._sql = {
-            name: sql if self._sqlite else re.sub(r"(?<!:):(\w+)( ::)?", _pyformat, sql)
-            for name, sql in (
-                ("claim", _CLAIM_SQLITE if self._sqlite else _CLAIM_POSTGRESQL),
-                ("sent", _SETTLE_SENT),
-                ("ended", _SETTLE_ENDED),
-                ("retry", _SETTLE_RETRY),
-                ("started", _MESSAGE_STARTED),
-                ("context", _CONTEXT),
-                ("round", _ROUND_POSTGRESQL),
-            )
-        }
-        read = timestamp.result_processor(dialect, None)
-        self._read_timestamp: Callable[[Any], Any] = read or (lambda value: value)
-
-    def _cursor(self) -> Any:
-        return self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-    def round(
-        self,
-        worker_id: str,
-        now: datetime,
-        settlements: Sequence[Settlement],
-        limit: int,
-        *,
-        messages_started: set[int],
-        known_messages: Container[int],
-    ) -> tuple[list[ClaimedCopy], dict[int, SendContext]]:
-        """Settle finished copies and claim up to ``limit`` more, in one transaction.
-
-        Also returns the send context of each claimed copy's message not in
-        ``known_messages``. The transaction is begun and committed on the driver
-        connection (on SQLite with ``BEGIN IMMEDIATE``: the write lock is held from
-        the start). Driver errors come out as SQLAlchemy's ``DBAPIError``.
-        """
-        # Copies are settled in id order, the order the ingest writer locks them in:
-        # two transactions that take row locks in one order cannot deadlock.
-        settlements = sorted(settlements, key=lambda s: s.copy_id)
-        raw = self.conn.connection.driver_connection
-        assert raw is not None
-        cursor = raw.cursor()
-        try:
-            if self._sqlite:
-                cursor.execute("BEGIN IMMEDIATE")
-                self._settle(cursor, worker_id, now, settlements, messages_started)
-                claimed = self._claim(cursor, worker_id, now, limit)
-            else:
-                claimed = self._round_postgresql(
-                    cursor, worker_id, now, settlements, limit, messages_started
-                )
-            missing = {c.message_id for c in claimed if c.message_id not in known_messages}
-            contexts = self._contexts(cursor, missing)
-            if not getattr(raw, "autocommit", False):
-                raw.commit()
-        except self._driver_error as exc:
-            with contextlib.suppress(Exception):
-                raw.rollback()
-            raise DBAPIError.instance("send queue round", None, exc, self._driver_error) from exc
-        finally:
-            cursor.close()
-        return claimed, contexts
-
-    def _round_postgresql(
-        self,
-        cursor: Any,
-        worker_id: str,
-        now: datetime,
-        settlements: Sequence[Settlement],
-        limit: int,
-        messages_started: set[int],
-    ) -> list[ClaimedCopy]:
-        started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
-        started -= messages_started
-        cursor.execute(
-            self._sql["round"],
-            {
-                "ids": [s.copy_id for s in settlements],
-                "statuses": [str(s.status) for s in settlements],
-                "replies": [s.reply[:REPLY_MAX] for s in settlements],
-                "nexts": [
-                    self._timestamp(s.next_attempt_at or now)
-                    if s.status == CopyStatus.QUEUED
-                    else None
-                    for s in settlements
-                ],
-                "givebacks": [int(s.release) for s in settlements],
-                "started": sorted(started),
-                "worker": worker_id,
-                "now": self._timestamp(now),
-                "limit": max(limit, 0),
-            },
-        )
-        messages_started.update(started)
-        claimed = [ClaimedCopy(*row) for row in cursor.fetchall()]
-        claimed.sort(key=lambda c: c.id)
-        return claimed
-
-    def contexts(self, message_ids: Iterable[int]) -> dict[int, SendContext]:
-        """Send contexts within the caller's transaction."""
-        cursor = self._cursor()
-        try:
-            return self._contexts(cursor, set(message_ids))
-        finally:
-            cursor.close()
-
-    def _contexts(self, cursor: Any, message_ids: set[int]) -> dict[int, SendContext]:
-        contexts = {}
-        for message_id in message_ids:
-            cursor.execute(self._sql["context"], {"message_id": message_id})
-            row = cursor.fetchone()
-            if row is None:
-                continue
-            contexts[row[0]] = SendContext(
-                message_id=row[0],
-                subject=row[1],
-                sender_name=row[2],
-                sender_address=row[3],
-                to_header=row[4],
-                cc_header=row[5],
-                message_id_header=row[6],
-                created_at=self._read_timestamp(row[7]),
-                mailbox_id=row[8],
-                smtp_host=row[9] or "",
-                smtp_port=row[10] or 0,
-                smtp_security=row[11] or "",
-                smtp_username=row[12] or "",
-                smtp_password_encrypted=row[13] or "",
-            )
-        return contexts
-
-    def claim(self, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
-        """Claim within the caller's transaction (on SQLite begun IMMEDIATE)."""
-        cursor = self._cursor()
-        try:
-            return self._claim(cursor, worker_id, now, limit)
-        finally:
-            cursor.close()
-
-    def settle(
-        self,
-        worker_id: str,
-        now: datetime,
-        settlements: Sequence[Settlement],
-        messages_started: set[int] | None = None,
-    ) -> None:
-        """Settle within the caller's transaction (in copy id order, as ``round`` does)."""
-        settlements = sorted(settlements, key=lambda s: s.copy_id)
-        cursor = self._cursor()
-        try:
-            self._settle(cursor, worker_id, now, settlements, messages_started)
-        finally:
-            cursor.close()
-
-    def _claim(self, cursor: Any, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
-        if limit <= 0:
-            return []
-        cursor.execute(
-            self._sql["claim"], {"worker": worker_id, "now": self._timestamp(now), "limit": limit}
-        )
-        claimed = [ClaimedCopy(*row) for row in cursor.fetchall()]
-        claimed.sort(key=lambda c: c.id)
-        return claimed
-
-    def _settle(
-        self,
-        cursor: Any,
-        worker_id: str,
-        now: datetime,
-        settlements: Sequence[Settlement],
-        messages_started: set[int] | None,
-    ) -> None:
-        """Write each outcome; a message's first sent copy dates it (``messages.sent_at``).
-
-        Only copies still claimed by this worker change. A copy another worker marked
-        ``unknown`` while we were sending (our presence looked lost) still becomes
-        ``sent`` when we know it was: the truth is better than the doubt.
-        ``messages_started`` names the messages already dated, to spare the statement.
-        """
-        if not settlements:
-            return
-        stamp = self._timestamp(now)
-        sent: list[dict[str, object]] = []
-        ended: list[dict[str, object]] = []
-        retry: list[dict[str, object]] = []
-        for s in settlements:
-            row: dict[str, object] = {
-                "copy_id": s.copy_id,
-                "worker": worker_id,
-                "reply": s.reply[:REPLY_MAX],
-            }
-            if s.status == CopyStatus.SENT:
-                sent.append(row | {"now": stamp})
-            elif s.status == CopyStatus.QUEUED:
-                due = self._timestamp(s.next_attempt_at or now)
-                retry.append(row | {"next": due, "giveback": int(s.release)})
-            else:
-                ended.append(row | {"status": str(s.status)})
-        if sent:
-            cursor.executemany(self._sql["sent"], sent)
-            started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
-            started -= messages_started or set()
-            if started:
-                cursor.executemany(
-                    self._sql["started"], [{"now": stamp, "message_id": m} for m in started]
-                )
-                if messages_started is not None:
-                    messages_started.update(started)
-        if ended:
-            cursor.executemany(self._sql["ended"], ended)
-        if retry:
-            cursor.executemany(self._sql["retry"], retry)
-
-
-def claim_copies(conn: Connection, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
-    """Move up to ``limit`` due copies from queued to sending, in the caller's transaction.
-
-    On SQLite the caller must hold the write lock (``sqlite_immediate``).
-    """
-    return SendQueue(conn).claim(worker_id, now, limit)
-
-
-def settle_copies(
-    conn: Connection, worker_id: str, now: datetime, settlements: Sequence[Settlement]
-) -> None:
-    """Write the outcome of each claimed copy, in the caller's transaction."""
-    SendQueue(conn).settle(worker_id, now, settlements)
-
-
-def load_send_contexts(conn: Connection, message_ids: Iterable[int]) -> dict[int, SendContext]:
-    """What the worker needs to send each message's copies, in the caller's transaction."""
-    return SendQueue(conn).contexts(message_ids)
-
-
-def complete_outbox_entries(
-    conn: Connection, message_ids: Iterable[int] | None, now: datetime
-) -> None:
-    """Close the send request of each message none of whose copies is pending any more.
-
-    ``None`` checks every open request (the periodic sweep).
-    """
-    pending = exists().where(
-        _copies.c.message_id == _outbox.c.message_id,
-        _copies.c.status.in_([CopyStatus.QUEUED, CopyStatus.SENDING]),
-    )
-    stmt = update(_outbox).where(_outbox.c.completed_at.is_(None), ~pending)
-    if message_ids is not None:
-        ids = list(set(message_ids))
-        if not ids:
-            return
-        stmt = stmt.where(_outbox.c.message_id.in_(ids))
-    conn.execute(stmt.values(completed_at=now))
-
-
-def requeue_lost_claims(conn: Connection, worker_id: str, known: Collection[int]) -> int:
-    """Put back in the queue this worker's claims it never started; return how many.
-
-    ``known`` are the copies the worker has in flight or has finished: every other
-    copy in ``sending`` under its id was claimed by a round whose answer was lost,
-    so it never reached an SMTP server, and its attempt is given back.
-    """
-    stmt = (
-        update(_copies)
-        .where(_copies.c.claimed_by == worker_id, _copies.c.status == CopyStatus.SENDING)
-        .values(
-            status=CopyStatus.QUEUED,
-            claimed_by=None,
-            claimed_at=None,
-            attempts=_copies.c.attempts - 1,
-        )
-    )
-    if known:
-        stmt = stmt.where(_copies.c.id.not_in(sorted(known)))
-    with conn.begin() if not conn.in_transaction() else contextlib.nullcontext():
-        result = conn.execute(stmt)
-    return cast(CursorResult[Any], result).rowcount
-
-
-def sending_workers(conn: Connection, exclude: str) -> list[str]:
-    """Ids of the workers that hold copies in ``sending``, other than ``exclude``."""
-    return [
-        w
-        for (w,) in conn.execute(
-            select(_copies.c.claimed_by)
-            .distinct()
-            .where(_copies.c.status == CopyStatus.SENDING, _copies.c.claimed_by != exclude)
-        )
-        if w
-    ]
-
-
-def mark_orphans_unknown(
-    conn: Connection,
-    dead_workers: Sequence[str],
-    lease_cutoff: datetime,
-    now: datetime,
-    reply: str,
-) -> int:
-    """Copies in ``sending`` of dead workers, or claimed before the cutoff, become unknown."""
-    orphan = _copies.c.claimed_at < lease_cutoff
-    if dead_workers:
-        orphan = or_(orphan, _copies.c.claimed_by.in_(list(dead_workers)))
-    rows = conn.execute(
-        update(_copies)
-        .where(_copies.c.status == CopyStatus.SENDING, orphan)
-        .values(status=CopyStatus.UNKNOWN, smtp_reply=reply[:REPLY_MAX])
-        .returning(_copies.c.message_id)
-    ).all()
-    complete_outbox_entries(conn, None, now)
-    return len(rows)
-
-
-def presence_lock_key(worker_id: str) -> int:
-    """The advisory-lock object id that stands for a worker id (a signed 32-bit CRC)."""
-    crc = zlib.crc32(worker_id.encode())
-    return crc - (1 << 32) if crc >= 1 << 31 else crc
-
-
-def hold_presence_lock(conn: Connection, worker_id: str) -> bool:
-    """PostgreSQL: take the session-level lock that says "this worker is alive"."""
-    return bool(
-        conn.execute(
-            select(func.pg_try_advisory_lock(_PRESENCE_LOCK_CLASS, presence_lock_key(worker_id)))
-        ).scalar()
-    )
-
-
-def presence_lock_is_free(conn: Connection, worker_id: str) -> bool:
-    """PostgreSQL: True if no session holds the worker's presence lock (it is gone).
-
-    The transaction-level try-lock is released when the caller's transaction ends.
-    """
-    return bool(
-        conn.execute(
-            select(
-                func.pg_try_advisory_xact_lock(_PRESENCE_LOCK_CLASS, presence_lock_key(worker_id))
-            )
-        ).scalar()
-    )
-
-
-def has_due_copies(conn: Connection, now: datetime) -> bool:
-    return (
-        conn.execute(
-            select(
-                exists().where(
-                    _copies.c.status == CopyStatus.QUEUED,
-                    or_(_copies.c.next_attempt_at.is_(None), _copies.c.next_attempt_at <= now),
-                )
-            )
-        ).scalar()
-        is True
-    )
-
-
 # ------------------------------------------------------------------ demo mailbox
 
 
+def demo_deliveries(session: Session, user_id: int, limit: int) -> list[DemoMessage]:
+    """The newest demo deliveries of this user's messages.
+
+    Filtered before the limit, or other users' mail would push this user's out of
+    the page. A delivery belongs to a message of the user sent to its recipient
+    whose Message-ID its raw bytes contain; the page then checks the parsed header.
+    """
+    header = Message.message_id_header
+    if session.get_bind().dialect.name == "postgresql":
+        # bytea has no strpos; its escape form keeps printable ASCII (a Message-ID) as is.
+        contains = func.strpos(func.encode(DemoMessage.raw, "escape"), header) > 0
+    else:
+        contains = func.instr(DemoMessage.raw, sql_cast(header, LargeBinary)) > 0
+    owned = (
+        select(Message.id)
+        .join(RecipientCopy, RecipientCopy.message_id == Message.id)
+        .where(
+            Message.user_id == user_id,
+            Message.message_id_header != "",
+            func.lower(RecipientCopy.address) == func.lower(DemoMessage.recipient),
+            contains,
+        )
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(DemoMessage)
+            .where(owned)
+            .order_by(DemoMessage.received_at.desc(), DemoMessage.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def own_message_ids(session: Session, user_id: int, header_ids: set[str]) -> dict[str, int]:
+    """Which Message-ID headers belong to this user's messages (header -> message id)."""
+    if not header_ids:
+        return {}
+    rows = session.execute(
+        select(Message.message_id_header, Message.id).where(
+            Message.user_id == user_id, Message.message_id_header.in_(sorted(header_ids))
+        )
+    )
+    return {header: message_id for header, message_id in rows}
+
+
 def store_demo_message(
-    conn: Connection, mail_from: str, recipients: Sequence[str], raw: bytes, now: datetime
+    session: Session, mail_from: str, recipients: Sequence[str], raw: bytes, now: datetime
 ) -> None:
     """One row per envelope recipient, as the Demo inbox lists them."""
-    conn.execute(
+    session.execute(
         insert(_demo),
         [
             {"mail_from": mail_from[:320], "recipient": r[:320], "raw": raw, "received_at": now}
             for r in recipients
         ],
     )
-
-
-def lease_cutoff(now: datetime, lease_seconds: float) -> datetime:
-    return now - timedelta(seconds=lease_seconds)

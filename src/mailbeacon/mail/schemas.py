@@ -1,8 +1,21 @@
-"""What compose hands to the service: a draft as the user typed it."""
+"""What the mail domain takes in (a draft) and hands out (sent emails with their
+delivery and tracking, as the Mail tab and the JSON API show them)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field
+
+from mailbeacon.models import (
+    CopyStatus,
+    EventKind,
+    EventLabel,
+    RecipientKind,
+    TrackingDecision,
+)
 
 
 class Draft(BaseModel):
@@ -21,3 +34,164 @@ class Draft(BaseModel):
     body_text: str | None = None
     open_tracking: bool = True
     link_tracking: bool = True
+
+
+class MessageIn(BaseModel):
+    """An email to send. Address fields take a list, or one string of comma-separated addresses."""
+
+    to: list[str] | str = Field(default_factory=list)
+    cc: list[str] | str = Field(default_factory=list)
+    bcc: list[str] | str = Field(default_factory=list)
+    subject: str = ""
+    body_html: str | None = None
+    body_text: str | None = None
+    # Omitted: as in the user's last send. An option switched off in Settings is refused.
+    open_tracking: bool | None = None
+    link_tracking: bool | None = None
+
+
+class MailFilter(StrEnum):
+    TRACKED = "tracked"  # "Mail tracking enabled"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    NOT_OPENED = "not_opened"
+
+
+class EventOut(BaseModel):
+    """One hit on the tracking edge, with how it was judged."""
+
+    id: int
+    occurred_at: datetime
+    kind: EventKind
+    label: EventLabel = Field(description="How the hit was judged")
+    person: bool = Field(description="Counts in the figures (a person, or a proxy for one)")
+    judged: str = Field(description="The label in words, as the pages show it")
+    reason: str = Field(description="Why it was judged so")
+    copy_id: int
+    recipient: str
+    link_position: int | None
+    link_url: str | None
+    link_text: str | None
+
+
+class IconOut(BaseModel):
+    """The open or link icon of a sent email and what hovering it shows."""
+
+    state: Literal["off", "waiting", "done"] = Field(
+        description="off: not tracked (no icon); waiting: nothing yet (faint); "
+        "done: a person opened / clicked (solid)"
+    )
+    count: int = Field(description="Opens or clicks by people")
+    occasions: list[EventOut] = Field(description="Each person's open or click, newest first")
+    machine: list[EventOut] = Field(
+        description="Machine hits and your own views, shown apart, newest first"
+    )
+
+
+class FiguresOut(BaseModel):
+    """The figures a sent email and each recipient's copy carry (models.TrackingFigures)."""
+
+    open_count: int = Field(description="Opens by people")
+    click_count: int = Field(description="Clicks by people")
+    machine_event_count: int = Field(description="Machine hits and your own views")
+    first_open_at: datetime | None
+    last_open_at: datetime | None
+    first_click_at: datetime | None
+    last_click_at: datetime | None
+
+
+FIGURES = tuple(FiguresOut.model_fields)
+
+
+def figures_of(source: object) -> dict[str, Any]:
+    """The figure fields of a message or copy (ORM object or row), for a FiguresOut."""
+    return {name: getattr(source, name) for name in FIGURES}
+
+
+class RecipientOut(FiguresOut):
+    """One recipient's own copy of a sent email: its delivery and its tracking."""
+
+    copy_id: int
+    address: str
+    kind: RecipientKind
+    status: CopyStatus = Field(description="Delivery of this copy")
+    open_tracked: bool
+    links_tracked: bool
+
+
+class MailRowOut(FiguresOut):
+    """A sent email as the Mail tab lists it."""
+
+    id: int
+    subject: str
+    created_at: datetime
+    sent_at: datetime | None
+    to: str
+    cc: str
+    recipients: list[RecipientOut]
+    open_icon: IconOut
+    link_icon: IconOut
+    more_events: int = Field(description="Events left out of the hover lists (see the timeline)")
+
+
+class MailPageOut(BaseModel):
+    items: list[MailRowOut]
+    older_cursor: str | None = Field(description="Pass as `before` for older emails")
+    newer_cursor: str | None = Field(description="Pass as `after` for newer emails")
+
+
+class LinkClicksOut(BaseModel):
+    position: int
+    url: str
+    text: str
+    click_count: int = Field(description="Clicks by people")
+    machine_click_count: int
+    first_click_at: datetime | None
+    last_click_at: datetime | None
+
+
+class RecipientDetailOut(RecipientOut):
+    decision: TrackingDecision = Field(description="The tracking decision for this copy")
+    decision_reason: str
+    sent_at: datetime | None
+    smtp_reply: str
+    links: list[LinkClicksOut] = Field(description="Clicks per link of this copy")
+
+
+class LinkOut(BaseModel):
+    position: int
+    url: str
+    text: str
+    click_count: int
+    machine_click_count: int
+
+
+class MailDetailOut(FiguresOut):
+    """One sent email with everything its detail page shows."""
+
+    id: int
+    subject: str
+    sender_name: str
+    sender_address: str
+    to: str
+    cc: str
+    created_at: datetime
+    sent_at: datetime | None
+    open_tracking: bool
+    link_tracking: bool
+    open_icon: IconOut
+    link_icon: IconOut
+    recipients: list[RecipientDetailOut]
+    links: list[LinkOut]
+    body_html: str | None = Field(
+        description="The body as written, sanitised: no scripts, no tracking pixel, "
+        "tracked links restored to their destinations"
+    )
+    body_text: str | None
+    timeline: list[EventOut] = Field(description="The newest events; page on with /events")
+    timeline_older_cursor: str | None
+
+
+class EventPageOut(BaseModel):
+    items: list[EventOut]
+    older_cursor: str | None = Field(description="Pass as `before` for older events")

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from mailbeacon.db import after_commit
+from mailbeacon.kit.addresses import Address, parse_address_list
 from mailbeacon.kit.clock import utcnow
+from mailbeacon.kit.errors import Conflict, InvalidInput, NotFound
 from mailbeacon.mail import repository
-from mailbeacon.mail.addresses import Address, parse_address_list
+from mailbeacon.mail.events import SendQueued
 from mailbeacon.mail.mime import html_to_text, new_message_id
+from mailbeacon.mail.ports import Instrumenter
 from mailbeacon.mail.schemas import Draft
 from mailbeacon.models import (
     CopyStatus,
@@ -27,32 +31,38 @@ from mailbeacon.models import (
     TrackingDecision,
     User,
 )
-from mailbeacon.tracking.service import tracking_service
-from mailbeacon.tracking.tokens import TokenCodec
 
 MAX_RECIPIENTS = 1000
 MAX_SUBJECT_CHARS = 998  # RFC 5322 section 2.1.1 line limit; also the column's size
 MAX_BODY_CHARS = 5_000_000
 
 
-class InvalidDraft(Exception):
+class InvalidDraft(InvalidInput):
     """The draft cannot be sent; ``errors`` maps each field to what is wrong with it."""
 
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__("; ".join(m for messages in errors.values() for m in messages))
-        self.errors = errors
+    summary = "invalid draft"
 
 
-class NoMailbox(Exception):
+class NoMailbox(Conflict):
     """The user has no mailbox connection to send through."""
 
 
-class CopyNotFound(Exception):
+class CopyNotFound(NotFound):
     """No such copy among the user's messages."""
 
 
-class CannotRetry(Exception):
+class CannotRetry(Conflict):
     """Only a copy whose delivery is unknown can be resent on the user's say."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeSwitches:
+    """Which tracking switches compose offers, and where they start."""
+
+    offer_open: bool
+    offer_link: bool
+    open_tracking: bool
+    link_tracking: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,32 @@ class Recipient:
 
 
 class MessageService:
+    def compose_switches(self, user: User) -> ComposeSwitches:
+        """What compose offers (Settings allow it) and where the switches start (the last send)."""
+        return ComposeSwitches(
+            offer_open=user.open_tracking_enabled,
+            offer_link=user.link_tracking_enabled,
+            open_tracking=user.compose_open_tracking,
+            link_tracking=user.compose_link_tracking,
+        )
+
+    def resolve_switches(
+        self, user: User, open_tracking: bool | None, link_tracking: bool | None
+    ) -> tuple[bool, bool]:
+        """The switches of one send: None means "as last time"; an option off is an error."""
+        defaults = self.compose_switches(user)
+        errors: dict[str, list[str]] = {}
+        if open_tracking and not defaults.offer_open:
+            errors["open_tracking"] = ["Open tracking is switched off in Settings > Email sync."]
+        if link_tracking and not defaults.offer_link:
+            errors["link_tracking"] = ["Link tracking is switched off in Settings > Email sync."]
+        if errors:
+            raise InvalidDraft(errors)
+        return (
+            defaults.open_tracking if open_tracking is None else open_tracking,
+            defaults.link_tracking if link_tracking is None else link_tracking,
+        )
+
     def new_draft(self, user: User) -> Draft:
         """An empty draft whose switches start from the user's last send (and settings)."""
         return Draft(
@@ -97,33 +133,20 @@ class MessageService:
         return result
 
     def plan_send(
-        self, session: Session, user: User, draft: Draft, *, codec: TokenCodec, base_url: str
+        self, session: Session, user: User, draft: Draft, *, instrumenter: Instrumenter
     ) -> Message:
-        """Plan the send in the caller's transaction; nothing leaves before it commits.
+        """Plan the send in the caller's unit of work; nothing leaves before it commits,
+        and then the outbox worker is woken (``SendQueued``).
 
-        Raises :class:`InvalidDraft` (nothing written) or :class:`NoMailbox`.
+        Raises :class:`InvalidDraft` or :class:`NoMailbox` before writing anything.
         """
-        errors: dict[str, list[str]] = {}
-        try:
-            recipients = self.recipients(draft)
-        except InvalidDraft as exc:
-            errors = exc.errors
-            recipients = []
-        subject = re.sub(r"[\r\n]+", " ", draft.subject).strip()
-        if len(subject) > MAX_SUBJECT_CHARS:
-            errors["subject"] = [f"subject: at most {MAX_SUBJECT_CHARS} characters"]
-        html = draft.body_html if draft.body_html and draft.body_html.strip() else None
-        text = draft.body_text if draft.body_text and draft.body_text.strip() else None
-        for name, body in (("body_html", html), ("body_text", text)):
-            if body is not None and len(body) > MAX_BODY_CHARS:
-                errors[name] = [
-                    f"{name}: the body is too long (at most {MAX_BODY_CHARS:,} characters)"
-                ]
-        if errors:
-            raise InvalidDraft(errors)
+        recipients, subject, html, text = self._checked(draft)
         mailbox = repository.mailbox_for_user(session, user.id)
         if mailbox is None:
-            raise NoMailbox("connect a mailbox (or use the demo mailbox) before sending")
+            raise NoMailbox(
+                "No mailbox is connected: connect one in Settings > Email sync "
+                "(or use the demo mailbox)."
+            )
 
         if html is not None and text is None:
             # The plain-text alternative keeps each link as "text (url)", so its
@@ -169,22 +192,39 @@ class MessageService:
         ]
         session.add_all(copies)
         session.flush()
-        tracking_service.record_links(session, message)
-        note = _settings_note(user)
+        instrumenter.record_links(session, message)
         for copy in copies:
-            tracking_service.instrument_copy(session, message, copy, codec, base_url)
-            if note and copy.decision != TrackingDecision.EMPTY_BODY:
-                if copy.decision == TrackingDecision.DISABLED_BY_USER and not (
-                    draft.open_tracking or draft.link_tracking
-                ):
-                    continue  # the user switched both off for this email anyway
-                copy.decision_reason = _with_note(copy.decision, copy.decision_reason, note)
+            instrumenter.instrument_copy(session, message, copy)
+            _explain_settings(copy, user, draft, message)
         session.add(OutboxEntry(message_id=message.id, created_at=now))
         # The switches as the user set them become the next draft's defaults.
         user.last_open_tracking = draft.open_tracking
         user.last_link_tracking = draft.link_tracking
         session.flush()
+        after_commit(session, SendQueued(message.id))
         return message
+
+    def _checked(self, draft: Draft) -> tuple[list[Recipient], str, str | None, str | None]:
+        """The draft's recipients, subject and bodies, or InvalidDraft with every problem."""
+        errors: dict[str, list[str]] = {}
+        try:
+            recipients = self.recipients(draft)
+        except InvalidDraft as exc:
+            errors = exc.errors
+            recipients = []
+        subject = re.sub(r"[\r\n]+", " ", draft.subject).strip()
+        if len(subject) > MAX_SUBJECT_CHARS:
+            errors["subject"] = [f"subject: at most {MAX_SUBJECT_CHARS} characters"]
+        html = draft.body_html if draft.body_html and draft.body_html.strip() else None
+        text = draft.body_text if draft.body_text and draft.body_text.strip() else None
+        for name, body in (("body_html", html), ("body_text", text)):
+            if body is not None and len(body) > MAX_BODY_CHARS:
+                errors[name] = [
+                    f"{name}: the body is too long (at most {MAX_BODY_CHARS:,} characters)"
+                ]
+        if errors:
+            raise InvalidDraft(errors)
+        return recipients, subject, html, text
 
     def retry_unknown(
         self, session: Session, user: User, copy_id: int, *, message_id: int | None = None
@@ -209,6 +249,21 @@ class MessageService:
         session.expire(copy)
         repository.reopen_outbox_entry(session, copy.message_id, now)
         session.flush()
+        after_commit(session, SendQueued(copy.message_id))
+
+
+def _explain_settings(copy: RecipientCopy, user: User, draft: Draft, message: Message) -> None:
+    """Add to a copy's decision reason what the user's settings switched off."""
+    note = _settings_note(user)
+    if not note or copy.decision == TrackingDecision.EMPTY_BODY:
+        return
+    if copy.decision == TrackingDecision.DISABLED_BY_USER:
+        if not (draft.open_tracking or draft.link_tracking):
+            return  # the user switched both off for this email anyway
+        if not (message.open_tracking or message.link_tracking):
+            copy.decision_reason = note  # the settings alone switched it off
+            return
+    copy.decision_reason = f"{copy.decision_reason} {note}"
 
 
 def _settings_note(user: User) -> str:
@@ -219,12 +274,6 @@ def _settings_note(user: User) -> str:
     if not user.link_tracking_enabled:
         return "Link tracking is turned off in your settings."
     return ""
-
-
-def _with_note(decision: TrackingDecision, reason: str, note: str) -> str:
-    if decision == TrackingDecision.DISABLED_BY_USER and reason.startswith("Tracking was"):
-        return note
-    return f"{reason} {note}"
 
 
 message_service = MessageService()

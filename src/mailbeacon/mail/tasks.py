@@ -48,14 +48,15 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
-from mailbeacon.mail import repository
+from mailbeacon.kit.credentials import CredentialBox
+from mailbeacon.mail import queue as send_queue
 from mailbeacon.mail.mailer import Delivery, Mailer, Outcome, SmtpMailer, SmtpSettings
 from mailbeacon.mail.mime import CopyTemplate, VisibleHeaders
-from mailbeacon.mail.repository import ClaimedCopy, SendContext, Settlement
+from mailbeacon.mail.queue import ClaimedCopy, SendContext, Settlement
 from mailbeacon.models import CopyStatus, Security
-from mailbeacon.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class Presence:
             if self._pg is not None:
                 return
             conn = self.database.engine.connect()
-            if not repository.hold_presence_lock(conn, self.worker_id):
+            if not send_queue.hold_presence_lock(conn, self.worker_id):
                 conn.close()
                 raise RuntimeError(f"another live worker uses the id {self.worker_id!r}")
             conn.commit()  # the lock is session-level; it outlives the transaction
@@ -146,7 +147,7 @@ class Presence:
         if worker_id == self.worker_id:
             return True
         if not self.database.is_sqlite:
-            return not repository.presence_lock_is_free(conn, worker_id)
+            return not send_queue.presence_lock_is_free(conn, worker_id)
         if self._dir is None:
             return True  # nothing to probe: only the lease can tell
         import fcntl
@@ -238,16 +239,16 @@ class OutboxWorker:
 
     def __init__(
         self,
-        runtime: Runtime,
+        database: Database,
+        settings: Settings,
+        credentials: CredentialBox,
         *,
         worker_id: str | None = None,
         poll_seconds: float = 1.0,
         concurrency: int | None = None,
         mailer_factory: MailerFactory = SmtpMailer,
     ) -> None:
-        self.runtime = runtime
-        self.database = runtime.database
-        settings = runtime.settings
+        self.database = database
         self.worker_id = (worker_id or default_worker_id())[:100]
         self.poll_seconds = poll_seconds
         self.concurrency = concurrency or settings.SEND_CONCURRENCY
@@ -255,9 +256,9 @@ class OutboxWorker:
         self.backoff_seconds = settings.SEND_BACKOFF_SECONDS
         self.lease_seconds = settings.SEND_LEASE_SECONDS
         self.smtp_timeout = settings.SEND_TIMEOUT_SECONDS
-        self.presence = Presence(runtime.database, self.worker_id)
+        self.presence = Presence(database, self.worker_id)
         self.pool = MailerPool(mailer_factory)
-        self._credentials = runtime.credentials
+        self._credentials = credentials
         self._plans: dict[int, _Plan] = {}
         self._drain_lock = asyncio.Lock()
         self._stopping = False
@@ -269,7 +270,7 @@ class OutboxWorker:
         self._held: set[int] = set()
         self._claims_in_doubt = False
         self._abandoned: list[Settlement] = []
-        self._queue: repository.SendQueue | None = None  # the pass's connection
+        self._queue: send_queue.SendQueue | None = None  # the pass's connection
         self._started: set[int] = set()  # messages whose sent_at this pass has set
         self._touched: set[int] = set()  # messages with copies settled this pass
         self._recovered_own = False
@@ -505,7 +506,7 @@ class OutboxWorker:
 
     def _has_due(self) -> bool:
         with self.database.engine.connect() as conn:
-            return repository.has_due_copies(conn, utcnow())
+            return send_queue.has_due_copies(conn, utcnow())
 
     def _settle_and_claim(self, settlements: list[Settlement], want: int) -> list[ClaimedCopy]:
         """One transaction: the outcomes of finished copies, and claims for the free lanes."""
@@ -518,14 +519,14 @@ class OutboxWorker:
                 # round trip (SQLAlchemy restores the mode when the connection returns
                 # to the pool).
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            self._queue = repository.SendQueue(conn)
+            self._queue = send_queue.SendQueue(conn)
         queue = self._queue
         if self._claims_in_doubt:
             # A round that failed may have committed its claims (on PostgreSQL a round
             # is one autocommitted statement, and the context query that follows can
             # fail on its own). Those copies were never started: put them back.
             try:
-                repository.requeue_lost_claims(queue.conn, self.worker_id, self._held)
+                send_queue.requeue_lost_claims(queue.conn, self.worker_id, self._held)
             except SQLAlchemyError:
                 self._queue = None
                 with contextlib.suppress(SQLAlchemyError):
@@ -563,7 +564,7 @@ class OutboxWorker:
         with conn:
             if touched:
                 with conn.begin():
-                    repository.complete_outbox_entries(conn, touched, utcnow())
+                    send_queue.complete_outbox_entries(conn, touched, utcnow())
 
     def _plan(self, context: SendContext) -> _Plan:
         if context.mailbox_id is None:
@@ -587,14 +588,14 @@ class OutboxWorker:
     def _recover_orphans(self) -> int:
         now = utcnow()
         with self._connect() as conn, conn.begin():
-            owners = repository.sending_workers(conn, exclude=self.worker_id)
+            owners = send_queue.sending_workers(conn, exclude=self.worker_id)
             dead = [w for w in owners if not self.presence.is_alive(conn, w)]
             if not self._recovered_own:
                 # Copies under our own id before we claimed anything come from an
                 # earlier process that used the same (configured) worker id.
                 dead.append(self.worker_id)
-            count = repository.mark_orphans_unknown(
-                conn, dead, repository.lease_cutoff(now, self.lease_seconds), now, ORPHAN_REPLY
+            count = send_queue.mark_orphans_unknown(
+                conn, dead, send_queue.lease_cutoff(now, self.lease_seconds), now, ORPHAN_REPLY
             )
         self._recovered_own = True
         return count

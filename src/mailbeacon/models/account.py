@@ -41,6 +41,16 @@ class User(Base):
     # Minutes of quiet after which a new open notifies again (issue: notifications).
     notify_quiet_minutes: Mapped[int] = mapped_column(Integer, default=60)
 
+    @property
+    def compose_open_tracking(self) -> bool:
+        """Where compose's open-tracking switch starts: as last time, if Settings allow it."""
+        return self.open_tracking_enabled and self.last_open_tracking
+
+    @property
+    def compose_link_tracking(self) -> bool:
+        """Where compose's link-tracking switch starts: as last time, if Settings allow it."""
+        return self.link_tracking_enabled and self.last_link_tracking
+
 
 class UserSession(Base):
     """A signed-in browser; the cookie carries only a random id, stored hashed."""

@@ -19,19 +19,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from mailbeacon.config import Settings
+from mailbeacon.db import Database
+from mailbeacon.notify.live import LiveBroker
 from mailbeacon.notify.schemas import (
     MarkRead,
     NotificationPage,
     NotificationSettings,
     UnreadCount,
 )
-from mailbeacon.notify.service import NotificationNotFound, notification_service
-from mailbeacon.runtime import Runtime
-from mailbeacon.tracking.activity import InvalidCursor
-from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, get_runtime
+from mailbeacon.notify.service import notification_service
+from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, provided
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _unread(runtime: Runtime, user_id: int) -> int:
-    with runtime.database.sessions() as session:
+def _unread(database: Database, user_id: int) -> int:
+    with database.unit_of_work(immediate=False) as session:
         return notification_service.unread_count(session, user_id)
 
 
@@ -53,13 +54,14 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def live_events(runtime: Runtime, user_id: int) -> AsyncIterator[str]:
+async def live_events(
+    live: LiveBroker, database: Database, settings: Settings, user_id: int
+) -> AsyncIterator[str]:
     """The stream of one user's updates, until it times out or the server stops."""
-    settings = runtime.settings
     # Subscribe before the first count, so nothing that happens in between is missed.
-    subscription = runtime.live.subscribe(user_id)
+    subscription = live.subscribe(user_id)
     try:
-        unread = await asyncio.to_thread(_unread, runtime, user_id)
+        unread = await asyncio.to_thread(_unread, database, user_id)
         yield f"retry: {RETRY_MILLISECONDS}\n" + _sse({"type": "unread", "count": unread})
         deadline = time.monotonic() + settings.LIVE_STREAM_SECONDS
         while (left := deadline - time.monotonic()) > 0:
@@ -68,7 +70,7 @@ async def live_events(runtime: Runtime, user_id: int) -> AsyncIterator[str]:
                 break
             # A recount on every heartbeat too: it catches what another process
             # changed where no wake can reach (several processes on SQLite).
-            count = await asyncio.to_thread(_unread, runtime, user_id)
+            count = await asyncio.to_thread(_unread, database, user_id)
             if activity is None and count == unread:
                 yield ": keep-alive\n\n"
                 continue
@@ -82,7 +84,7 @@ async def live_events(runtime: Runtime, user_id: int) -> AsyncIterator[str]:
         # The database went away: end the stream; the browser comes back by itself.
         log.warning("live stream of user %s ended early", user_id, exc_info=True)
     finally:
-        runtime.live.unsubscribe(subscription)
+        live.unsubscribe(subscription)
 
 
 @router.get(
@@ -98,7 +100,12 @@ async def live_events(runtime: Runtime, user_id: int) -> AsyncIterator[str]:
 async def stream(request: Request, viewer: SignedInViewer) -> StreamingResponse:
     """Live updates for the signed-in user: the bell's count and emails with new activity."""
     return StreamingResponse(
-        live_events(get_runtime(request), viewer.user.id),
+        live_events(
+            provided(request, LiveBroker),
+            provided(request, Database),
+            provided(request, Settings),
+            viewer.user.id,
+        ),
         media_type="text/event-stream",
         # Proxies must pass each event on at once.
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
@@ -113,10 +120,7 @@ def list_notifications(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> NotificationPage:
     """Your notifications, newest first, and how many are unread."""
-    try:
-        return notification_service.feed(session, viewer.user, before, limit)
-    except InvalidCursor as exc:
-        raise HTTPException(status_code=400, detail="invalid cursor") from exc
+    return notification_service.feed(session, viewer.user, before, limit)
 
 
 @router.get("/unread-count", response_model=UnreadCount)
@@ -126,46 +130,23 @@ def unread_count(session: DbSession, viewer: SignedInViewer) -> UnreadCount:
 
 
 @router.post("/read", response_model=UnreadCount, responses=_NOT_FOUND)
-def mark_read(
-    request: Request,
-    session: DbSession,
-    viewer: CheckedViewer,
-    body: MarkRead,
-    background: BackgroundTasks,
-) -> UnreadCount:
+def mark_read(session: DbSession, viewer: CheckedViewer, body: MarkRead) -> UnreadCount:
     """Mark some of your notifications read; any id that is not yours fails the whole call."""
-    try:
-        wake = notification_service.mark_read(session, viewer.user, body.ids)
-    except NotificationNotFound as exc:
-        raise HTTPException(status_code=404) from exc
-    background.add_task(get_runtime(request).live.publish, wake)
+    notification_service.mark_read(session, viewer.user, body.ids)
     return UnreadCount(count=notification_service.unread_count(session, viewer.user.id))
 
 
 @router.post("/read-all", response_model=UnreadCount)
-def mark_all_read(
-    request: Request, session: DbSession, viewer: CheckedViewer, background: BackgroundTasks
-) -> UnreadCount:
+def mark_all_read(session: DbSession, viewer: CheckedViewer) -> UnreadCount:
     """Mark all your notifications read."""
-    wake = notification_service.mark_all_read(session, viewer.user)
-    background.add_task(get_runtime(request).live.publish, wake)
+    notification_service.mark_all_read(session, viewer.user)
     return UnreadCount(count=0)
 
 
 @router.post("/{notification_id}/read", response_model=UnreadCount, responses=_NOT_FOUND)
-def mark_one_read(
-    request: Request,
-    session: DbSession,
-    viewer: CheckedViewer,
-    notification_id: int,
-    background: BackgroundTasks,
-) -> UnreadCount:
+def mark_one_read(session: DbSession, viewer: CheckedViewer, notification_id: int) -> UnreadCount:
     """Mark one of your notifications read."""
-    try:
-        wake = notification_service.mark_read(session, viewer.user, [notification_id])
-    except NotificationNotFound as exc:
-        raise HTTPException(status_code=404) from exc
-    background.add_task(get_runtime(request).live.publish, wake)
+    notification_service.mark_read(session, viewer.user, [notification_id])
     return UnreadCount(count=notification_service.unread_count(session, viewer.user.id))
 
 

@@ -41,6 +41,13 @@ MAX_IDS_PER_USER = 200
 Wake = Mapping[int, Collection[int] | None]
 
 
+@dataclass(frozen=True, slots=True)
+class LiveUpdate:
+    """Raised after commit: these users' open pages should look again (``LiveBroker.publish``)."""
+
+    wake: Wake
+
+
 def encode_wake(wake: Wake) -> list[str]:
     """The wake as NOTIFY payloads, each under PostgreSQL's size limit."""
     payloads: list[str] = []

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from mailbeacon.notify.schemas import NotificationSettings
-from mailbeacon.notify.service import NotificationNotFound, notification_service
-from mailbeacon.tracking.activity import InvalidCursor
-from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, get_runtime, render
+from mailbeacon.notify.service import notification_service
+from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,10 +30,7 @@ def assistant(
     error: str = "",
 ) -> Response:
     """The Sales Assistant: who opened what and clicked which link, newest first."""
-    try:
-        page = notification_service.feed(session, viewer.user, before or None)
-    except InvalidCursor as exc:
-        raise HTTPException(status_code=404) from exc
+    page = notification_service.feed(session, viewer.user, before or None)
     return render(
         request,
         "notify/assistant.html",
@@ -57,45 +53,22 @@ def assistant_items(request: Request, session: DbSession, viewer: SignedInViewer
 
 
 @router.post("/assistant/read-all")
-def read_all(
-    request: Request, session: DbSession, viewer: CheckedViewer, background: BackgroundTasks
-) -> Response:
-    wake = notification_service.mark_all_read(session, viewer.user)
-    background.add_task(get_runtime(request).live.publish, wake)
+def read_all(session: DbSession, viewer: CheckedViewer) -> Response:
+    notification_service.mark_all_read(session, viewer.user)
     return RedirectResponse("/assistant?notice=all-read", status_code=303)
 
 
 @router.post("/assistant/{notification_id}/read")
-def read_one(
-    request: Request,
-    session: DbSession,
-    viewer: CheckedViewer,
-    notification_id: int,
-    background: BackgroundTasks,
-) -> Response:
-    try:
-        wake = notification_service.mark_read(session, viewer.user, [notification_id])
-    except NotificationNotFound as exc:
-        raise HTTPException(status_code=404) from exc
-    background.add_task(get_runtime(request).live.publish, wake)
+def read_one(session: DbSession, viewer: CheckedViewer, notification_id: int) -> Response:
+    notification_service.mark_read(session, viewer.user, [notification_id])
     return RedirectResponse("/assistant", status_code=303)
 
 
 @router.post("/assistant/{notification_id}/open")
-def open_one(
-    request: Request,
-    session: DbSession,
-    viewer: CheckedViewer,
-    notification_id: int,
-    background: BackgroundTasks,
-) -> Response:
+def open_one(session: DbSession, viewer: CheckedViewer, notification_id: int) -> Response:
     """Mark the notification read and go to its email."""
-    try:
-        found = notification_service.get(session, viewer.user, notification_id)
-        wake = notification_service.mark_read(session, viewer.user, [notification_id])
-    except NotificationNotFound as exc:
-        raise HTTPException(status_code=404) from exc
-    background.add_task(get_runtime(request).live.publish, wake)
+    found = notification_service.get(session, viewer.user, notification_id)
+    notification_service.mark_read(session, viewer.user, [notification_id])
     return RedirectResponse(f"/mail/{found.message_id}", status_code=303)
 
 

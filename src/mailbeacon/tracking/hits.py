@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mailbeacon.models.event import EventKind
+
 
 @dataclass(slots=True)
 class Hit:
@@ -16,7 +18,7 @@ class Hit:
     """
 
     uid: str
-    kind: str  # "open" | "click"
+    kind: EventKind
     copy_id: int
     link_position: int | None
     occurred_at: float  # Unix time, seconds
@@ -33,4 +35,5 @@ class Hit:
     @classmethod
     def from_json(cls, line: str) -> Hit:
         data: dict[str, Any] = json.loads(line)
+        data["kind"] = EventKind(data["kind"])
         return cls(**data)

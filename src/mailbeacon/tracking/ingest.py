@@ -15,22 +15,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
+from mailbeacon.db import is_unreachable
+from mailbeacon.tracking.events import BatchResult
 from mailbeacon.tracking.hits import Hit
-from mailbeacon.tracking.repository import WriteResult
 from mailbeacon.tracking.spool import Spool
 
 log = logging.getLogger(__name__)
 
-WriteBatch = Callable[[list[Hit], bool], WriteResult]
-
-
-def is_unreachable(exc: BaseException) -> bool:
-    """Whether a write failed because the database is away (worth spooling and retrying)."""
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+WriteBatch = Callable[[list[Hit], bool], BatchResult]
 
 
 class Ingest:
@@ -42,8 +34,12 @@ class Ingest:
         batch_max: int = 1024,
         retry_seconds: float = 1.0,
         writers: int = 1,
+        database_ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._write_batch = write_batch
+        # Until the database is reachable *and migrated*, hits go to the spool
+        # without trying it: an old schema would refuse them as if they were bad.
+        self._database_ready = database_ready
         self._spool = spool
         self._batch_max = batch_max
         self._retry_seconds = retry_seconds
@@ -115,7 +111,7 @@ class Ingest:
 
     async def _store(self, hits: list[Hit]) -> None:
         self.stats["batches"] += 1
-        if time.monotonic() >= self._db_retry_at:
+        if self._database_ready() and time.monotonic() >= self._db_retry_at:
             try:
                 await asyncio.to_thread(self._write_isolating, hits, False)
             except Exception:
@@ -134,7 +130,7 @@ class Ingest:
             self.stats["lost"] += len(hits)
             log.critical("could not store %d hits in the database nor the spool", len(hits))
 
-    def _write_isolating(self, hits: list[Hit], replay: bool) -> WriteResult:
+    def _write_isolating(self, hits: list[Hit], replay: bool) -> BatchResult:
         """Write a batch; if the database refuses it for a reason other than being
         away, write the hits one by one and set aside only those it still refuses.
 
@@ -147,7 +143,7 @@ class Ingest:
             if is_unreachable(exc):
                 raise
             log.exception("a batch of %d hits was refused; writing them one by one", len(hits))
-        total = WriteResult()
+        total = BatchResult()
         refused: list[Hit] = []
         for hit in hits:
             try:
@@ -157,9 +153,7 @@ class Ingest:
                     raise
                 refused.append(hit)
                 continue
-            total.written += result.written
-            total.skipped_duplicates += result.skipped_duplicates
-            total.unknown_copies += result.unknown_copies
+            total.add(result)
         if refused:
             self._spool.reject(refused, "refused by the database")
         return total
@@ -171,7 +165,7 @@ class Ingest:
     async def _replay_loop(self) -> None:
         while True:
             await asyncio.sleep(self._retry_seconds)
-            if time.monotonic() < self._db_retry_at:
+            if not self._database_ready() or time.monotonic() < self._db_retry_at:
                 continue
             try:
                 await self.replay_spool()

@@ -1,15 +1,27 @@
-"""Tracking rules that need the database: deciding and instrumenting a copy."""
+"""What the tracking domain does for the rest of the product: instrumenting a copy
+(with its tracking decision) and reading tracked URLs back into destinations.
+
+``TrackingService`` implements the mail domain's ``Instrumenter`` and
+``TrackedLinks`` protocols (mail/ports.py); the composition root hands it over.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbeacon.models import Message, MessageLink, RecipientCopy, TrackingDecision
+from mailbeacon.tracking.edge import location_for
 from mailbeacon.tracking.instrument import Instrumented, find_links, instrument, is_empty_body
-from mailbeacon.tracking.tokens import TokenCodec
+from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
+
+# Tokens are unpadded base64url (tokens.py).
+_TRACKED_URL = re.compile(r"https?://[^\s<>\"']+?/t/[co]/[A-Za-z0-9_\-]+(?:\.gif)?")
+_EDGE_PATHS = ("/t/o/", "/t/c/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,15 @@ def decide_tracking(
 
 
 class TrackingService:
+    """Instrumentation and tracked-link reading for one installation (its keys and address)."""
+
+    def __init__(self, codec: TokenCodec, base_url: str) -> None:
+        self.codec = codec
+        self.base_url = base_url.rstrip("/")
+        self._edge = self.base_url + "/t/"
+
+    # -- instrumenting (mail.ports.Instrumenter)
+
     def record_links(self, session: Session, message: Message) -> None:
         """Store the message's trackable destinations once, by position."""
         existing = set(
@@ -66,15 +87,12 @@ class TrackingService:
                     )
                 )
 
-    def instrument_copy(
-        self,
-        session: Session,
-        message: Message,
-        copy: RecipientCopy,
-        codec: TokenCodec,
-        base_url: str,
-    ) -> Instrumented:
+    def instrument_copy(self, session: Session, message: Message, copy: RecipientCopy) -> None:
         """Decide the copy's tracking, store the decision and its tracked bodies."""
+        self.instrument(session, message, copy)
+
+    def instrument(self, session: Session, message: Message, copy: RecipientCopy) -> Instrumented:
+        """As :meth:`instrument_copy`, and say what was done (the CLI prints it)."""
         plan = decide_tracking(
             html=message.body_html,
             text=message.body_text,
@@ -87,8 +105,8 @@ class TrackingService:
             html=message.body_html,
             text=message.body_text,
             copy_id=copy.id,
-            codec=codec,
-            base_url=base_url,
+            codec=self.codec,
+            base_url=self.base_url,
             open_tracking=plan.open_tracking,
             link_tracking=plan.link_tracking,
         )
@@ -100,5 +118,38 @@ class TrackingService:
         copy.text_body = result.text
         return result
 
+    # -- reading tracked URLs back (mail.ports.TrackedLinks)
 
-tracking_service = TrackingService()
+    def is_tracking_url(self, url: str) -> bool:
+        """A pixel or link of a tracking edge: this installation's, or by its path another's."""
+        value = url.strip()
+        if value.startswith(self._edge):
+            return True
+        try:
+            path = urlsplit(value).path
+        except ValueError:
+            return True
+        return path.startswith(_EDGE_PATHS)
+
+    def destination(self, url: str) -> str | None:
+        """A link as written: a tracked link of ours becomes its destination; None if it is
+        a tracking URL that cannot be read, or leads nowhere a redirect would go."""
+        value = url.strip()
+        prefix = self._edge + "c/"
+        if value.startswith(prefix):
+            try:
+                target = self.codec.read_click_token(value[len(prefix) :].split("?", 1)[0]).url
+            except InvalidToken:
+                return None
+            # The same check the edge makes before it redirects.
+            return target if location_for(target) is not None else None
+        return None if self.is_tracking_url(value) else value
+
+    def restore_in_text(self, text: str) -> str:
+        """A plain-text body with our tracked URLs replaced by their destinations."""
+
+        def swap(match: re.Match[str]) -> str:
+            restored = self.destination(match.group(0))
+            return restored if restored is not None else "[tracking link removed]"
+
+        return _TRACKED_URL.sub(swap, text)

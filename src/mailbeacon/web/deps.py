@@ -1,37 +1,46 @@
-"""Request-scoped helpers: the database session, who is signed in, CSRF, rendering."""
+"""Request-scoped helpers every domain's pages and JSON API use.
+
+This package knows no domain: the domains' views and endpoints build on it, and
+the application (``mailbeacon.app``) fills in what it needs at start-up: the
+objects it provides (:func:`provided`) and how a request is signed in
+(:class:`ViewerResolver`, implemented by the accounts domain).
+
+The unit of work: one session per request, committed when the handler returns
+and rolled back when it raises; routes never commit or roll back themselves.
+Requests with a safe method (GET, HEAD, OPTIONS) get a read-only unit, the
+others a writing one (on SQLite it holds the write lock from its start, see
+``db.py``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import hmac
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from mailbeacon import __version__
-from mailbeacon.accounts.security import (
-    ANON_CSRF_COOKIE,
-    CSRF_FIELD,
-    CSRF_HEADER,
-    SESSION_COOKIE,
-    VIEWER_COOKIE_MAX_AGE,
-    new_secret,
-    tokens_match,
-)
-from mailbeacon.accounts.service import account_service
+from mailbeacon.db import Database
 from mailbeacon.models import User
-from mailbeacon.runtime import Runtime
-from mailbeacon.tracking.edge import VIEWER_COOKIE
+
+T = TypeVar("T")
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 templates.env.globals["version"] = __version__
 
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+# Anonymous forms (sign-in) carry a double-submit token tied to this cookie.
+ANON_CSRF_COOKIE = "mb_csrf"
 
 
 class SignInRequired(Exception):
@@ -54,61 +63,76 @@ class Viewer:
     # request's transaction was rolled back, when `user` can no longer load.
     email: str = ""
     name: str = ""
+    scopes: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def via_api_token(self) -> bool:
         return self.csrf_secret is None
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+class ViewerResolver(Protocol):
+    """Who is behind a request (an API token or a session cookie), if anyone."""
+
+    def __call__(self, request: Request, session: Session) -> Viewer | None: ...
 
 
-def commit_and_wake_outbox(request: Request, session: Session) -> None:
-    """Commit a planned send now and tell this process's outbox worker to deliver it.
+# ------------------------------------------------------------------ what the app provides
 
-    Without this the copies would wait for the worker's next poll.
-    """
-    session.commit()
-    outbox = getattr(request.app.state, "outbox", None)
-    if outbox is not None:
-        outbox.wake()
+
+def provided(request: Request, kind: Callable[..., T]) -> T:
+    """The object the application registered at start-up for ``kind`` (a class, or a
+    protocol a domain declares for what it needs from elsewhere)."""
+    services: Mapping[object, Any] = request.app.state.services
+    found: T = services[kind]
+    return found
+
+
+def provider(kind: Callable[..., T]) -> Callable[[Request], T]:
+    """A FastAPI dependency that hands a route the registered object of type ``kind``."""
+
+    def dependency(request: Request) -> T:
+        return provided(request, kind)
+
+    return dependency
 
 
 def is_api_request(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
+# ------------------------------------------------------------------ the unit of work
+
+
+def deferred_unit(request: Request) -> None:
+    """Route marker (list it in the route's ``dependencies``): this request's unit of work
+    begins without the write lock, because the route does slow work (a password hash,
+    a network round trip) before it writes. Such a route must either make its first
+    statement in the unit a write, or write in units of work of its own; otherwise a
+    read followed by a write could find SQLite's snapshot stale."""
+    request.state.deferred_unit = True
+
+
 def db_session(request: Request) -> Iterator[Session]:
-    """One session per request, committed when the handler returns (before the response)."""
-    with get_runtime(request).database.unit_of_work() as session:
+    """One unit of work per request: committed when the handler returns (before the
+    response goes out), rolled back when it raises."""
+    database = provided(request, Database)
+    immediate = request.method not in SAFE_METHODS and not getattr(
+        request.state, "deferred_unit", False
+    )
+    with database.unit_of_work(immediate=immediate) as session:
         yield session
 
 
 DbSession = Annotated[Session, Depends(db_session, scope="function")]
 
 
+# ------------------------------------------------------------------ who is asking
+
+
 def current_viewer(request: Request, session: DbSession) -> Viewer | None:
-    """The user behind the request: an `Authorization: Bearer` token or the session cookie."""
-    authorization = request.headers.get("authorization")
-    viewer: Viewer | None = None
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            user = account_service.api_token_user(session, value.strip())
-            viewer = (
-                None
-                if user is None
-                else Viewer(user=user, csrf_secret=None, email=user.email, name=user.display_name)
-            )
-    else:
-        found = account_service.session_user(session, request.cookies.get(SESSION_COOKIE))
-        if found is not None:
-            user, record = found
-            viewer = Viewer(
-                user=user, csrf_secret=record.csrf_secret, email=user.email, name=user.display_name
-            )
+    """The user behind the request, as the application's resolver finds them."""
+    resolve: ViewerResolver = request.app.state.resolve_viewer
+    viewer = resolve(request, session)
     request.state.viewer = viewer
     return viewer
 
@@ -125,6 +149,17 @@ def signed_in(viewer: OptionalViewer) -> Viewer:
 SignedInViewer = Annotated[Viewer, Depends(signed_in)]
 
 
+def new_csrf_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def tokens_match(expected: str | None, given: str | None) -> bool:
+    """Constant-time comparison; a missing side never matches."""
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
 async def submitted_csrf_token(request: Request) -> str | None:
     """The token a request carries: the X-CSRF-Token header or the form field."""
     header = request.headers.get(CSRF_HEADER)
@@ -139,7 +174,7 @@ async def submitted_csrf_token(request: Request) -> str | None:
 
 async def csrf_checked(request: Request, viewer: SignedInViewer) -> Viewer:
     """Every state-changing request of a cookie session must carry its CSRF token."""
-    if request.method in _SAFE_METHODS or viewer.via_api_token:
+    if request.method in SAFE_METHODS or viewer.via_api_token:
         return viewer
     if not tokens_match(viewer.csrf_secret, await submitted_csrf_token(request)):
         raise CsrfRejected()
@@ -155,60 +190,27 @@ async def anonymous_csrf_checked(request: Request) -> None:
         raise CsrfRejected()
 
 
-def cookies_secure(request: Request) -> bool:
-    return get_runtime(request).settings.BASE_URL.lower().startswith("https://")
-
-
-def set_session_cookie(request: Request, response: Response, token: str, max_age: int) -> None:
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=max_age,
-        path="/",
-        httponly=True,
-        samesite="lax",
-        secure=cookies_secure(request),
-    )
-
-
-def delete_session_cookie(request: Request, response: Response) -> None:
-    response.delete_cookie(
-        SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=cookies_secure(request)
-    )
-
-
-def mark_browser_as_sender(request: Request, response: Response, user: User, *, mark: bool) -> None:
-    """Set or clear the cookie that makes the tracking edge label this browser's hits `self`.
-
-    It is cleared while the user sends through the demo mailbox: the demo
-    inbox is read in this very browser standing in for the recipients, and a
-    click there (a top-level navigation, which carries SameSite=Lax cookies)
-    would otherwise count as the sender's own.
-    """
-    secure = cookies_secure(request)
-    if mark:
-        token = get_runtime(request).codec.mint_viewer_token(user.id)
-        response.set_cookie(
-            VIEWER_COOKIE,
-            token,
-            max_age=VIEWER_COOKIE_MAX_AGE,
-            path="/t/",
-            httponly=True,
-            samesite="lax",
-            secure=secure,
-        )
-    else:
-        response.delete_cookie(
-            VIEWER_COOKIE, path="/t/", httponly=True, samesite="lax", secure=secure
-        )
-
-
 def anonymous_csrf_token(request: Request) -> tuple[str, bool]:
     """The sign-in form's token, and whether the cookie holding it must be (re)set."""
     current = request.cookies.get(ANON_CSRF_COOKIE)
     if current and 20 <= len(current) <= 100:
         return current, False
-    return new_secret(), True
+    return new_csrf_secret(), True
+
+
+# ------------------------------------------------------------------ the sender's browser
+
+
+def mark_browser_as_sender(request: Request, sender_id: int | None) -> None:
+    """Say whether this browser is a sender's own: the application then sets (or, with
+    None, clears) the cookie that makes the tracking edge label its hits ``self``.
+
+    It is cleared while the user sends through the demo mailbox: the demo inbox
+    is read in this very browser standing in for the recipients, and a click
+    there (a top-level navigation, which carries SameSite=Lax cookies) would
+    otherwise count as the sender's own.
+    """
+    request.state.sender_cookie = (sender_id,)
 
 
 def safe_next(target: str | None, default: str = "/compose") -> str:

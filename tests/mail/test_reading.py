@@ -15,11 +15,9 @@ from sqlalchemy import update
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
-from mailbeacon.models import Message
-from mailbeacon.runtime import Runtime
-from mailbeacon.tracking import activity
-from mailbeacon.tracking.activity import (
-    InvalidCursor,
+from mailbeacon.kit.cursors import InvalidCursor
+from mailbeacon.mail import reading
+from mailbeacon.mail.reading import (
     MailNotFound,
     mail_detail,
     mail_events,
@@ -27,16 +25,14 @@ from mailbeacon.tracking.activity import (
     mail_rows,
     safe_body_html,
 )
-from mailbeacon.tracking.schemas import MailFilter
+from mailbeacon.mail.schemas import MailFilter
+from mailbeacon.models import Message
+from mailbeacon.runtime import Runtime
+from mailbeacon.tracking.service import TrackingService
 from mailbeacon.tracking.tokens import TokenCodec
-from tests.notify.factories import (
-    GMAIL_PROXY,
-    SCANNER,
-    hit,
-    make_sender,
-    record,
-    send_mail,
-)
+from tests.factories.accounts import make_demo_sender
+from tests.factories.hits import GMAIL_PROXY, SCANNER, hit, record
+from tests.factories.mail import send_mail
 
 BASE = "http://mb.test"
 
@@ -59,7 +55,7 @@ def age(database: Database, message_id: int, minutes: int) -> None:
 
 
 def test_the_list_is_newest_first_and_pages_both_ways(database: Database, runtime: Runtime) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     ids = []
     for i in range(7):
         sent = send_mail(database, runtime, sally, subject=f"Email {i}")
@@ -85,7 +81,7 @@ def test_the_list_is_newest_first_and_pages_both_ways(database: Database, runtim
 def test_icons_show_what_happened_and_hover_lists_every_occasion_apart_from_machines(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally, ("ann@example.org", "bob@example.com"))
     quiet = send_mail(database, runtime, sally, subject="Nobody looked")
     untracked = send_mail(
@@ -109,7 +105,7 @@ def test_icons_show_what_happened_and_hover_lists_every_occasion_apart_from_mach
     assert (row.open_icon.state, row.link_icon.state) == ("done", "done")
     opened = [(e.recipient, e.judged) for e in row.open_icon.occasions]
     assert opened == [
-        ("bob@example.com", "opened via Gmail's image proxy"),
+        ("bob@example.com", "opened via an image proxy"),
         ("ann@example.org", "opened"),
     ]
     machine = [(e.recipient, e.judged) for e in row.open_icon.machine]
@@ -138,27 +134,27 @@ def test_icons_show_what_happened_and_hover_lists_every_occasion_apart_from_mach
 def test_hover_lists_are_bounded_and_say_how_much_more_there_is(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally)
     ann = sent.copies["ann@example.org"]
     t0 = time.time()
     record(
-        runtime, *(hit(ann, at=t0 + 11 * i, ua=SCANNER) for i in range(activity.HOVER_EVENTS + 5))
+        runtime, *(hit(ann, at=t0 + 11 * i, ua=SCANNER) for i in range(reading.HOVER_EVENTS + 5))
     )
     with database.sessions() as s:
         (row,) = mail_rows(s, sally, [sent.message_id])
-    assert len(row.open_icon.machine) == activity.HOVER_EVENTS
+    assert len(row.open_icon.machine) == reading.HOVER_EVENTS
     assert row.more_events == 5
 
 
-@pytest.mark.parametrize("candidates", [activity.SEARCH_CANDIDATES, 1])
+@pytest.mark.parametrize("candidates", [reading.SEARCH_CANDIDATES, 1])
 def test_filters_and_search(
     database: Database, runtime: Runtime, candidates: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With a bound of 1, every search matching two emails or more takes the other
     # road (walking the newest emails): both must find the same.
-    monkeypatch.setattr(activity, "SEARCH_CANDIDATES", candidates)
-    sally = make_sender(database)
+    monkeypatch.setattr(reading, "SEARCH_CANDIDATES", candidates)
+    sally = make_demo_sender(database)
     opened = send_mail(database, runtime, sally, ("ann@example.org",), subject="Pricing 100%")
     clicked = send_mail(database, runtime, sally, ("bob@example.com",), subject="Demo")
     waiting = send_mail(
@@ -199,7 +195,7 @@ def test_filters_and_search(
 def test_the_detail_has_per_recipient_figures_clicks_per_link_and_the_timeline(
     database: Database, runtime: Runtime
 ) -> None:
-    sally = make_sender(database)
+    sally = make_demo_sender(database)
     sent = send_mail(database, runtime, sally, ("ann@example.org", "bob@example.com"))
     ann, bob = sent.copies["ann@example.org"], sent.copies["bob@example.com"]
     t0 = time.time()
@@ -212,7 +208,7 @@ def test_the_detail_has_per_recipient_figures_clicks_per_link_and_the_timeline(
         hit(bob, "click", position=1, at=t0 + 180, ua=SCANNER),
     )
     with database.sessions() as s:
-        detail = mail_detail(s, sally, sent.message_id, codec=runtime.codec, base_url=BASE)
+        detail = mail_detail(s, sally, sent.message_id, links=runtime.tracking)
     by_address = {r.address: r for r in detail.recipients}
     a, b = by_address["ann@example.org"], by_address["bob@example.com"]
     assert (a.open_count, a.click_count, a.status, a.decision) == (2, 2, "sent", "tracked")
@@ -245,8 +241,8 @@ def test_the_detail_has_per_recipient_figures_clicks_per_link_and_the_timeline(
 
 
 def test_another_users_email_does_not_exist(database: Database, runtime: Runtime) -> None:
-    sally = make_sender(database)
-    tom = make_sender(database, "tom@example.com", name="Tom")  # same organisation
+    sally = make_demo_sender(database)
+    tom = make_demo_sender(database, "tom@example.com", name="Tom")  # same organisation
     sent = send_mail(database, runtime, sally)
     record(runtime, hit(sent.copies["ann@example.org"]))
     with database.sessions() as s:
@@ -254,7 +250,7 @@ def test_another_users_email_does_not_exist(database: Database, runtime: Runtime
         assert mail_page(s, tom, q="ann").items == []
         assert mail_rows(s, tom, [sent.message_id]) == []
         with pytest.raises(MailNotFound):
-            mail_detail(s, tom, sent.message_id, codec=runtime.codec, base_url=BASE)
+            mail_detail(s, tom, sent.message_id, links=runtime.tracking)
         with pytest.raises(MailNotFound):
             mail_events(s, tom, sent.message_id)
 
@@ -262,6 +258,7 @@ def test_another_users_email_does_not_exist(database: Database, runtime: Runtime
 # ------------------------------------------------------------------ the body, made safe
 
 CODEC = TokenCodec([(1, bytes(range(64)))])
+LINKS = TrackingService(CODEC, BASE)
 
 
 def test_the_body_never_carries_a_pixel_or_a_tracked_link_and_nothing_runs() -> None:
@@ -276,14 +273,14 @@ def test_the_body_never_carries_a_pixel_or_a_tracked_link_and_nothing_runs() -> 
         '<script>alert(1)</script><style>p{}</style><iframe src="https://x"></iframe>'
         '<p style="color: red; background-image: url(https://x/y.png)">styled</p></p>'
     )
-    safe = safe_body_html(body, CODEC, BASE)
+    safe = safe_body_html(body, LINKS)
     assert "/t/" not in safe
     assert 'href="https://example.com/a?b=1&amp;c=2"' in safe
     assert "cdn.example.com" not in safe  # remote images only when asked for
     for gone in ("onclick", "<script", "javascript:", "data:text", "<iframe", "url("):
         assert gone not in safe
     assert 'style="color:red"' in safe
-    with_images = safe_body_html(body, CODEC, BASE, remote_images=True)
+    with_images = safe_body_html(body, LINKS, remote_images=True)
     assert 'src="https://cdn.example.com/logo.png"' in with_images
     assert "/t/" not in with_images
 
@@ -300,12 +297,12 @@ def test_no_rewriting_of_any_body_lets_a_pixel_or_tracked_link_of_ours_through(
     link = f"{BASE}/t/c/{CODEC.mint_click_token(copy_id, 0, 'https://example.com/')}"
     body = f'{noise}<img src="{pixel}">{noise}<a href="{link}">x</a><img src={pixel}>{noise}'
     for images in (False, True):
-        safe = safe_body_html(body, CODEC, BASE, remote_images=images)
+        safe = safe_body_html(body, LINKS, remote_images=images)
         assert "/t/o/" not in safe and "/t/c/" not in safe
 
 
 def test_plain_text_bodies_get_their_destinations_back() -> None:
     link = f"{BASE}/t/c/{CODEC.mint_click_token(3, 0, 'https://example.com/x')}"
     text = f"See {link} today, or http://mb.test/t/c/broken."
-    restored = activity.restore_tracked_urls(text, CODEC, BASE)
+    restored = LINKS.restore_in_text(text)
     assert restored == "See https://example.com/x today, or [tracking link removed]."

@@ -1,40 +1,33 @@
-"""The read side of tracking: the Mail tab, an email's detail, its timeline.
+"""The read side of sent email: the Mail tab, an email's detail, its timeline.
 
-Every query here is scoped to the sending user: another user's email does not
-exist (``MailNotFound``), whatever organisation they share. The list reads the
-figures the ingest writer keeps on ``messages`` and ``recipient_copies`` and
-never counts events; a page of emails costs three queries whatever the history:
-the page itself (keyset pagination on the ``(user_id, created_at)`` index), the
-page's copies, and the newest events of each of the page's emails for the
-hover lists (each email's own index range, bounded by ``HOVER_EVENTS``).
+Delivery and tracking of a sent email are read here together, for the pages and
+the JSON API alike. Every query is scoped to the sending user: another user's
+email does not exist (``MailNotFound``), whatever organisation they share. The
+list reads the figures the hit pipeline keeps on ``messages`` and
+``recipient_copies`` and never counts events; a page of emails costs three
+queries whatever the history: the page itself (keyset pagination on the
+``(user_id, created_at)`` index), the page's copies, and the newest events of
+each of the page's emails for the hover lists (each email's own index range,
+bounded by ``HOVER_EVENTS``).
 """
 
 from __future__ import annotations
 
-import html
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
-from urllib.parse import urlsplit
 
-import nh3
 from sqlalchemy import ColumnElement, Select, Table, and_, func, or_, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
+from mailbeacon.kit import frames
 from mailbeacon.kit.clock import as_utc
-from mailbeacon.models import (
-    EventKind,
-    EventLabel,
-    LinkClickStat,
-    Message,
-    MessageLink,
-    RecipientCopy,
-    TrackingEvent,
-)
-from mailbeacon.models.event import PERSON_LABELS
-from mailbeacon.tracking.schemas import (
+from mailbeacon.kit.cursors import decode_cursor, encode_cursor
+from mailbeacon.kit.errors import NotFound
+from mailbeacon.kit.sanitize import sanitize_email_html
+from mailbeacon.mail.ports import TrackedLinks
+from mailbeacon.mail.schemas import (
     EventOut,
     EventPageOut,
     IconOut,
@@ -48,7 +41,17 @@ from mailbeacon.tracking.schemas import (
     RecipientOut,
     figures_of,
 )
-from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
+from mailbeacon.mail.wording import judged
+from mailbeacon.models import (
+    EventKind,
+    EventLabel,
+    LinkClickStat,
+    Message,
+    MessageLink,
+    RecipientCopy,
+    TrackingEvent,
+)
+from mailbeacon.models.event import PERSON_LABELS
 
 # A result row; SQLAlchemy's typed rows add nothing for column lists built at run time.
 _Row = Any
@@ -69,62 +72,8 @@ MAX_SEARCH_CHARS = 200
 SEARCH_CANDIDATES = 1000
 
 
-class MailNotFound(Exception):
+class MailNotFound(NotFound):
     """No such email among the user's own (another user's email is never found)."""
-
-
-class InvalidCursor(ValueError):
-    """A pagination cursor this server did not hand out."""
-
-
-# ------------------------------------------------------------------ words
-
-
-_OPEN_WORDS = {
-    EventLabel.HUMAN: "opened",
-    EventLabel.APPLE_MPP: "Apple Mail privacy fetch, open not confirmed",
-    EventLabel.SCANNER: "security scanner",
-    EventLabel.SELF: "your own view",
-    EventLabel.LINK_PREVIEW: "link preview",
-    EventLabel.PREFETCH: "prefetch, before anyone read it",
-    EventLabel.TOO_FAST: "machine: too soon after sending",
-    EventLabel.BURST: "machine: several links at once",
-    EventLabel.DUPLICATE: "repeat of the hit before",
-}
-_CLICK_WORDS = {
-    **_OPEN_WORDS,
-    EventLabel.HUMAN: "clicked",
-    EventLabel.SELF: "your own click",
-}
-
-
-def judged(kind: str, label: str, reason: str) -> str:
-    """How an event was judged, in the words the pages use."""
-    if label == EventLabel.IMAGE_PROXY:
-        proxy = "Yahoo's" if reason.lower().startswith("yahoo") else "Gmail's"
-        return f"{'opened' if kind == EventKind.OPEN else 'clicked'} via {proxy} image proxy"
-    words = _OPEN_WORDS if kind == EventKind.OPEN else _CLICK_WORDS
-    return words.get(cast(EventLabel, label), label.replace("_", " "))
-
-
-# ------------------------------------------------------------------ cursors
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def encode_cursor(at: datetime, row_id: int) -> str:
-    """An opaque keyset position: microseconds since the epoch, and a row id."""
-    return f"{(as_utc(at) - _EPOCH) // timedelta(microseconds=1)}.{row_id}"
-
-
-def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
-    if not cursor:
-        return None
-    micros, _, row_id = cursor.partition(".")
-    try:
-        return _EPOCH + timedelta(microseconds=int(micros)), int(row_id)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidCursor(cursor) from exc
 
 
 # ------------------------------------------------------------------ the list
@@ -388,7 +337,7 @@ def _event_out(row: _Row) -> EventOut:
         kind=row.kind,
         label=row.label,
         person=row.label in PERSON_LABELS,
-        judged=judged(row.kind, row.label, row.reason),
+        judged=judged(EventKind(row.kind), EventLabel(row.label)),
         reason=row.reason,
         copy_id=row.copy_id,
         recipient=row.address,
@@ -482,27 +431,54 @@ def _timeline(
     )
 
 
+def _recipient_detail(
+    copy: _Row, stats: Sequence[_Row], link_by_position: dict[int, _Row]
+) -> RecipientDetailOut:
+    """One recipient's copy: delivery, decision, figures, and clicks per link."""
+    per_link = []
+    for s in stats:
+        link = link_by_position.get(s.position)
+        per_link.append(
+            LinkClicksOut(
+                position=s.position,
+                url=link.url if link is not None else "",
+                text=link.text if link is not None else "",
+                click_count=s.click_count,
+                machine_click_count=s.machine_click_count,
+                first_click_at=s.first_click_at,
+                last_click_at=s.last_click_at,
+            )
+        )
+    return RecipientDetailOut(
+        **_recipient_out(copy).model_dump(),
+        decision=copy.decision,
+        decision_reason=copy.decision_reason,
+        sent_at=copy.sent_at,
+        smtp_reply=copy.smtp_reply,
+        links=per_link,
+    )
+
+
 def mail_detail(
     session: Session,
     user_id: int,
     message_id: int,
     *,
-    codec: TokenCodec,
-    base_url: str,
+    links: TrackedLinks,
     remote_images: bool = False,
 ) -> MailDetailOut:
-    """One of the user's emails: per-recipient figures, clicks per link, the timeline
-    and the body as written, made safe to show (see ``safe_body_html``)."""
+    """One of the user's emails: delivery and figures per recipient, clicks per link, the
+    timeline, and the body as written, made safe to show (see :func:`safe_body_html`)."""
     message = _own_message(session, user_id, message_id)
     copies = _copies_of(session, [message.id])[message.id]
-    links = list(
+    message_links = list(
         session.execute(
             select(_links.c.position, _links.c.url, _links.c.text)
             .where(_links.c.message_id == message.id)
             .order_by(_links.c.position)
         )
     )
-    link_by_position = {link.position: link for link in links}
+    link_by_position = {link.position: link for link in message_links}
     stats: dict[int, list[_Row]] = defaultdict(list)
     if copies:
         for s in session.execute(
@@ -514,30 +490,7 @@ def mail_detail(
     timeline = _timeline(session, message.id, None, TIMELINE_PAGE)
     hover = timeline.items[:HOVER_EVENTS]
 
-    recipients = []
-    for c in copies:
-        per_link = [
-            LinkClicksOut(
-                position=s.position,
-                url=link_by_position[s.position].url if s.position in link_by_position else "",
-                text=link_by_position[s.position].text if s.position in link_by_position else "",
-                click_count=s.click_count,
-                machine_click_count=s.machine_click_count,
-                first_click_at=s.first_click_at,
-                last_click_at=s.last_click_at,
-            )
-            for s in stats[c.id]
-        ]
-        recipients.append(
-            RecipientDetailOut(
-                **_recipient_out(c).model_dump(),
-                decision=c.decision,
-                decision_reason=c.decision_reason,
-                sent_at=c.sent_at,
-                smtp_reply=c.smtp_reply,
-                links=per_link,
-            )
-        )
+    recipients = [_recipient_detail(c, stats[c.id], link_by_position) for c in copies]
     totals: dict[int, tuple[int, int]] = {}
     for per_copy in stats.values():
         for s in per_copy:
@@ -566,18 +519,14 @@ def mail_detail(
                 click_count=totals.get(link.position, (0, 0))[0],
                 machine_click_count=totals.get(link.position, (0, 0))[1],
             )
-            for link in links
+            for link in message_links
         ],
         body_html=(
             None
             if message.body_html is None
-            else safe_body_html(message.body_html, codec, base_url, remote_images=remote_images)
+            else safe_body_html(message.body_html, links, remote_images=remote_images)
         ),
-        body_text=(
-            None
-            if message.body_text is None
-            else restore_tracked_urls(message.body_text, codec, base_url)
-        ),
+        body_text=(None if message.body_text is None else links.restore_in_text(message.body_text)),
         timeline=timeline.items,
         timeline_older_cursor=timeline.older_cursor,
     )
@@ -585,191 +534,23 @@ def mail_detail(
 
 # ------------------------------------------------------------------ the body, made safe
 
-_TAGS = set(nh3.ALLOWED_TAGS) | {"font", "center", "big", "tfoot", "th", "u", "s"}
-_ATTRIBUTES: dict[str, set[str]] = {t: set(a) for t, a in nh3.ALLOWED_ATTRIBUTES.items()}
-for _tag in (
-    "table",
-    "td",
-    "th",
-    "tr",
-    "tbody",
-    "thead",
-    "tfoot",
-    "div",
-    "p",
-    "span",
-    "img",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "li",
-    "ul",
-    "ol",
-    "a",
-    "font",
-    "center",
-    "blockquote",
-    "pre",
-    "hr",
-    "b",
-    "i",
-    "em",
-    "strong",
-    "u",
-    "small",
-    "big",
-):
-    _ATTRIBUTES.setdefault(_tag, set()).update({"style", "align", "width", "height", "title"})
-for _tag in ("table", "td", "th", "tr", "tbody", "body", "div"):
-    _ATTRIBUTES.setdefault(_tag, set()).update(
-        {"bgcolor", "valign", "border", "cellpadding", "cellspacing"}
-    )
-_ATTRIBUTES.setdefault("font", set()).update({"color", "face", "size"})
-# Layout and colour, nothing that fetches: no url() bearers (background, list-style-image,
-# content, cursor, filter), no positioning that could draw over the page.
-_STYLE_PROPERTIES = {
-    "color",
-    "background-color",
-    "font",
-    "font-family",
-    "font-size",
-    "font-style",
-    "font-weight",
-    "line-height",
-    "letter-spacing",
-    "text-align",
-    "text-decoration",
-    "text-transform",
-    "vertical-align",
-    "white-space",
-    "word-break",
-    "margin",
-    "margin-top",
-    "margin-right",
-    "margin-bottom",
-    "margin-left",
-    "padding",
-    "padding-top",
-    "padding-right",
-    "padding-bottom",
-    "padding-left",
-    "border",
-    "border-top",
-    "border-right",
-    "border-bottom",
-    "border-left",
-    "border-color",
-    "border-style",
-    "border-width",
-    "border-collapse",
-    "border-spacing",
-    "border-radius",
-    "width",
-    "max-width",
-    "min-width",
-    "height",
-    "max-height",
-    "min-height",
-    "display",
-    "table-layout",
-}
-_URL_SCHEMES = {"http", "https", "mailto", "tel"}
 
-_FRAME_HEAD = (
-    "<!doctype html><html><head><meta charset=utf-8>"
-    # Links open in a new tab, to their real destinations; nothing else in the
-    # frame can navigate or run (the frame is sandboxed without scripts).
-    '<base target="_blank">'
-    "<style>body{margin:1rem;font:15px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,"
-    "sans-serif;color:#1d2433;word-wrap:break-word}img{max-width:100%;height:auto}"
-    "pre{white-space:pre-wrap}</style></head><body>"
-)
-_FRAME_TAIL = "</body></html>"
-
-
-def _edge_prefix(base_url: str) -> str:
-    return base_url.rstrip("/") + "/t/"
-
-
-def _is_edge_url(url: str, base_url: str) -> bool:
-    """A URL of our own tracking edge (this installation's or, by its path, another's)."""
-    value = url.strip()
-    if value.startswith(_edge_prefix(base_url)):
-        return True
-    try:
-        path = urlsplit(value).path
-    except ValueError:
-        return True
-    return path.startswith(("/t/o/", "/t/c/"))
-
-
-def restore_link(url: str, codec: TokenCodec, base_url: str) -> str | None:
-    """A link as written: a tracked link of ours becomes its destination; None if it was
-    ours but cannot be read (then it is not a link at all)."""
-    value = url.strip()
-    prefix = _edge_prefix(base_url) + "c/"
-    if value.startswith(prefix):
-        try:
-            return codec.read_click_token(value[len(prefix) :].split("?", 1)[0]).url
-        except InvalidToken:
-            return None
-    return None if _is_edge_url(value, base_url) else value
-
-
-def safe_body_html(
-    body: str, codec: TokenCodec, base_url: str, *, remote_images: bool = False
-) -> str:
-    """A complete HTML document for a sandboxed frame: the body sanitised with nh3,
-    every pixel of ours removed, tracked links restored, and remote images left out
-    unless asked for.
+def safe_body_html(body: str, links: TrackedLinks, *, remote_images: bool = False) -> str:
+    """The body sanitised, every tracking pixel removed, tracked links restored, and remote
+    images left out unless asked for.
 
     The sender reading their own email must never fire a pixel or a tracked link
     (DESIGN: "No false self-opens"), quoted ones from earlier emails included.
     """
 
-    def keep(tag: str, attribute: str, value: str) -> str | None:
-        if tag == "img" and attribute == "src":
-            if value.strip().lower().startswith("data:image/"):
-                return value
-            if not remote_images or _is_edge_url(value, base_url):
-                return None
-            return value
-        if tag == "a" and attribute == "href":
-            if value.strip().lower().startswith("data:"):
-                return None
-            return restore_link(value, codec, base_url)
-        return value
+    def image_src(src: str) -> str | None:
+        return src if remote_images and not links.is_tracking_url(src) else None
 
-    cleaned = nh3.clean(
-        body,
-        tags=_TAGS,
-        clean_content_tags={"script", "style", "title", "head"},
-        attributes=_ATTRIBUTES,
-        attribute_filter=keep,
-        url_schemes=_URL_SCHEMES | {"data"},
-        filter_style_properties=_STYLE_PROPERTIES,
-        link_rel="noopener noreferrer",
-    )
-    return _FRAME_HEAD + cleaned + _FRAME_TAIL
+    return sanitize_email_html(body, image_src=image_src, link_href=links.destination)
 
 
-# Tokens are unpadded base64url (tokens.py).
-_TRACKED_URL = re.compile(r"https?://[^\s<>\"']+?/t/[co]/[A-Za-z0-9_\-]+(?:\.gif)?")
-
-
-def restore_tracked_urls(text: str, codec: TokenCodec, base_url: str) -> str:
-    """A plain-text body with our tracked URLs replaced by their destinations."""
-
-    def swap(match: re.Match[str]) -> str:
-        restored = restore_link(match.group(0), codec, base_url)
-        return restored if restored is not None else "[tracking link removed]"
-
-    return _TRACKED_URL.sub(swap, text)
-
-
-def text_document(text: str) -> str:
-    """A plain-text body as a frame document, escaped."""
-    return _FRAME_HEAD + "<pre>" + html.escape(text) + "</pre>" + _FRAME_TAIL
+def body_document(detail: MailDetailOut) -> str:
+    """The detail's body as the document of its sandboxed frame."""
+    if detail.body_html is not None:
+        return frames.html_document(detail.body_html)
+    return frames.text_document(detail.body_text or "")

@@ -7,7 +7,7 @@ from email.utils import getaddresses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailbeacon.mail.addresses import Address, parse_address_list, split_address_list
+from mailbeacon.kit.addresses import Address, parse_address_list, split_address_list
 
 
 def test_several_addresses_in_one_entry_with_names_and_quoted_commas() -> None:

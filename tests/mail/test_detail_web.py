@@ -1,4 +1,4 @@
-"""The Outbox detail page's "Send again", its JSON twin, and whose mail the Demo inbox lists."""
+"""An email detail page's "Send again", its JSON twin, and whose mail the Demo inbox lists."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
 from mailbeacon.mail import repository
 from mailbeacon.models import CopyStatus, Message, OutboxEntry, RecipientCopy, User
+from tests.client import make_client, sign_in, use_demo_mailbox
+from tests.factories.accounts import create_user
 from tests.factories.mail import plan
-from tests.web.conftest import create_user, make_client, sign_in, use_demo_mailbox
 
 pytestmark = pytest.mark.asyncio
 
@@ -48,7 +49,7 @@ class _Wakes:
         self.count += 1
 
 
-async def test_an_unknown_copy_can_be_sent_again_from_the_outbox_page(
+async def test_an_unknown_copy_can_be_sent_again_from_the_detail_page(
     client: httpx.AsyncClient, database: Database, app: MailbeaconApp
 ) -> None:
     create_user(database)
@@ -56,19 +57,19 @@ async def test_an_unknown_copy_can_be_sent_again_from_the_outbox_page(
     await use_demo_mailbox(client, csrf)
     message_id, copy_id = _unknown_copy(database, app)
     wakes = _Wakes()
-    app.web.state.outbox = wakes
+    app.runtime.outbox = wakes  # type: ignore[assignment]
 
-    page = await client.get(f"/sent/{message_id}")
+    page = await client.get(f"/mail/{message_id}")
     assert "Send again" in page.text
     assert "the recipient may or may not have received it" in page.text
-    action = f"/sent/{message_id}/copies/{copy_id}/retry"
+    action = f"/mail/{message_id}/copies/{copy_id}/retry"
     assert f'action="{action}"' in page.text
 
     assert (await client.post(action)).status_code == 403  # no CSRF token
     assert _status(database, copy_id) == CopyStatus.UNKNOWN
     r = await client.post(action, data={"csrf_token": csrf})
     assert r.status_code == 303
-    assert r.headers["location"] == f"/sent/{message_id}?notice=resent"
+    assert r.headers["location"] == f"/mail/{message_id}?notice=resent"
     assert _status(database, copy_id) == CopyStatus.QUEUED
     assert wakes.count == 1
     with database.sessions() as s:
@@ -77,7 +78,7 @@ async def test_an_unknown_copy_can_be_sent_again_from_the_outbox_page(
     assert "Send again" not in page.text
     # Once queued it is no longer in doubt: a second click sends nothing more.
     r = await client.post(action, data={"csrf_token": csrf})
-    assert r.headers["location"] == f"/sent/{message_id}?notice=not-resent"
+    assert r.headers["location"] == f"/mail/{message_id}?notice=not-resent"
     assert wakes.count == 1
 
 
@@ -92,7 +93,7 @@ async def test_only_the_sender_can_send_a_copy_again(
     async with make_client(app, ip="198.51.100.7") as other:
         other_csrf = await sign_in(other, "otto@example.com")
         r = await other.post(
-            f"/sent/{message_id}/copies/{copy_id}/retry", data={"csrf_token": other_csrf}
+            f"/mail/{message_id}/copies/{copy_id}/retry", data={"csrf_token": other_csrf}
         )
         assert r.status_code == 404
         r = await other.post(
@@ -102,7 +103,7 @@ async def test_only_the_sender_can_send_a_copy_again(
         assert r.status_code == 404
     # A copy id under another message of the sender's is not found either.
     r = await client.post(
-        f"/sent/{message_id + 1}/copies/{copy_id}/retry", data={"csrf_token": csrf}
+        f"/mail/{message_id + 1}/copies/{copy_id}/retry", data={"csrf_token": csrf}
     )
     assert r.status_code == 404
     assert _status(database, copy_id) == CopyStatus.UNKNOWN
@@ -119,18 +120,22 @@ async def test_the_api_sends_an_unknown_copy_again(
         user = s.scalars(select(User)).one()
         _, token = account_service.create_api_token(s, user, "script")
     wakes = _Wakes()
-    app.web.state.outbox = wakes
-    url = f"/api/messages/{message_id}/copies/{copy_id}/retry"
+    app.runtime.outbox = wakes  # type: ignore[assignment]
+    url = f"/api/mail/{message_id}/copies/{copy_id}/retry"
     async with make_client(app) as api:
         auth = {"authorization": f"Bearer {token}"}
         r = await api.post(url, headers=auth)
         assert r.status_code == 202
         (recipient,) = r.json()["recipients"]
-        assert (recipient["id"], recipient["status"]) == (copy_id, "queued")
+        assert (recipient["copy_id"], recipient["status"]) == (copy_id, "queued")
         assert wakes.count == 1
         r = await api.post(url, headers=auth)
         assert r.status_code == 409
         assert "unknown" in r.json()["error"]
+        # The path of earlier versions answers the same (a documented, deprecated alias).
+        old = f"/api/messages/{message_id}/copies/{copy_id}/retry"
+        r = await api.post(old, headers=auth)
+        assert r.status_code == 409
 
 
 def _demo_raw(message: Message, recipient: str) -> bytes:

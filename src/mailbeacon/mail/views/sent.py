@@ -1,4 +1,5 @@
-"""Pages: the Mail tab (sent emails with their tracking) and one email's detail.
+"""Pages: the Mail tab (sent emails with their delivery and tracking) and one email's
+detail, with "Send again" for a copy whose delivery is unknown.
 
 Neither page ever loads a pixel or follows a tracked link: the list shows
 figures and events only, and the detail shows the body as written, sanitised,
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from mailbeacon.tracking import activity
-from mailbeacon.tracking.activity import InvalidCursor, MailNotFound
-from mailbeacon.tracking.schemas import MailFilter
-from mailbeacon.web.deps import DbSession, SignedInViewer, get_runtime, render
+from mailbeacon.kit.cursors import InvalidCursor
+from mailbeacon.mail import reading
+from mailbeacon.mail.ports import TrackedLinks
+from mailbeacon.mail.schemas import MailFilter
+from mailbeacon.mail.service import CannotRetry, message_service
+from mailbeacon.models import CopyStatus
+from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, provided, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -38,6 +42,13 @@ _DETAIL_CSP = (
 # runs, and its requests carry none of this site's cookies. Links open in a new
 # tab, to their real destinations.
 BODY_FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
+# Notices are chosen by key, never echoed from the query string.
+NOTICES = {
+    "queued": "Your email is on its way: it is being sent in the background.",
+    "resent": "The copy is queued again: it is being sent in the background.",
+    "not-resent": "That copy was not sent again: its delivery is no longer unknown.",
+}
+_PENDING = frozenset({CopyStatus.QUEUED, CopyStatus.SENDING})
 
 
 def parse_filter(value: str) -> MailFilter | None:
@@ -69,11 +80,11 @@ def mail_tab(
     """The Mail tab: sent emails, newest first, with their open and link icons."""
     chosen = parse_filter(filter)
     try:
-        page = activity.mail_page(
+        page = reading.mail_page(
             session, viewer.user.id, mail_filter=chosen, q=q, before=before, after=after
         )
     except InvalidCursor:
-        page = activity.mail_page(session, viewer.user.id, mail_filter=chosen, q=q)
+        page = reading.mail_page(session, viewer.user.id, mail_filter=chosen, q=q)
     return render(
         request,
         "mail/tab.html",
@@ -95,7 +106,7 @@ def mail_rows(
     ids: Annotated[list[str], Query()],
 ) -> Response:
     """Some rows of the Mail tab, as HTML, for the page's live updates."""
-    rows = activity.mail_rows(session, viewer.user.id, parse_ids(ids))
+    rows = reading.mail_rows(session, viewer.user.id, parse_ids(ids))
     return render(request, "mail/_tab_rows.html", {"rows": rows})
 
 
@@ -107,29 +118,23 @@ def mail_detail(
     message_id: int,
     images: bool = False,
     before: str = "",
+    notice: str = "",
 ) -> Response:
-    """One sent email: recipients, clicks per link, the timeline and the body as written."""
-    runtime = get_runtime(request)
-    try:
-        detail = activity.mail_detail(
-            session,
-            viewer.user.id,
-            message_id,
-            codec=runtime.codec,
-            base_url=runtime.settings.BASE_URL,
-            remote_images=images,
-        )
-        older = (
-            activity.mail_events(session, viewer.user.id, message_id, before=before)
-            if before
-            else None
-        )
-    except (MailNotFound, InvalidCursor) as exc:
-        raise HTTPException(status_code=404) from exc
-    if detail.body_html is not None:
-        document = detail.body_html
-    else:
-        document = activity.text_document(detail.body_text or "")
+    """One sent email: delivery and tracking per recipient, clicks per link, the timeline
+    and the body as written."""
+    detail = reading.mail_detail(
+        session,
+        viewer.user.id,
+        message_id,
+        links=provided(request, TrackedLinks),
+        remote_images=images,
+    )
+    older = None
+    if before:
+        try:
+            older = reading.mail_events(session, viewer.user.id, message_id, before=before)
+        except InvalidCursor:
+            older = None
     timeline = older.items if older is not None else detail.timeline
     older_cursor = older.older_cursor if older is not None else detail.timeline_older_cursor
     # Without images, nothing may load but this site's own static files (the
@@ -142,12 +147,39 @@ def mail_detail(
         {
             "active": "mail",
             "mail": detail,
-            "document": document,
+            "document": reading.body_document(detail),
             "sandbox": BODY_FRAME_SANDBOX,
             "images": images,
             "timeline": timeline,
             "older_cursor": older_cursor,
             "paged": older is not None,
+            "pending": any(r.status in _PENDING for r in detail.recipients),
+            "notice": NOTICES.get(notice, ""),
         },
         headers={"content-security-policy": csp, "referrer-policy": "no-referrer"},
     )
+
+
+@router.post("/mail/{message_id}/copies/{copy_id}/retry")
+def retry_copy(
+    session: DbSession, viewer: CheckedViewer, message_id: int, copy_id: int
+) -> Response:
+    """Send an ``unknown`` copy again, on the sender's say; anyone else's is "not found"."""
+    try:
+        message_service.retry_unknown(session, viewer.user, copy_id, message_id=message_id)
+    except CannotRetry:
+        return RedirectResponse(f"/mail/{message_id}?notice=not-resent", status_code=303)
+    return RedirectResponse(f"/mail/{message_id}?notice=resent", status_code=303)
+
+
+# The Outbox pages of earlier versions: delivery now shows on the Mail tab itself.
+
+
+@router.get("/sent")
+def outbox_moved() -> Response:
+    return RedirectResponse("/mail", status_code=301)
+
+
+@router.get("/sent/{message_id}")
+def outbox_message_moved(message_id: int) -> Response:
+    return RedirectResponse(f"/mail/{message_id}", status_code=301)

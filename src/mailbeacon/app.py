@@ -1,7 +1,14 @@
-"""The web application (pages and JSON API) beside the tracking edge."""
+"""The web application (pages and JSON API) beside the tracking edge.
+
+It gathers every domain's routers, hands the routes what they may ask for
+(``web.deps.provided``), installs how a request is signed in (accounts), and
+maps errors to answers in one place: routes raise domain errors and never
+build error responses for them.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,20 +19,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailbeacon import __version__
 from mailbeacon.accounts import endpoints as account_endpoints
 from mailbeacon.accounts import views as account_views
-from mailbeacon.accounts.service import AccountError, InvalidInput, NoMailboxConnection
+from mailbeacon.accounts.auth import resolve_viewer
+from mailbeacon.accounts.security import VIEWER_COOKIE_MAX_AGE
+from mailbeacon.db import is_unreachable
+from mailbeacon.kit.cursors import InvalidCursor
+from mailbeacon.kit.errors import Conflict, DomainError, InvalidInput, NotFound
 from mailbeacon.mail import endpoints as mail_endpoints
 from mailbeacon.mail import views as mail_views
 from mailbeacon.notify import endpoints as notify_endpoints
 from mailbeacon.notify import views as notify_views
 from mailbeacon.runtime import Runtime
-from mailbeacon.tracking import endpoints as tracking_endpoints
-from mailbeacon.tracking import views as tracking_views
+from mailbeacon.tracking.edge import VIEWER_COOKIE
 from mailbeacon.web.deps import (
     CsrfRejected,
     OptionalViewer,
@@ -36,11 +47,11 @@ from mailbeacon.web.deps import (
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "web" / "static"
 
 # App pages show no email content, so they may load images from this site and
-# data: URLs only. Pages that show email content (compose, the demo inbox)
-# set their own policy.
+# data: URLs only. Pages that show email content (compose, the demo inbox, an
+# email's detail) set their own policy.
 DEFAULT_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -50,6 +61,10 @@ _SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
 ]
+DATABASE_DOWN = (
+    "The database is unavailable right now. Tracked links and pixels keep working; "
+    "try again in a moment."
+)
 
 
 class SecurityHeaders:
@@ -80,6 +95,93 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class DatabaseGate:
+    """While the database is not ready (``serve`` started while it was away), every page
+    and API call answers 503 at once; liveness and static files still answer."""
+
+    OPEN_PATHS = ("/healthz", "/static/")
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or self.runtime.database_ready
+            or scope["path"].startswith(self.OPEN_PATHS)
+        ):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith("/api/"):
+            body = json.dumps({"error": DATABASE_DOWN}).encode()
+            content_type = b"application/json"
+        else:
+            body = _DOWN_PAGE.encode()
+            content_type = b"text/html; charset=utf-8"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"5"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+_DOWN_PAGE = (
+    "<!doctype html><html lang=en><head><meta charset=utf-8>"
+    '<meta http-equiv="refresh" content="10">'
+    "<title>Database unavailable · mailbeacon</title>"
+    '<link rel="stylesheet" href="/static/app.css"></head><body><main class="page">'
+    f"<h1>Database unavailable</h1><p>{DATABASE_DOWN}</p>"
+    "<p>This page reloads by itself.</p></main></body></html>"
+)
+
+
+class SenderCookie:
+    """Sets or clears the tracking edge's viewer cookie when a route said whose browser
+    this is (``web.deps.mark_browser_as_sender``).
+
+    The cookie carries a token minted with the installation's token keys; the edge
+    reads it to label the sender's own hits ``self``.
+    """
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.secure = runtime.settings.BASE_URL.lower().startswith("https://")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                wanted = scope.get("state", {}).get("sender_cookie")
+                if wanted is not None:
+                    headers = list(message.get("headers", []))
+                    headers.append((b"set-cookie", self._cookie(wanted[0]).encode("latin-1")))
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+    def _cookie(self, sender_id: int | None) -> str:
+        value, max_age = "", 0
+        if sender_id is not None:
+            value, max_age = self.runtime.codec.mint_viewer_token(sender_id), VIEWER_COOKIE_MAX_AGE
+        secure = "; Secure" if self.secure else ""
+        return (
+            f"{VIEWER_COOKIE}={value}; Max-Age={max_age}; Path=/t/; HttpOnly; SameSite=Lax{secure}"
+        )
+
+
 def _error_page(request: Request, status: int, title: str, message: str) -> Response:
     if is_api_request(request):
         return JSONResponse({"error": message}, status_code=status)
@@ -94,7 +196,10 @@ def create_web_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
-    app.state.runtime = runtime
+    app.state.services = runtime.services()
+    app.state.resolve_viewer = resolve_viewer
+    app.add_middleware(SenderCookie, runtime=runtime)
+    app.add_middleware(DatabaseGate, runtime=runtime)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -114,13 +219,17 @@ def create_web_app(runtime: Runtime) -> FastAPI:
         return RedirectResponse("/compose" if viewer else "/sign-in", status_code=303)
 
     app.include_router(account_views.router)
-    app.include_router(mail_views.router)
     app.include_router(account_endpoints.router)
+    app.include_router(mail_views.router)
     app.include_router(mail_endpoints.router)
-    app.include_router(tracking_views.router)
-    app.include_router(tracking_endpoints.router)
     app.include_router(notify_views.router)
     app.include_router(notify_endpoints.router)
+    _map_errors(app)
+    return app
+
+
+def _map_errors(app: FastAPI) -> None:
+    """Every error a route may raise, as the answer a browser or a script gets."""
 
     @app.exception_handler(SignInRequired)
     async def sign_in_required(request: Request, exc: SignInRequired) -> Response:
@@ -145,24 +254,31 @@ def create_web_app(runtime: Runtime) -> FastAPI:
             "Go back, reload the page and try again.",
         )
 
-    @app.exception_handler(NoMailboxConnection)
-    async def no_mailbox(request: Request, exc: NoMailboxConnection) -> Response:
-        return _error_page(
-            request,
-            409,
-            "No mailbox connected",
-            "Connect a mailbox first, in Settings > Email sync (or use the demo mailbox).",
-        )
-
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> Response:
         if is_api_request(request):
-            return JSONResponse({"error": "invalid input", "errors": exc.errors}, status_code=422)
+            return JSONResponse({"error": exc.summary, "errors": exc.errors}, status_code=422)
         return _error_page(request, 422, "Please check your input", str(exc))
 
-    @app.exception_handler(AccountError)
-    async def account_error(request: Request, exc: AccountError) -> Response:
-        return _error_page(request, 404, "Not found", "There is nothing here.")
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        return _error_page(
+            request, 404, "Not found", "There is nothing here, or it is not yours to see."
+        )
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> Response:
+        return _error_page(request, 409, "That cannot be done now", str(exc))
+
+    @app.exception_handler(InvalidCursor)
+    async def invalid_cursor(request: Request, exc: InvalidCursor) -> Response:
+        return _error_page(
+            request, 400, "Bad request", "invalid cursor: this page position was not ours"
+        )
+
+    @app.exception_handler(DomainError)
+    async def refused(request: Request, exc: DomainError) -> Response:
+        return _error_page(request, 400, "Bad request", str(exc) or "The request was refused.")
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -194,6 +310,15 @@ def create_web_app(runtime: Runtime) -> FastAPI:
             response.headers.update(exc.headers)
         return response
 
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(request: Request, exc: SQLAlchemyError) -> Response:
+        if not is_unreachable(exc):
+            return await server_error(request, exc)
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        response = _error_page(request, 503, "Database unavailable", DATABASE_DOWN)
+        response.headers["retry-after"] = "5"
+        return response
+
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -203,5 +328,3 @@ def create_web_app(runtime: Runtime) -> FastAPI:
             "Something went wrong",
             "The server could not answer this request. It has been logged.",
         )
-
-    return app

@@ -1,0 +1,539 @@
+"""The outbox worker's queries: claiming and settling copies, and worker presence.
+
+Claiming is what keeps two workers from sending the same copy. On PostgreSQL the
+due rows are picked with ``FOR UPDATE SKIP LOCKED``, so concurrent workers take
+disjoint sets without waiting on each other. On SQLite the claim runs in a
+transaction begun ``IMMEDIATE``, which holds the database's single write lock
+from the start, and the ``UPDATE`` re-checks ``status = 'queued'``; no other
+writer can slip in between choosing and claiming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import zlib
+from collections.abc import Collection, Container, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    TextClause,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from mailbeacon.kit.clock import as_utc
+from mailbeacon.models import (
+    Contact,
+    CopyStatus,
+    DemoMessage,
+    OutboxEntry,
+    RecipientCopy,
+)
+from mailbeacon.models.base import UTCDateTime
+
+# ORM classes declare __table__ as a FromClause; these are plain tables.
+_copies = cast(Table, RecipientCopy.__table__)
+_outbox = cast(Table, OutboxEntry.__table__)
+_contacts = cast(Table, Contact.__table__)
+_demo = cast(Table, DemoMessage.__table__)
+
+REPLY_MAX = 1000  # recipient_copies.smtp_reply
+
+# Advisory-lock class id for "an outbox worker with this id is alive" ("mb").
+_PRESENCE_LOCK_CLASS = 0x6D62
+
+
+# ------------------------------------------------------------------ the worker
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedCopy:
+    id: int
+    message_id: int
+    address: str
+    html_body: str | None
+    text_body: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendContext:
+    """What every copy of one message shares: headers and the mailbox to send through."""
+
+    message_id: int
+    subject: str
+    sender_name: str
+    sender_address: str
+    to_header: str
+    cc_header: str
+    message_id_header: str
+    created_at: datetime
+    mailbox_id: int | None
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    smtp_username: str
+    smtp_password_encrypted: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How one claimed copy ends this attempt, to be written by :func:`settle_copies`."""
+
+    copy_id: int
+    message_id: int
+    status: CopyStatus  # sent, failed, unknown, or queued (retry later)
+    reply: str
+    next_attempt_at: datetime | None = None
+    release: bool = False  # never tried (worker stopping): give the attempt back
+
+
+# ------------------------------------------------------------------ the send path
+#
+# Claiming and settling run once per copy, on the worker's critical path. They are
+# plain SQL run on the driver's own connection: through the expression language and
+# SQLAlchemy's execution layer they cost several times the Python time of the SQL
+# itself, which against a fast SMTP server was most of the worker's time per copy.
+# The columns and states are the ones the models declare; timestamps are bound
+# through the same UTCDateTime type as everywhere else, so SQLite stores the same
+# text the ORM does.
+
+# Served in due order, which the (status, next_attempt_at) index yields as it is:
+# no sort of the whole queue per claim. Planning sets next_attempt_at, so new copies
+# queue in the order they were planned.
+_CLAIM_SQLITE = (
+    "UPDATE recipient_copies"
+    " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
+    " attempts = attempts + 1"
+    " WHERE id IN (SELECT id FROM recipient_copies"
+    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+    " ORDER BY next_attempt_at LIMIT :limit)"
+    " AND status = 'queued'"
+    " RETURNING id, message_id, address, html_body, text_body, attempts"
+)
+# A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
+# rescan the subquery, and each rescan skips the rows the earlier ones locked: the
+# UPDATE would then claim more rows than the LIMIT.
+_CLAIM_POSTGRESQL = (
+    "WITH due AS (SELECT id FROM recipient_copies"
+    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+    " UPDATE recipient_copies"
+    " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
+    " attempts = recipient_copies.attempts + 1"
+    " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
+    " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
+    " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
+)
+_SETTLE_SENT = (
+    "UPDATE recipient_copies"
+    " SET status = 'sent', sent_at = :now, next_attempt_at = NULL, smtp_reply = :reply"
+    " WHERE id = :copy_id AND claimed_by = :worker AND status IN ('sending', 'unknown')"
+)
+_SETTLE_ENDED = (
+    "UPDATE recipient_copies SET status = :status, smtp_reply = :reply"
+    " WHERE id = :copy_id AND claimed_by = :worker AND status = 'sending'"
+)
+_SETTLE_RETRY = (
+    "UPDATE recipient_copies"
+    " SET status = 'queued', claimed_by = NULL, claimed_at = NULL, next_attempt_at = :next,"
+    " smtp_reply = :reply, attempts = attempts - :giveback"
+    " WHERE id = :copy_id AND claimed_by = :worker AND status = 'sending'"
+)
+_MESSAGE_STARTED = "UPDATE messages SET sent_at = :now WHERE id = :message_id AND sent_at IS NULL"
+# On PostgreSQL a whole round is one statement: the outcomes (as arrays), the first
+# sent_at of their messages, and the next claims. Run in autocommit it is one
+# network round trip, commit included. The sub-statements touch disjoint rows: the
+# settled copies are 'sending' and the claimed ones 'queued' in the statement's
+# snapshot (a copy put back in the queue is claimable from the next round on).
+_ROUND_POSTGRESQL = (
+    "WITH outcome AS ("
+    " SELECT * FROM unnest(:ids ::bigint[], :statuses ::varchar[], :replies ::varchar[],"
+    " :nexts ::timestamptz[], :givebacks ::integer[])"
+    " AS o(id, status, reply, next_at, giveback)"
+    "), settled AS ("
+    " UPDATE recipient_copies AS rc SET status = o.status, smtp_reply = o.reply,"
+    " sent_at = CASE WHEN o.status = 'sent' THEN :now ELSE rc.sent_at END,"
+    " next_attempt_at = CASE WHEN o.status = 'sent' THEN NULL"
+    " WHEN o.status = 'queued' THEN o.next_at ELSE rc.next_attempt_at END,"
+    " claimed_by = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_by END,"
+    " claimed_at = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_at END,"
+    " attempts = rc.attempts - o.giveback"
+    " FROM outcome AS o"
+    " WHERE rc.id = o.id AND rc.claimed_by = :worker"
+    " AND (rc.status = 'sending' OR (o.status = 'sent' AND rc.status = 'unknown'))"
+    " RETURNING rc.id"
+    "), started AS ("
+    " UPDATE messages SET sent_at = :now"
+    " WHERE id = ANY(:started ::bigint[]) AND sent_at IS NULL RETURNING id"
+    "), due AS ("
+    " SELECT id FROM recipient_copies"
+    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+    ")"
+    " UPDATE recipient_copies"
+    " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
+    " attempts = recipient_copies.attempts + 1"
+    " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
+    " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
+    " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
+)
+_CONTEXT = (
+    "SELECT m.id, m.subject, m.sender_name, m.sender_address, m.to_header, m.cc_header,"
+    " m.message_id_header, m.created_at, mb.id, mb.smtp_host, mb.smtp_port, mb.smtp_security,"
+    " mb.smtp_username, mb.smtp_password_encrypted"
+    " FROM messages AS m LEFT OUTER JOIN mailbox_connections AS mb"
+    " ON mb.id = m.mailbox_connection_id"
+    " WHERE m.id = :message_id"
+)
+
+
+_TS = UTCDateTime()
+_STATEMENTS = {
+    "claim_sqlite": _CLAIM_SQLITE,
+    "claim_postgresql": _CLAIM_POSTGRESQL,
+    "sent": _SETTLE_SENT,
+    "ended": _SETTLE_ENDED,
+    "retry": _SETTLE_RETRY,
+    "started": _MESSAGE_STARTED,
+    "context": _CONTEXT,
+    "round": _ROUND_POSTGRESQL,
+}
+_TYPED = {"now": _TS, "next": _TS}
+
+
+def _statement(sql: str) -> TextClause:
+    """A textual statement whose timestamps bind through the models' own column type."""
+    stmt = text(sql)
+    named = set(re.findall(r"(?<!:):(\w+)", sql))
+    typed = [bindparam(name, type_=type_) for name, type_ in _TYPED.items() if name in named]
+    return stmt.bindparams(*typed) if typed else stmt
+
+
+_SQL = {name: _statement(sql) for name, sql in _STATEMENTS.items()}
+
+
+class SendQueue:
+    """The claim and settle statements of one worker, on one dedicated connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._sqlite = conn.dialect.name == "sqlite"
+
+    def round(
+        self,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        limit: int,
+        *,
+        messages_started: set[int],
+        known_messages: Container[int],
+    ) -> tuple[list[ClaimedCopy], dict[int, SendContext]]:
+        """Settle finished copies and claim up to ``limit`` more, in one transaction.
+
+        Also returns the send context of each claimed copy's message not in
+        ``known_messages``. On SQLite the transaction begins with the write lock
+        (the connection's ``sqlite_immediate`` option); on PostgreSQL the round is
+        one statement, run in autocommit.
+        """
+        # Copies are settled in id order, the order the hit pipeline locks them in:
+        # two transactions that take row locks in one order cannot deadlock.
+        settlements = sorted(settlements, key=lambda s: s.copy_id)
+        with self.conn.begin():
+            if self._sqlite:
+                self._settle(worker_id, now, settlements, messages_started)
+                claimed = self._claim(worker_id, now, limit)
+            else:
+                claimed = self._round_postgresql(
+                    worker_id, now, settlements, limit, messages_started
+                )
+            missing = {c.message_id for c in claimed if c.message_id not in known_messages}
+            contexts = self.contexts(missing)
+        return claimed, contexts
+
+    def _round_postgresql(
+        self,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        limit: int,
+        messages_started: set[int],
+    ) -> list[ClaimedCopy]:
+        started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
+        started -= messages_started
+        rows = self.conn.execute(
+            _SQL["round"],
+            {
+                "ids": [s.copy_id for s in settlements],
+                "statuses": [str(s.status) for s in settlements],
+                "replies": [s.reply[:REPLY_MAX] for s in settlements],
+                "nexts": [
+                    (s.next_attempt_at or now) if s.status == CopyStatus.QUEUED else None
+                    for s in settlements
+                ],
+                "givebacks": [int(s.release) for s in settlements],
+                "started": sorted(started),
+                "worker": worker_id,
+                "now": now,
+                "limit": max(limit, 0),
+            },
+        )
+        messages_started.update(started)
+        return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
+
+    def contexts(self, message_ids: Iterable[int]) -> dict[int, SendContext]:
+        """Send contexts within the caller's transaction."""
+        contexts = {}
+        for message_id in sorted(set(message_ids)):
+            row = self.conn.execute(_SQL["context"], {"message_id": message_id}).first()
+            if row is None:
+                continue
+            contexts[row[0]] = SendContext(
+                message_id=row[0],
+                subject=row[1],
+                sender_name=row[2],
+                sender_address=row[3],
+                to_header=row[4],
+                cc_header=row[5],
+                message_id_header=row[6],
+                created_at=as_utc(_read_timestamp(row[7])),
+                mailbox_id=row[8],
+                smtp_host=row[9] or "",
+                smtp_port=row[10] or 0,
+                smtp_security=row[11] or "",
+                smtp_username=row[12] or "",
+                smtp_password_encrypted=row[13] or "",
+            )
+        return contexts
+
+    def claim(self, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
+        """Claim within the caller's transaction (on SQLite begun IMMEDIATE)."""
+        return self._claim(worker_id, now, limit)
+
+    def settle(
+        self,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        messages_started: set[int] | None = None,
+    ) -> None:
+        """Settle within the caller's transaction (in copy id order, as ``round`` does)."""
+        self._settle(worker_id, now, sorted(settlements, key=lambda s: s.copy_id), messages_started)
+
+    def _claim(self, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
+        if limit <= 0:
+            return []
+        statement = _SQL["claim_sqlite" if self._sqlite else "claim_postgresql"]
+        rows = self.conn.execute(statement, {"worker": worker_id, "now": now, "limit": limit})
+        return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
+
+    def _settle(
+        self,
+        worker_id: str,
+        now: datetime,
+        settlements: Sequence[Settlement],
+        messages_started: set[int] | None,
+    ) -> None:
+        """Write each outcome; a message's first sent copy dates it (``messages.sent_at``).
+
+        Only copies still claimed by this worker change. A copy another worker marked
+        ``unknown`` while we were sending (our presence looked lost) still becomes
+        ``sent`` when we know it was: the truth is better than the doubt.
+        ``messages_started`` names the messages already dated, to spare the statement.
+        """
+        if not settlements:
+            return
+        sent: list[dict[str, object]] = []
+        ended: list[dict[str, object]] = []
+        retry: list[dict[str, object]] = []
+        for s in settlements:
+            row: dict[str, object] = {
+                "copy_id": s.copy_id,
+                "worker": worker_id,
+                "reply": s.reply[:REPLY_MAX],
+            }
+            if s.status == CopyStatus.SENT:
+                sent.append(row | {"now": now})
+            elif s.status == CopyStatus.QUEUED:
+                retry.append(row | {"next": s.next_attempt_at or now, "giveback": int(s.release)})
+            else:
+                ended.append(row | {"status": str(s.status)})
+        if sent:
+            self.conn.execute(_SQL["sent"], sent)
+            started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
+            started -= messages_started or set()
+            if started:
+                self.conn.execute(
+                    _SQL["started"], [{"now": now, "message_id": m} for m in sorted(started)]
+                )
+                if messages_started is not None:
+                    messages_started.update(started)
+        if ended:
+            self.conn.execute(_SQL["ended"], ended)
+        if retry:
+            self.conn.execute(_SQL["retry"], retry)
+
+
+def _read_timestamp(value: object) -> datetime:
+    """A timestamp from a textual statement: SQLite hands back its stored text."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value
+
+
+def claim_copies(conn: Connection, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
+    """Move up to ``limit`` due copies from queued to sending, in the caller's transaction.
+
+    On SQLite the caller must hold the write lock (``sqlite_immediate``).
+    """
+    return SendQueue(conn).claim(worker_id, now, limit)
+
+
+def settle_copies(
+    conn: Connection, worker_id: str, now: datetime, settlements: Sequence[Settlement]
+) -> None:
+    """Write the outcome of each claimed copy, in the caller's transaction."""
+    SendQueue(conn).settle(worker_id, now, settlements)
+
+
+def load_send_contexts(conn: Connection, message_ids: Iterable[int]) -> dict[int, SendContext]:
+    """What the worker needs to send each message's copies, in the caller's transaction."""
+    return SendQueue(conn).contexts(message_ids)
+
+
+def complete_outbox_entries(
+    conn: Connection, message_ids: Iterable[int] | None, now: datetime
+) -> None:
+    """Close the send request of each message none of whose copies is pending any more.
+
+    ``None`` checks every open request (the periodic sweep).
+    """
+    pending = exists().where(
+        _copies.c.message_id == _outbox.c.message_id,
+        _copies.c.status.in_([CopyStatus.QUEUED, CopyStatus.SENDING]),
+    )
+    stmt = update(_outbox).where(_outbox.c.completed_at.is_(None), ~pending)
+    if message_ids is not None:
+        ids = list(set(message_ids))
+        if not ids:
+            return
+        stmt = stmt.where(_outbox.c.message_id.in_(ids))
+    conn.execute(stmt.values(completed_at=now))
+
+
+def requeue_lost_claims(conn: Connection, worker_id: str, known: Collection[int]) -> int:
+    """Put back in the queue this worker's claims it never started; return how many.
+
+    ``known`` are the copies the worker has in flight or has finished: every other
+    copy in ``sending`` under its id was claimed by a round whose answer was lost,
+    so it never reached an SMTP server, and its attempt is given back.
+    """
+    stmt = (
+        update(_copies)
+        .where(_copies.c.claimed_by == worker_id, _copies.c.status == CopyStatus.SENDING)
+        .values(
+            status=CopyStatus.QUEUED,
+            claimed_by=None,
+            claimed_at=None,
+            attempts=_copies.c.attempts - 1,
+        )
+    )
+    if known:
+        stmt = stmt.where(_copies.c.id.not_in(sorted(known)))
+    with conn.begin() if not conn.in_transaction() else contextlib.nullcontext():
+        result = conn.execute(stmt)
+    return cast(CursorResult[Any], result).rowcount
+
+
+def sending_workers(conn: Connection, exclude: str) -> list[str]:
+    """Ids of the workers that hold copies in ``sending``, other than ``exclude``."""
+    return [
+        w
+        for (w,) in conn.execute(
+            select(_copies.c.claimed_by)
+            .distinct()
+            .where(_copies.c.status == CopyStatus.SENDING, _copies.c.claimed_by != exclude)
+        )
+        if w
+    ]
+
+
+def mark_orphans_unknown(
+    conn: Connection,
+    dead_workers: Sequence[str],
+    lease_cutoff: datetime,
+    now: datetime,
+    reply: str,
+) -> int:
+    """Copies in ``sending`` of dead workers, or claimed before the cutoff, become unknown."""
+    orphan = _copies.c.claimed_at < lease_cutoff
+    if dead_workers:
+        orphan = or_(orphan, _copies.c.claimed_by.in_(list(dead_workers)))
+    rows = conn.execute(
+        update(_copies)
+        .where(_copies.c.status == CopyStatus.SENDING, orphan)
+        .values(status=CopyStatus.UNKNOWN, smtp_reply=reply[:REPLY_MAX])
+        .returning(_copies.c.message_id)
+    ).all()
+    complete_outbox_entries(conn, None, now)
+    return len(rows)
+
+
+def presence_lock_key(worker_id: str) -> int:
+    """The advisory-lock object id that stands for a worker id (a signed 32-bit CRC)."""
+    crc = zlib.crc32(worker_id.encode())
+    return crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+def hold_presence_lock(conn: Connection, worker_id: str) -> bool:
+    """PostgreSQL: take the session-level lock that says "this worker is alive"."""
+    return bool(
+        conn.execute(
+            select(func.pg_try_advisory_lock(_PRESENCE_LOCK_CLASS, presence_lock_key(worker_id)))
+        ).scalar()
+    )
+
+
+def presence_lock_is_free(conn: Connection, worker_id: str) -> bool:
+    """PostgreSQL: True if no session holds the worker's presence lock (it is gone).
+
+    The transaction-level try-lock is released when the caller's transaction ends.
+    """
+    return bool(
+        conn.execute(
+            select(
+                func.pg_try_advisory_xact_lock(_PRESENCE_LOCK_CLASS, presence_lock_key(worker_id))
+            )
+        ).scalar()
+    )
+
+
+def has_due_copies(conn: Connection, now: datetime) -> bool:
+    return (
+        conn.execute(
+            select(
+                exists().where(
+                    _copies.c.status == CopyStatus.QUEUED,
+                    or_(_copies.c.next_attempt_at.is_(None), _copies.c.next_attempt_at <= now),
+                )
+            )
+        ).scalar()
+        is True
+    )
+
+
+def lease_cutoff(now: datetime, lease_seconds: float) -> datetime:
+    return now - timedelta(seconds=lease_seconds)

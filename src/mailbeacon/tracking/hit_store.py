@@ -1,0 +1,372 @@
+"""The hit pipeline's SQL: what it loads before classifying, and what it writes after.
+
+Statements are written with SQLAlchemy Core. The per-batch reads (context,
+history, stored uids) run as ordinary Core statements; the three statements run
+once per row of a batch (events, figures, link figures) are compiled once per
+dialect and executed at driver level (``db.BatchStatement``).
+
+Figures are maintained in the events' own transaction (DESIGN: figures are not
+recomputed per page view). Rows are updated in id order, the order the outbox
+worker settles copies in, so concurrent transactions never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import GenericFunction
+
+from mailbeacon.db import BatchStatement
+from mailbeacon.kit.clock import as_utc
+from mailbeacon.models import (
+    EventKind,
+    EventLabel,
+    LinkClickStat,
+    MailboxConnection,
+    Message,
+    RecipientCopy,
+    TrackingEvent,
+)
+from mailbeacon.models.base import UTCDateTime
+from mailbeacon.tracking.events import StoredEvent
+
+_events = cast(Table, TrackingEvent.__table__)
+_copies = cast(Table, RecipientCopy.__table__)
+_messages = cast(Table, Message.__table__)
+_mailboxes = cast(Table, MailboxConnection.__table__)
+_link_stats = cast(Table, LinkClickStat.__table__)
+
+# Id lists in one statement stay under SQLite's bound-parameter limit.
+CHUNK = 500
+
+
+# ------------------------------------------------------------------ earliest / latest
+
+
+class earliest(GenericFunction[datetime]):
+    """The earlier of a column and a value, either of which may be NULL."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+class latest(GenericFunction[datetime]):
+    """The later of a column and a value, either of which may be NULL."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(earliest, "postgresql")
+def _earliest_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    # LEAST and GREATEST skip NULLs on PostgreSQL.
+    return f"LEAST({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(latest, "postgresql")
+def _latest_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"GREATEST({compiler.process(element.clauses, **kw)})"
+
+
+def _sqlite_pick(function: str, element: Any, compiler: Any, **kw: Any) -> str:
+    # SQLite's two-argument min/max return NULL if either is NULL.
+    a, b = (compiler.process(c, **kw) for c in element.clauses)
+    return f"COALESCE({function}({a}, {b}), {a}, {b})"
+
+
+@compiles(earliest, "sqlite")
+def _earliest_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return _sqlite_pick("min", element, compiler, **kw)
+
+
+@compiles(latest, "sqlite")
+def _latest_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return _sqlite_pick("max", element, compiler, **kw)
+
+
+# ------------------------------------------------------------------ loading
+
+
+@dataclass(frozen=True, slots=True)
+class CopyContext:
+    """What the pipeline needs to know about a copy to classify and attribute a hit."""
+
+    message_id: int
+    sender_id: int | None
+    sent_at: datetime | None
+    last_event_at: datetime | None
+    # Delivered by the built-in demo mailbox: loopback to a page a person reads,
+    # with no security gateway in between, so "too soon after sending" means
+    # nothing there (and a newcomer trying the product opens it within seconds).
+    via_demo_mailbox: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecentEvent:
+    """An event already stored for a copy, as the burst and duplicate rules see it."""
+
+    at: float  # Unix time
+    kind: EventKind
+    link_position: int | None
+    ip_prefix: str | None
+    user_agent: str
+    label: EventLabel
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def stored_uids(conn: Connection, uids: Sequence[str]) -> set[str]:
+    """Which of these hit uids are stored already (a journal or spool replayed twice)."""
+    found: set[str] = set()
+    for chunk in _chunks(uids):
+        found.update(conn.scalars(select(_events.c.uid).where(_events.c.uid.in_(chunk))))
+    return found
+
+
+def load_copies(conn: Connection, copy_ids: Sequence[int]) -> dict[int, CopyContext]:
+    c, m = _copies.c, _messages.c
+    query = select(
+        c.id, c.message_id, c.sent_at, c.last_event_at, m.user_id, m.sent_at, _mailboxes.c.is_demo
+    ).select_from(
+        _copies.join(_messages, m.id == c.message_id).outerjoin(
+            _mailboxes, _mailboxes.c.id == m.mailbox_connection_id
+        )
+    )
+    found: dict[int, CopyContext] = {}
+    for chunk in _chunks(sorted(set(copy_ids))):
+        for cid, mid, c_sent, last_event, user_id, m_sent, demo in conn.execute(
+            query.where(c.id.in_(chunk))
+        ):
+            found[cid] = CopyContext(mid, user_id, c_sent or m_sent, last_event, bool(demo))
+    return found
+
+
+def load_recent(
+    conn: Connection, copy_ids: Sequence[int], since: datetime, per_copy: int
+) -> dict[int, list[RecentEvent]]:
+    """The newest ``per_copy`` events of each copy since a moment, oldest first."""
+    e = _events.c
+    ranked = (
+        select(
+            e.copy_id,
+            e.occurred_at,
+            e.kind,
+            e.link_position,
+            e.ip_prefix,
+            e.user_agent,
+            e.label,
+            func.row_number()
+            .over(partition_by=e.copy_id, order_by=e.occurred_at.desc())
+            .label("rn"),
+        )
+        .where(e.occurred_at >= since)
+        .subquery()
+    )
+    found: dict[int, list[RecentEvent]] = defaultdict(list)
+    for chunk in _chunks(sorted(set(copy_ids))):
+        query = (
+            select(ranked)
+            .where(ranked.c.copy_id.in_(chunk), ranked.c.rn <= per_copy)
+            .order_by(ranked.c.occurred_at)
+        )
+        for row in conn.execute(query):
+            found[row.copy_id].append(
+                RecentEvent(
+                    as_utc(row.occurred_at).timestamp(),
+                    EventKind(row.kind),
+                    row.link_position,
+                    row.ip_prefix,
+                    row.user_agent,
+                    EventLabel(row.label),
+                )
+            )
+    return found
+
+
+# ------------------------------------------------------------------ writing
+
+
+@dataclass(slots=True)
+class _Figures:
+    """What one batch adds to one copy (or one message)."""
+
+    opens: int = 0
+    clicks: int = 0
+    machine: int = 0
+    first_open: datetime | None = None
+    last_open: datetime | None = None
+    first_click: datetime | None = None
+    last_click: datetime | None = None
+    last_event: datetime | None = None
+
+    def add(self, event: StoredEvent) -> None:
+        at = event.occurred_at
+        self.last_event = at if self.last_event is None else max(self.last_event, at)
+        if not event.by_person:
+            self.machine += 1
+        elif event.kind == EventKind.OPEN:
+            self.opens += 1
+            self.first_open = at if self.first_open is None else min(self.first_open, at)
+            self.last_open = at if self.last_open is None else max(self.last_open, at)
+        else:
+            self.clicks += 1
+            self.first_click = at if self.first_click is None else min(self.first_click, at)
+            self.last_click = at if self.last_click is None else max(self.last_click, at)
+
+    def row(self, key: int) -> dict[str, Any]:
+        return {
+            "k": key,
+            "opens": self.opens,
+            "clicks": self.clicks,
+            "machine": self.machine,
+            "first_open": self.first_open,
+            "last_open": self.last_open,
+            "first_click": self.first_click,
+            "last_click": self.last_click,
+            "last_event": self.last_event,
+        }
+
+
+@dataclass(slots=True)
+class _LinkFigures:
+    clicks: int = 0
+    machine: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+
+    def add(self, event: StoredEvent) -> None:
+        if not event.by_person:
+            self.machine += 1
+            return
+        at = event.occurred_at
+        self.clicks += 1
+        self.first = at if self.first is None else min(self.first, at)
+        self.last = at if self.last is None else max(self.last, at)
+
+
+def _figures_update(table: Table, *, with_last_event: bool) -> Any:
+    t = table.c
+    ts = UTCDateTime()
+    values: dict[str, Any] = {
+        "open_count": t.open_count + bindparam("opens"),
+        "click_count": t.click_count + bindparam("clicks"),
+        "machine_event_count": t.machine_event_count + bindparam("machine"),
+        "first_open_at": earliest(t.first_open_at, bindparam("first_open", type_=ts)),
+        "last_open_at": latest(t.last_open_at, bindparam("last_open", type_=ts)),
+        "first_click_at": earliest(t.first_click_at, bindparam("first_click", type_=ts)),
+        "last_click_at": latest(t.last_click_at, bindparam("last_click", type_=ts)),
+    }
+    if with_last_event:
+        values["last_event_at"] = latest(t.last_event_at, bindparam("last_event", type_=ts))
+    return update(table).where(t.id == bindparam("k")).values(values)
+
+
+def _link_upsert(dialect: Dialect) -> Any:
+    s = _link_stats.c
+    ts = UTCDateTime()
+    make = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+    stmt = make(_link_stats).values(
+        copy_id=bindparam("copy_id"),
+        position=bindparam("position"),
+        click_count=bindparam("clicks"),
+        machine_click_count=bindparam("machine"),
+        first_click_at=bindparam("first", type_=ts),
+        last_click_at=bindparam("last", type_=ts),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[s.copy_id, s.position],
+        set_={
+            "click_count": s.click_count + stmt.excluded.click_count,
+            "machine_click_count": s.machine_click_count + stmt.excluded.machine_click_count,
+            "first_click_at": earliest(s.first_click_at, stmt.excluded.first_click_at),
+            "last_click_at": latest(s.last_click_at, stmt.excluded.last_click_at),
+        },
+    )
+
+
+_EVENT_COLUMNS = (
+    "uid", "copy_id", "message_id", "kind", "link_position", "occurred_at", "recorded_at",
+    "label", "reason", "user_agent", "ip_prefix", "network", "is_head", "prefetch_hint",
+    "viewer_user_id",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class HitStatements:
+    insert_events: BatchStatement
+    update_copies: BatchStatement
+    update_messages: BatchStatement
+    upsert_links: BatchStatement
+
+
+_COMPILED: dict[tuple[str, str], HitStatements] = {}
+
+
+def _statements(dialect: Dialect) -> HitStatements:
+    key = (dialect.name, dialect.driver)
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = _compile_statements(dialect)
+    return found
+
+
+def _compile_statements(dialect: Dialect) -> HitStatements:
+    insert_events = insert(_events).values({c: bindparam(c) for c in _EVENT_COLUMNS})
+    return HitStatements(
+        BatchStatement(insert_events, dialect),
+        BatchStatement(_figures_update(_copies, with_last_event=True), dialect),
+        BatchStatement(_figures_update(_messages, with_last_event=False), dialect),
+        BatchStatement(_link_upsert(dialect), dialect),
+    )
+
+
+def write_events(conn: Connection, rows: list[dict[str, Any]], events: list[StoredEvent]) -> None:
+    """Insert the events and add them to the copy, message and link figures.
+
+    ``rows`` are the event rows (``_EVENT_COLUMNS``); ``events`` the same events typed.
+    """
+    sql = _statements(conn.dialect)
+    copy_figs: dict[int, _Figures] = defaultdict(_Figures)
+    message_figs: dict[int, _Figures] = defaultdict(_Figures)
+    link_figs: dict[tuple[int, int], _LinkFigures] = defaultdict(_LinkFigures)
+    for event in events:
+        copy_figs[event.copy_id].add(event)
+        message_figs[event.message_id].add(event)
+        if event.kind == EventKind.CLICK and event.link_position is not None:
+            link_figs[(event.copy_id, event.link_position)].add(event)
+    sql.insert_events.run(conn, rows)
+    sql.update_copies.run(conn, [f.row(k) for k, f in sorted(copy_figs.items())])
+    sql.update_messages.run(conn, [f.row(k) for k, f in sorted(message_figs.items())])
+    sql.upsert_links.run(
+        conn,
+        [
+            {
+                "copy_id": cid,
+                "position": pos,
+                "clicks": lf.clicks,
+                "machine": lf.machine,
+                "first": lf.first,
+                "last": lf.last,
+            }
+            for (cid, pos), lf in sorted(link_figs.items())
+        ],
+    )

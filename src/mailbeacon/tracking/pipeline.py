@@ -1,0 +1,215 @@
+"""The hit pipeline: load context -> classify (pure) -> apply (one transaction) -> observers.
+
+Every hit the edge acknowledged goes through here, in batches, whether it comes
+straight from the edge or from a replay after the database was away:
+
+1. **load**: the copies the hits belong to, and the recent events of the copies
+   hit lately (what the burst and duplicate rules compare against);
+2. **classify**: :func:`classify_batch` labels each hit with the classifier;
+   pure, no database, so it is tested on plain values;
+3. **apply**: the events are inserted and the figures of copies, messages and
+   links updated, in the same transaction;
+4. **observers**: typed :class:`StoredEvent` values go to every registered
+   :class:`HitObserver` (notifications today), still inside the transaction.
+
+A hit whose copy does not exist (erased, or from another installation's
+database) is dropped: its data must not come back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mailbeacon.db import Database
+from mailbeacon.models import EventKind, EventLabel
+from mailbeacon.tracking import hit_store
+from mailbeacon.tracking.classify import HitSignals, Policy, PriorHit, Verdict, classify_hit
+from mailbeacon.tracking.events import BatchResult, HitObserver, StoredEvent
+from mailbeacon.tracking.hit_store import CopyContext, RecentEvent
+from mailbeacon.tracking.hits import Hit
+
+# Burst and duplicate rules look only at the most recent hits of a copy; a copy
+# hammered by a scanner must not make every batch read its whole history.
+RECENT_PER_COPY = 8
+# The reason column holds 300 characters.
+REASON_CHARS = 300
+
+
+def source_key(ip_prefix: str | None, user_agent: str) -> str:
+    """What counts as "the same source" for the burst and duplicate rules."""
+    return f"{ip_prefix or '-'}|{user_agent}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifiedHit:
+    hit: Hit
+    copy: CopyContext
+    verdict: Verdict
+
+
+@dataclass(slots=True)
+class _Prior:
+    at: float
+    kind: str
+    link_position: int | None
+    source: str
+    label: EventLabel
+
+
+def classify_batch(
+    hits: Sequence[Hit],
+    copies: dict[int, CopyContext],
+    recent: dict[int, list[RecentEvent]],
+    policy: Policy,
+) -> tuple[list[ClassifiedHit], int]:
+    """Label each hit, in the order they happened; returns them and how many had no copy.
+
+    Each hit is judged against its copy's stored history and the hits before it
+    in the same batch.
+    """
+    prior: dict[int, list[_Prior]] = defaultdict(list)
+    for copy_id, events in recent.items():
+        prior[copy_id] = [
+            _Prior(e.at, e.kind, e.link_position, source_key(e.ip_prefix, e.user_agent), e.label)
+            for e in events
+        ]
+    out: list[ClassifiedHit] = []
+    unknown = 0
+    for hit in sorted(hits, key=lambda h: h.occurred_at):
+        copy = copies.get(hit.copy_id)
+        if copy is None:
+            unknown += 1
+            continue
+        after_send = (
+            None
+            if copy.sent_at is None or copy.via_demo_mailbox
+            else hit.occurred_at - copy.sent_at.timestamp()
+        )
+        key = source_key(hit.ip_prefix, hit.user_agent)
+        by_sender = hit.viewer_user_id is not None and hit.viewer_user_id == copy.sender_id
+        signals = HitSignals(
+            kind=hit.kind,
+            user_agent=hit.user_agent,
+            network=hit.network,
+            is_head=hit.is_head,
+            prefetch_hint=hit.prefetch_hint,
+            seconds_after_send=after_send,
+            viewer_is_sender=by_sender,
+            link_position=hit.link_position,
+            source_key=key,
+        )
+        history = [
+            PriorHit(
+                kind=p.kind,
+                link_position=p.link_position,
+                source_key=p.source,
+                seconds_before=hit.occurred_at - p.at,
+                label=p.label,
+            )
+            for p in prior[hit.copy_id]
+            if p.at <= hit.occurred_at
+        ]
+        verdict = classify_hit(signals, history, policy)
+        prior[hit.copy_id].append(
+            _Prior(hit.occurred_at, hit.kind, hit.link_position, key, verdict.label)
+        )
+        out.append(ClassifiedHit(hit, copy, verdict))
+    return out, unknown
+
+
+class HitPipeline:
+    """Stores batches of hits; thread-safe (each call is its own unit of work)."""
+
+    def __init__(
+        self, database: Database, policy: Policy, observers: Sequence[HitObserver] = ()
+    ) -> None:
+        self.database = database
+        self.policy = policy
+        self.observers = list(observers)
+
+    def process(self, hits: Sequence[Hit], *, replay: bool = False) -> BatchResult:
+        """Classify and store a batch in one transaction, observers included.
+
+        With ``replay`` set, hits whose uid is stored already are skipped: that is
+        what makes replaying a journal (or spool) exactly-once.
+        """
+        result = BatchResult()
+        with self.database.unit_of_work() as session:
+            conn = session.connection()
+            if replay:
+                seen = hit_store.stored_uids(conn, [h.uid for h in hits])
+                result.skipped_duplicates = sum(1 for h in hits if h.uid in seen)
+                hits = [h for h in hits if h.uid not in seen]
+            if not hits:
+                return result
+            copies = hit_store.load_copies(conn, [h.copy_id for h in hits])
+            window = max(self.policy.burst_seconds, self.policy.duplicate_seconds)
+            since = datetime.fromtimestamp(min(h.occurred_at for h in hits) - window, UTC)
+            # Only copies hit within the window can have history that matters; most
+            # hits are a copy's first in a while and skip this query.
+            lately = [
+                cid
+                for cid, c in copies.items()
+                if c.last_event_at is not None and c.last_event_at >= since
+            ]
+            recent = hit_store.load_recent(conn, lately, since, RECENT_PER_COPY) if lately else {}
+            classified, result.unknown_copies = classify_batch(hits, copies, recent, self.policy)
+            if not classified:
+                return result
+            rows, events = _event_rows(classified, datetime.now(UTC))
+            hit_store.write_events(conn, rows, events)
+            for observer in self.observers:
+                observer.on_events_stored(session, events)
+        result.written = len(events)
+        for event in events:
+            result.labels[event.label] = result.labels.get(event.label, 0) + 1
+        return result
+
+
+def _event_rows(
+    classified: Sequence[ClassifiedHit], recorded_at: datetime
+) -> tuple[list[dict[str, Any]], list[StoredEvent]]:
+    rows: list[dict[str, Any]] = []
+    events: list[StoredEvent] = []
+    for item in classified:
+        hit, verdict = item.hit, item.verdict
+        at = datetime.fromtimestamp(hit.occurred_at, UTC)
+        kind = EventKind(hit.kind)
+        reason = verdict.reason[:REASON_CHARS]
+        rows.append(
+            {
+                "uid": hit.uid,
+                "copy_id": hit.copy_id,
+                "message_id": item.copy.message_id,
+                "kind": kind,
+                "link_position": hit.link_position,
+                "occurred_at": at,
+                "recorded_at": recorded_at,
+                "label": verdict.label,
+                "reason": reason,
+                "user_agent": hit.user_agent,
+                "ip_prefix": hit.ip_prefix,
+                "network": hit.network,
+                "is_head": hit.is_head,
+                "prefetch_hint": hit.prefetch_hint,
+                "viewer_user_id": hit.viewer_user_id,
+            }
+        )
+        events.append(
+            StoredEvent(
+                uid=hit.uid,
+                copy_id=hit.copy_id,
+                message_id=item.copy.message_id,
+                sender_id=item.copy.sender_id,
+                kind=kind,
+                label=verdict.label,
+                reason=reason,
+                link_position=hit.link_position,
+                occurred_at=at,
+            )
+        )
+    return rows, events
