@@ -87,15 +87,6 @@ def provided(request: Request, kind: Callable[..., T]) -> T:
     return found
 
 
-def provider(kind: Callable[..., T]) -> Callable[[Request], T]:
-    """A FastAPI dependency that hands a route the registered object of type ``kind``."""
-
-    def dependency(request: Request) -> T:
-        return provided(request, kind)
-
-    return dependency
-
-
 def is_api_request(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
