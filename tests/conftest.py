@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from mailbeacon.migrate import upgrade
 from mailbeacon.models import Base
 from mailbeacon.runtime import Runtime
 from tests.client import make_client
+from tests.network import HostTable
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -104,12 +106,22 @@ def database(db_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> Settings:
+def hosts(monkeypatch: pytest.MonkeyPatch) -> HostTable:
+    """Host names resolve from this table (``hosts.add``), never through DNS."""
+    table = HostTable()
+    monkeypatch.setattr(socket, "getaddrinfo", table.getaddrinfo)
+    return table
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, hosts: HostTable) -> Settings:
     return Settings(
         DATA_DIR=tmp_path / "data",
         DATABASE_URL=db_url,
         BASE_URL="http://mb.test",
         TOO_FAST_SECONDS=0,
+        # The peers tests talk to (aiosmtpd, Dovecot) listen on loopback.
+        ALLOW_LOOPBACK_MAIL_SERVERS=True,
     )
 
 

@@ -189,3 +189,52 @@ def test_refreshed_network_ranges_change_what_classify_says(cli: Cli, tmp_path: 
     assert missing.returncode == 1 and b"nope.csv" in missing.stderr
     # The failed source left the earlier list in place.
     assert json.loads(cli.run(*argv, "--ip", "198.51.100.20").stdout)["label"] == "scanner"
+
+
+def _call(port: int, method: str, path: str, token: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(
+        method,
+        path,
+        body=b"name=more&scopes=admin" if method == "POST" else None,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status
+
+
+def test_token_create_prints_a_token_that_may_do_only_what_it_says(cli: Cli) -> None:
+    cli.run(
+        "user", "create", "--email", "sally@example.com", "--password-stdin",
+        stdin=b"a long enough password\n",
+    )  # fmt: skip
+    made = cli.run(
+        "token", "create", "--email", "Sally@Example.com", "--scopes", "read,send",
+        "--name", "CRM sync", "--expires-days", "30",
+    )  # fmt: skip
+    token = made.stdout.decode().strip()
+    assert re.fullmatch(r"mb_[A-Za-z0-9_-]{43}", token)
+    assert b"token for sally@example.com may: read, send; until 20" in made.stderr
+    with cli.serving():
+        assert _call(cli.port, "GET", "/api/me", token) == 200
+        # Not admin: it cannot mint itself a stronger token.
+        assert _call(cli.port, "POST", "/settings/api-tokens", token) == 403
+    for args, words in (
+        (["--email", "nobody@example.com"], b"there is no user nobody@example.com"),
+        (["--email", "sally@example.com", "--scopes", "read,root"], b"no scope 'root'"),
+        (["--email", "sally@example.com", "--expires-days", "0"], b"between 1 and"),
+    ):
+        refused = subprocess.run(
+            [str(BIN), "token", "create", *args],
+            env=cli.env,
+            capture_output=True,
+            check=False,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert words in refused.stderr
+        assert refused.stdout == b""

@@ -18,9 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailbeacon import __version__
@@ -30,20 +32,32 @@ from mailbeacon.accounts.auth import resolve_viewer
 from mailbeacon.accounts.security import VIEWER_COOKIE_MAX_AGE
 from mailbeacon.db import is_unreachable
 from mailbeacon.kit.cursors import InvalidCursor
-from mailbeacon.kit.errors import Conflict, DomainError, InvalidInput, NotFound
+from mailbeacon.kit.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from mailbeacon.mail import endpoints as mail_endpoints
 from mailbeacon.mail import views as mail_views
+from mailbeacon.models.account import TokenScope
 from mailbeacon.notify import endpoints as notify_endpoints
 from mailbeacon.notify import views as notify_views
+from mailbeacon.privacy import endpoints as privacy_endpoints
+from mailbeacon.privacy import public as privacy_public
+from mailbeacon.privacy import views as privacy_views
 from mailbeacon.runtime import Runtime
+from mailbeacon.sync import views as sync_views
 from mailbeacon.tracking.edge import VIEWER_COOKIE
+from mailbeacon.web.auth_first import AuthenticateFirst
 from mailbeacon.web.deps import (
+    API_SIGN_IN_MESSAGE,
     CsrfRejected,
     OptionalViewer,
+    ScopeMissing,
     SignInRequired,
+    TokenPolicy,
     is_api_request,
     render,
 )
+from mailbeacon.web.limits import BodyLimit
+from mailbeacon.webhooks import endpoints as webhook_endpoints
+from mailbeacon.webhooks import views as webhook_views
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +75,79 @@ _SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
 ]
+_HSTS = b"max-age=31536000; includeSubDomains"
+# What an API token needs beyond the default of web.deps.TokenPolicy (``read`` to
+# read, ``admin`` for any other method): sending and retrying need ``send``.
+TOKEN_SCOPES = {
+    ("POST", "/api/messages"): TokenScope.SEND,
+    ("POST", "/api/mail/{message_id}/copies/{copy_id}/retry"): TokenScope.SEND,
+    ("POST", "/api/messages/{message_id}/copies/{copy_id}/retry"): TokenScope.SEND,
+    ("POST", "/compose"): TokenScope.SEND,
+    ("POST", "/mail/{message_id}/copies/{copy_id}/retry"): TokenScope.SEND,
+    # A script that reads the feed may mark what it read: the user's own inbox
+    # state, not a setting.
+    ("POST", "/api/notifications/read"): TokenScope.READ,
+    ("POST", "/api/notifications/read-all"): TokenScope.READ,
+    ("POST", "/api/notifications/{notification_id}/read"): TokenScope.READ,
+    # Reads that hand out every contact's data, or the organisation's settings: admin.
+    ("GET", "/api/contacts/{address}/export"): TokenScope.ADMIN,
+    ("GET", "/contacts/{address}/export"): TokenScope.ADMIN,
+    ("GET", "/api/org/privacy"): TokenScope.ADMIN,
+    ("GET", "/api/audit"): TokenScope.ADMIN,
+    ("GET", "/api/audit/export"): TokenScope.ADMIN,
+    ("GET", "/settings/audit.csv"): TokenScope.ADMIN,
+    # Webhooks decide where the user's tracking data goes: admin, reads included.
+    ("GET", "/api/webhooks"): TokenScope.ADMIN,
+    ("GET", "/api/webhooks/{webhook_id}"): TokenScope.ADMIN,
+    ("GET", "/api/webhooks/{webhook_id}/deliveries"): TokenScope.ADMIN,
+    ("GET", "/settings/webhooks"): TokenScope.ADMIN,
+    ("GET", "/settings/webhooks/{endpoint_id}"): TokenScope.ADMIN,
+}
 DATABASE_DOWN = (
     "The database is unavailable right now. Tracked links and pixels keep working; "
     "try again in a moment."
 )
 
 
-class SecurityHeaders:
-    """Adds the headers every web response carries, unless a handler set its own."""
+class ErrorOut(BaseModel):
+    """What every error of the JSON API answers (documented once for all of its operations)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    error: str = Field(description="What went wrong, in one sentence")
+    errors: dict[str, list[str]] = Field(
+        default_factory=dict, description="Invalid input only: messages per field"
+    )
+
+
+# The errors any operation of the JSON API may answer, besides those it documents itself.
+_API_ERRORS: dict[str, str] = {
+    "400": "The request could not be read (a body that is not UTF-8 text, a Content-Length "
+    "that is not a number)",
+    "401": "No API token, or one that is unknown, revoked or expired",
+    "403": "The API token lacks the scope this operation needs, or a browser session "
+    "sent no CSRF token",
+    "503": "The database is unavailable; try again in a moment",
+}
+_API_INPUT_ERRORS: dict[str, str] = {"422": "Invalid input, with messages per field"}
+_API_BODY_ERRORS: dict[str, str] = {"413": "The body is larger than this server accepts"}
+_API_ERROR_HEADERS: dict[str, dict[str, Any]] = {
+    "401": {
+        "WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}
+    },
+    "503": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+}
+
+
+class SecurityHeaders:
+    """Adds the headers every web response carries, unless a handler set its own.
+
+    With ``hsts`` (the site is served over https) browsers are told to use nothing
+    but https for it and its subdomains for a year (RFC 6797), so that no later
+    visit starts in clear text where the session cookie could be stripped.
+    """
+
+    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
+        self.hsts = hsts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,6 +161,8 @@ class SecurityHeaders:
                 present = {name.lower() for name, _ in headers}
                 extra = list(_SECURITY_HEADERS)
                 extra.append((b"content-security-policy", DEFAULT_CSP.encode()))
+                if self.hsts:
+                    extra.append((b"strict-transport-security", _HSTS))
                 if not static:
                     # Pages hold one person's data: never keep them in shared caches.
                     extra.append((b"cache-control", b"no-store"))
@@ -198,9 +276,20 @@ def create_web_app(runtime: Runtime) -> FastAPI:
     )
     app.state.services = runtime.services()
     app.state.resolve_viewer = resolve_viewer
+    app.state.token_policy = policy = TokenPolicy(TOKEN_SCOPES)
+    settings = runtime.settings
+    # Outermost last: sizes are checked before anything else, credentials once the
+    # database is known to be there, both before a body is read.
     app.add_middleware(SenderCookie, runtime=runtime)
+    app.add_middleware(AuthenticateFirst, database=runtime.database, resolve=resolve_viewer)
     app.add_middleware(DatabaseGate, runtime=runtime)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.MAX_REQUEST_BYTES,
+        max_send_bytes=settings.MAX_SEND_REQUEST_BYTES,
+    )
+    app.add_middleware(SecurityHeaders, hsts=settings.BASE_URL.lower().startswith("https://"))
+    _document_token_scopes(app, policy)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz")
@@ -224,8 +313,81 @@ def create_web_app(runtime: Runtime) -> FastAPI:
     app.include_router(mail_endpoints.router)
     app.include_router(notify_views.router)
     app.include_router(notify_endpoints.router)
+    app.include_router(sync_views.router)
+    app.include_router(privacy_views.router)
+    app.include_router(privacy_endpoints.router)
+    app.include_router(privacy_public.router)
+    app.include_router(webhook_views.router)
+    app.include_router(webhook_endpoints.router)
     _map_errors(app)
     return app
+
+
+def _document_token_scopes(app: FastAPI, policy: TokenPolicy) -> None:
+    """Each operation of /api/openapi.json says which API token scope it needs."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _document_errors(policy.document(build()))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every operation of the JSON API says how it is signed in and which errors it may
+    answer, each with the body ``_map_errors`` gives it (``ErrorOut``)."""
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {})["ErrorOut"] = ErrorOut.model_json_schema()
+    components["securitySchemes"] = {
+        "apiToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API token from Settings > API tokens (a browser session "
+            "signed in to this site works too).",
+        }
+    }
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"apiToken": []}]
+            errors = dict(_API_ERRORS)
+            if operation.get("parameters") or "requestBody" in operation:
+                errors.update(_API_INPUT_ERRORS)
+            if "requestBody" in operation:
+                errors.update(_API_BODY_ERRORS)
+            responses = operation.setdefault("responses", {})
+            for status, description in errors.items():
+                responses.setdefault(status, {"description": description})
+            if responses.get("422", {}).get("description") == "Validation Error":
+                responses["422"]["description"] = _API_INPUT_ERRORS["422"]
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    response["content"] = body
+                    if status in _API_ERROR_HEADERS:
+                        response["headers"] = _API_ERROR_HEADERS[status]
+    # FastAPI's own validation error bodies are never answered (see request_invalid).
+    for name in ("HTTPValidationError", "ValidationError"):
+        components["schemas"].pop(name, None)
+    return schema
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the JSON API takes at the request's path, as its OpenAPI document
+    lists them (Starlette's 405 names only those of the first route it found there);
+    None outside the document."""
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern, _, _ = compile_path(template)
+        if pattern.match(path):
+            methods = {method.upper() for method in operations}
+            if "GET" in methods:
+                methods.add("HEAD")
+            return ", ".join(sorted(methods))
+    return None
 
 
 def _map_errors(app: FastAPI) -> None:
@@ -235,7 +397,7 @@ def _map_errors(app: FastAPI) -> None:
     async def sign_in_required(request: Request, exc: SignInRequired) -> Response:
         if is_api_request(request):
             return JSONResponse(
-                {"error": "Sign in, or send an API token as 'Authorization: Bearer <token>'."},
+                {"error": API_SIGN_IN_MESSAGE},
                 status_code=401,
                 headers={"www-authenticate": "Bearer"},
             )
@@ -243,6 +405,10 @@ def _map_errors(app: FastAPI) -> None:
         if request.method != "GET":
             target = "/compose"
         return RedirectResponse(f"/sign-in?next={quote(target, safe='/')}", status_code=303)
+
+    @app.exception_handler(ScopeMissing)
+    async def scope_missing(request: Request, exc: ScopeMissing) -> Response:
+        return _error_page(request, 403, "Not allowed for this token", str(exc))
 
     @app.exception_handler(CsrfRejected)
     async def csrf_rejected(request: Request, exc: CsrfRejected) -> Response:
@@ -259,6 +425,10 @@ def _map_errors(app: FastAPI) -> None:
         if is_api_request(request):
             return JSONResponse({"error": exc.summary, "errors": exc.errors}, status_code=422)
         return _error_page(request, 422, "Please check your input", str(exc))
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return _error_page(request, 403, "Not allowed", str(exc))
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
@@ -308,6 +478,8 @@ def _map_errors(app: FastAPI) -> None:
             response = _error_page(request, exc.status_code, "Error", detail)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            response.headers["allow"] = _allowed_methods(request) or response.headers["allow"]
         return response
 
     @app.exception_handler(SQLAlchemyError)

@@ -24,6 +24,7 @@ from mailbeacon.config import Settings
 from mailbeacon.db import describe_url, is_unreachable
 from mailbeacon.mail.demo import DemoSmtpServer
 from mailbeacon.migrate import upgrade
+from mailbeacon.privacy.tasks import RetentionWorker
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.edge import Receive, Scope, Send, TrackingEdge
 
@@ -44,11 +45,13 @@ class MailbeaconApp:
             runtime.codec,
             self.ingest.record,
             runtime.networks,
-            trust_forwarded_for=runtime.settings.TRUST_FORWARDED_FOR,
+            trusted_proxies=runtime.settings.TRUSTED_PROXIES,
         )
         self.web = create_web_app(runtime)
         self.demo_smtp: DemoSmtpServer | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # Deletes tracking data past each organisation's retention period, daily.
+        self.retention: RetentionWorker | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -167,6 +170,19 @@ class MailbeaconApp:
             # A planned send wakes it after commit (Runtime.wake_outbox), so the copies
             # leave at once rather than at the worker's next poll.
             self.runtime.outbox = outbox
+        if self.runtime.settings.RUN_SYNC:
+            # Mailbox sync (IMAP): replies, bounces, the Sent-folder copies; a delivered
+            # message wakes it (Runtime.wake_sync).
+            sync = self.runtime.make_sync_worker()
+            await sync.start()
+            self.runtime.sync = sync
+        if self.runtime.settings.RUN_WORKER:
+            # Webhook deliveries, after the commits that wrote them (Runtime.wake_webhooks).
+            webhooks = self.runtime.make_webhook_worker()
+            await webhooks.start()
+            self.runtime.webhooks = webhooks
+        self.retention = RetentionWorker(self.runtime.database)
+        await self.retention.start()
 
     async def _start_demo_mailbox(self) -> None:
         """The demo mailbox's SMTP server (it answers 451 while the database is away)."""
@@ -180,9 +196,18 @@ class MailbeaconApp:
                 self.demo_smtp = None
 
     async def _stop_mail(self) -> None:
+        retention, self.retention = self.retention, None
+        if retention is not None:
+            await retention.stop()
         outbox, self.runtime.outbox = self.runtime.outbox, None
         if outbox is not None:
             await outbox.stop()
+        webhooks, self.runtime.webhooks = self.runtime.webhooks, None
+        if webhooks is not None:
+            await webhooks.stop()
+        sync, self.runtime.sync = self.runtime.sync, None
+        if sync is not None:
+            await sync.stop()
         if self.demo_smtp is not None:
             await self.demo_smtp.stop()
             self.demo_smtp = None

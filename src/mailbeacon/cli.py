@@ -152,18 +152,65 @@ def cmd_worker(args: argparse.Namespace) -> int:
     runtime = _runtime(settings)
 
     async def run() -> int:
+        # The outbox (email out) and the webhook deliveries (events out): what `serve`
+        # runs beside the web app when RUN_WORKER is on.
         worker = runtime.make_outbox_worker()
+        hooks = runtime.make_webhook_worker()
+        runtime.outbox, runtime.webhooks = worker, hooks
         if args.once:
             handled = await worker.run_once()
-            print(f"mailbeacon worker: {handled} copies handled", file=sys.stderr)
+            delivered = await hooks.run_once()
+            print(
+                f"mailbeacon worker: {handled} copies handled, {delivered} webhook deliveries",
+                file=sys.stderr,
+            )
             return 0
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await worker.start()
+        await hooks.start()
         print(
             f"mailbeacon worker {worker.worker_id} running (data in {settings.DATA_DIR.resolve()})",
+            file=sys.stderr,
+        )
+        await stop.wait()
+        await hooks.stop()
+        await worker.stop()
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        runtime.database.dispose()
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    settings = _settings(args)
+    runtime = _runtime(settings)
+
+    async def run() -> int:
+        worker = runtime.make_sync_worker()
+        if args.once:
+            stats = await worker.run_once()
+            print(
+                f"mailbeacon sync: {stats.sessions} mailbox(es) read, {stats.headers} new "
+                f"message(s), {stats.stored} stored, {stats.sent_copies} Sent copies saved, "
+                f"{stats.failures} failure(s)",
+                file=sys.stderr,
+            )
+            return 0 if not stats.failures else 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.start()
+        print(
+            f"mailbeacon sync {worker.worker_id} running (data in {settings.DATA_DIR.resolve()})",
             file=sys.stderr,
         )
         await stop.wait()
@@ -333,8 +380,9 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     runtime = _runtime(settings)
     try:
         with runtime.database.unit_of_work() as session:
-            user = account_service.create_user(session, data)
+            user = account_service.create_user(session, data, admin=args.admin)
             email, organisation = user.email, account_service.organisation_name(session, user)
+            role = user.role
     except InvalidInput as exc:
         for name, messages in exc.errors.items():
             for message in messages:
@@ -343,9 +391,108 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     finally:
         runtime.database.dispose()
     print(
-        f"created {email} in organisation '{organisation}'; "
+        f"created {email} in organisation '{organisation}' as its {role}; "
         f"sign in at {settings.BASE_URL.rstrip('/')}/sign-in"
     )
+    return 0
+
+
+def _operator(session: Any, org_name: str | None, command: str) -> Any:
+    """The command line acts for the operator, in the named organisation (or the first)."""
+    from mailbeacon.privacy import repository
+    from mailbeacon.privacy.audit import Actor, Channel
+
+    org = (
+        repository.organisation_by_name(session, org_name)
+        if org_name
+        else repository.first_organisation(session)
+    )
+    if org is None:
+        print(f"mailbeacon {command}: no such organisation", file=sys.stderr)
+        return None
+    return Actor(org.id, None, "command line (operator)", Channel.CLI)
+
+
+def cmd_contact(args: argparse.Namespace) -> int:
+    from mailbeacon.privacy.consent import ContactNotFound
+    from mailbeacon.privacy.erasure import erase_contact, export_contact
+
+    settings = _settings(args)
+    runtime = _runtime(settings)
+    command = f"contact {args.contact_command}"
+    try:
+        with runtime.database.unit_of_work() as session:
+            actor = _operator(session, args.org, command)
+            if actor is None:
+                return 2
+            if args.contact_command == "export":
+                data = export_contact(session, runtime.privacy_keys, actor, args.address)
+                print(json.dumps(data, indent=2, ensure_ascii=False))
+                return 0
+            erased = erase_contact(session, runtime.privacy_keys, actor, args.address)
+    except ContactNotFound:
+        print(f"mailbeacon {command}: no contact {args.address}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.database.dispose()
+    print(
+        f"erased {erased.address}: {erased.copies} copies with their events, {erased.replies} "
+        f"replies, {erased.demo_deliveries} demo deliveries, {erased.consent_records} consent "
+        "records; the emails keep their anonymous counts"
+    )
+    return 0
+
+
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    from mailbeacon.privacy.retention import run_retention
+
+    settings = _settings(args)
+    runtime = _runtime(settings)
+    try:
+        report = run_retention(runtime.database)
+    finally:
+        runtime.database.dispose()
+    print(
+        f"retention: {report.events} events deleted, {report.copies} copies' figures reset, "
+        f"{report.notifications} notifications deleted, in {report.organisations} organisation(s)"
+    )
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from mailbeacon.accounts.service import InvalidInput, account_service
+    from mailbeacon.models import User
+
+    settings = _settings(args)
+    email = args.email.strip().lower()
+    runtime = _runtime(settings)
+    try:
+        with runtime.database.unit_of_work() as session:
+            user = session.scalars(select(User).where(User.email == email)).one_or_none()
+            if user is None:
+                print(f"mailbeacon token create: there is no user {email}", file=sys.stderr)
+                return 2
+            token, plain = account_service.create_api_token(
+                session,
+                user,
+                args.name,
+                [s for s in args.scopes.split(",") if s.strip()],
+                args.expires_days,
+            )
+            scopes, expires = token.scopes, token.expires_at
+    except InvalidInput as exc:
+        for name, messages in exc.errors.items():
+            for message in messages:
+                print(f"mailbeacon token create: {name}: {message}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.database.dispose()
+    # The token alone on standard output (for `$(...)`); what it may do on standard error.
+    print(plain)
+    until = f"until {expires:%Y-%m-%d %H:%M} UTC" if expires else "with no expiry"
+    print(f"token for {email} may: {scopes.replace(' ', ', ')}; {until}", file=sys.stderr)
     return 0
 
 
@@ -390,6 +537,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser(
+        "sync",
+        parents=[common],
+        help="read mailboxes over IMAP: replies, bounces, Sent copies "
+        "(serve runs one too unless RUN_SYNC=false)",
+    )
+    p.add_argument("--once", action="store_true", help="read what is new once, then exit")
+    p.set_defaults(func=cmd_sync)
+
     p = sub.add_parser("classify", parents=[common], help="how a hit like this would be labelled")
     p.add_argument("--kind", choices=["open", "click"], required=True)
     p.add_argument("--ua", required=True, help="User-Agent")
@@ -431,7 +587,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", help="display name")
     p.add_argument("--org", help="organisation name (made if new; default: the first one)")
+    p.add_argument(
+        "--admin",
+        action="store_true",
+        help="an admin of the organisation (its first user always is)",
+    )
     p.set_defaults(func=cmd_user_create)
+
+    contact = sub.add_parser("contact", help="a person's data: export, erase").add_subparsers(
+        dest="contact_command", required=True
+    )
+    for name, what in (
+        ("export", "print everything about the person as JSON"),
+        ("erase", "erase the person; the emails keep their anonymous counts"),
+    ):
+        p = contact.add_parser(name, parents=[common], help=what)
+        p.add_argument("address")
+        p.add_argument("--org", help="organisation name (default: the first one)")
+        p.set_defaults(func=cmd_contact)
+
+    retention = sub.add_parser("retention", help="delete tracking data past retention")
+    p = retention.add_subparsers(dest="retention_command", required=True).add_parser(
+        "run", parents=[common], help="apply every organisation's retention period once"
+    )
+    p.set_defaults(func=cmd_retention_run)
+
+    tokens = sub.add_parser("token", help="API tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    p = tokens.add_parser(
+        "create", parents=[common], help="mint an API token for a user and print it"
+    )
+    p.add_argument("--email", required=True, help="the user the token acts as")
+    p.add_argument(
+        "--scopes",
+        default="read,send",
+        help="what it may do, comma-separated: read, send, admin (default: read,send)",
+    )
+    p.add_argument("--name", default="command line", help="what will use it")
+    p.add_argument("--expires-days", type=int, help="days until it stops working (default: never)")
+    p.set_defaults(func=cmd_token_create)
 
     nets = sub.add_parser("networks", help="published network ranges").add_subparsers(
         dest="networks_command", required=True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The built-in demo mailbox listens here (loopback only; see mail/demo.py).
@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     # was away comes back). Off: the operator runs `mailbeacon db upgrade`.
     MIGRATE_ON_START: bool = True
 
-    # Only trust X-Forwarded-For when a reverse proxy that sets it sits in front.
+    # How many reverse proxies in front append to X-Forwarded-For: the client is the
+    # address the nearest untrusted hop gave, TRUSTED_PROXIES entries from the right
+    # (0: X-Forwarded-For is ignored, the peer address is the client).
+    TRUSTED_PROXIES: int = Field(default=0, ge=0, le=16)
+    # Deprecated: true means TRUSTED_PROXIES=1.
     TRUST_FORWARDED_FOR: bool = False
 
     # Request bodies are refused above these sizes before they are read: most
@@ -37,8 +41,28 @@ class Settings(BaseSettings):
 
     # Mail servers (Test connection, sending, sync) and webhook receivers may be on
     # private networks (RFC 1918, ULA) only if the operator allows it; link-local
-    # and cloud metadata addresses never, loopback only for the demo mailbox.
+    # and cloud metadata addresses never (kit/netpolicy.py has the rules and sources).
     ALLOW_PRIVATE_NETWORKS: bool = False
+    # Mail servers on this machine (127.0.0.0/8, ::1), e.g. a self-hosted install
+    # sending through its own Postfix. Off, only the built-in demo mailbox may use
+    # loopback: otherwise any user could probe the services this machine runs.
+    ALLOW_LOOPBACK_MAIL_SERVERS: bool = False
+    # Webhook receivers on this machine (127.0.0.0/8, ::1): off, a user could make the
+    # server post to the services it runs itself.
+    ALLOW_LOOPBACK_WEBHOOKS: bool = False
+
+    # Webhooks. `serve` runs the delivery worker with the outbox worker (RUN_WORKER).
+    # A failed delivery is tried again after WEBHOOK_BACKOFF_SECONDS, then twice as long
+    # each time (at most WEBHOOK_BACKOFF_CAP_SECONDS), until WEBHOOK_RETRY_HOURS after the
+    # event; an endpoint failing for WEBHOOK_DISABLE_HOURS (or answering 410) is disabled.
+    WEBHOOK_CONCURRENCY: int = Field(default=4, ge=1, le=64)
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    WEBHOOK_BACKOFF_SECONDS: float = Field(default=10.0, ge=0)
+    WEBHOOK_BACKOFF_CAP_SECONDS: float = Field(default=6 * 3600.0, gt=0)
+    WEBHOOK_RETRY_HOURS: float = Field(default=24.0, gt=0)
+    WEBHOOK_DISABLE_HOURS: float = Field(default=24.0, gt=0)
+    # Delivered and given-up deliveries (and their events) are kept this long for the log.
+    WEBHOOK_LOG_DAYS: int = Field(default=30, ge=1)
 
     # Classification thresholds.
     TOO_FAST_SECONDS: float = Field(default=5.0, ge=0)
@@ -76,6 +100,30 @@ class Settings(BaseSettings):
     # notifications) goes out every LIVE_HEARTBEAT_SECONDS.
     LIVE_STREAM_SECONDS: float = Field(default=300.0, gt=0)
     LIVE_HEARTBEAT_SECONDS: float = Field(default=15.0, gt=0)
+
+    # Mailbox sync (IMAP). `serve` runs the sync worker unless RUN_SYNC is off (then
+    # run `mailbeacon sync`). INBOX is watched with IDLE where the server offers it
+    # and SYNC_USE_IDLE is on, else read every SYNC_POLL_SECONDS; the first sync of a
+    # mailbox reads SYNC_FIRST_DAYS back. A failure (server down, wrong password) is
+    # retried after SYNC_BACKOFF_SECONDS, then twice as long each time (at most an
+    # hour). A worker holds a mailbox for SYNC_LEASE_SECONDS at a time, renewing it.
+    RUN_SYNC: bool = True
+    SYNC_USE_IDLE: bool = True
+    SYNC_POLL_SECONDS: float = Field(default=60.0, gt=0)
+    SYNC_FIRST_DAYS: int = Field(default=30, ge=0, le=3650)
+    SYNC_BACKOFF_SECONDS: float = Field(default=30.0, ge=0)
+    SYNC_LEASE_SECONDS: float = Field(default=120.0, ge=5)
+    # Mailboxes one worker keeps open at once.
+    SYNC_CONCURRENCY: int = Field(default=4, ge=1, le=64)
+    SYNC_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    # Saving the sender's copy to Sent is tried this many times before it is given up.
+    SENT_COPY_MAX_ATTEMPTS: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _fold_deprecated_forwarded_for(self) -> Settings:
+        if self.TRUST_FORWARDED_FOR and self.TRUSTED_PROXIES == 0:
+            self.TRUSTED_PROXIES = 1
+        return self
 
     def database_url(self) -> str:
         return self.DATABASE_URL or f"sqlite:///{self.DATA_DIR.resolve() / 'mailbeacon.db'}"

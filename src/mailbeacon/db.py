@@ -5,6 +5,8 @@ committed when the block succeeds and rolled back when it raises. Nothing
 inside commits. What must happen only once the change is committed (wake the
 outbox worker, tell the browsers, later deliver a webhook) is raised as a typed
 event with :func:`after_commit` and handed to the dispatcher after the commit.
+What another domain must record in the same transaction is raised with
+:func:`in_transaction` and handed to the observers just before the commit.
 
 SQLite has one writer at a time. A transaction that reads and then writes in
 SQLite's default deferred mode can fail at its first write with "database is
@@ -18,12 +20,16 @@ never block writers (WAL).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import operator
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,8 +41,10 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _EVENTS = "mailbeacon.after_commit"
+_OBSERVED = "mailbeacon.in_transaction"
 
 Dispatch = Callable[[list[object]], None]
+Observe = Callable[[Session, list[object]], None]
 
 
 def normalise_url(url: str) -> str:
@@ -64,6 +72,29 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _private_sqlite_files(dbapi_conn: Any, _record: Any) -> None:
+    """Keep the database file and its -wal and -shm readable by their owner only.
+
+    SQLite creates the database file 0644 (less the umask) and gives the -wal and
+    -shm files it creates later the database file's mode; so narrowing the
+    database file here, before WAL mode is entered below, covers the files made
+    from now on, and existing ones (an older install) are narrowed as well.
+    """
+    for row in dbapi_conn.execute("PRAGMA database_list").fetchall():
+        path = row[2]
+        if not path:  # in memory, or a temporary database
+            continue
+        for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+            try:
+                mode = stat.S_IMODE(os.stat(name).st_mode)
+                if mode & 0o077:
+                    os.chmod(name, mode & 0o600)
+            except FileNotFoundError:
+                continue
+            except PermissionError:  # another user's file: opening it was their choice
+                log.warning("cannot make %s private to its owner", name)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers run beside the single writer; synchronous=FULL makes every
@@ -86,12 +117,40 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _redact_server_detail(context: ExceptionContext) -> None:
+    """Keep the values of a failed statement out of PostgreSQL's error text too.
+
+    ``hide_parameters`` keeps SQLAlchemy from printing the parameters, but the
+    server writes some of them into its own message: the DETAIL of a constraint
+    violation ("Key (email)=(ann@example.org) already exists", "Failing row
+    contains (...)") and the text of a data exception ('invalid input syntax for
+    type integer: "..."'). What the error text keeps is the primary message of
+    the condition (it names constraints, tables and columns, never values), or
+    for data exceptions only the condition's name and SQLSTATE. The full
+    diagnostics stay on the driver's exception (``orig.diag``) for code that asks.
+    """
+    orig = context.original_exception
+    diag = getattr(orig, "diag", None)
+    if diag is None:
+        return
+    state = diag.sqlstate or ""
+    if state.startswith("22") or not diag.message_primary:
+        text = f"{type(orig).__name__} (SQLSTATE {state or 'unknown'})"
+    else:
+        text = diag.message_primary
+    orig.args = (text,)
+    wrapped = context.sqlalchemy_exception
+    if wrapped is not None:
+        wrapped.args = (f"({type(orig).__module__}.{type(orig).__name__}) {text}",)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     # Statement parameters are email bodies and addresses: never in logs or errors.
     kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _private_sqlite_files)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "connect", _disable_pysqlite_begin)
         event.listen(engine, "begin", _sqlite_begin)
@@ -99,7 +158,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", 3)
-    return create_engine(url, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    event.listen(engine, "handle_error", _redact_server_detail)
+    return engine
 
 
 def after_commit(session: Session, event: object) -> None:
@@ -108,6 +169,15 @@ def after_commit(session: Session, event: object) -> None:
     Dropped if it rolls back. Events leave in the order they were raised.
     """
     session.info.setdefault(_EVENTS, []).append(event)
+
+
+def in_transaction(session: Session, event: object) -> None:
+    """Hand ``event`` to the in-transaction observers before this unit of work commits.
+
+    What they write commits or rolls back with the change the event reports. Events are
+    observed in the order they were raised, including those an observer raises.
+    """
+    session.info.setdefault(_OBSERVED, []).append(event)
 
 
 class Database:
@@ -121,6 +191,7 @@ class Database:
         self.writer_engine = self.engine.execution_options(sqlite_immediate=True)
         self._write_sessions = sessionmaker(self.writer_engine, expire_on_commit=False)
         self.dispatch: Dispatch = _drop_events
+        self.observe: Observe = _ignore_observed
 
     @property
     def is_sqlite(self) -> bool:
@@ -138,10 +209,13 @@ class Database:
         with factory() as session:
             try:
                 yield session
+                while observed := session.info.pop(_OBSERVED, None):
+                    self.observe(session, observed)
                 session.commit()
             except BaseException:
                 session.rollback()
                 session.info.pop(_EVENTS, None)
+                session.info.pop(_OBSERVED, None)
                 raise
             events = session.info.pop(_EVENTS, None)
         if events:
@@ -155,6 +229,10 @@ def _drop_events(events: list[object]) -> None:
     log.debug("no dispatcher: %d after-commit events dropped", len(events))
 
 
+def _ignore_observed(_session: Session, events: list[object]) -> None:
+    log.debug("no observers: %d in-transaction events ignored", len(events))
+
+
 class BatchStatement:
     """A Core statement compiled once for one dialect, then run at driver level.
 
@@ -162,29 +240,57 @@ class BatchStatement:
     pipeline): SQLAlchemy's execution layer costs more per row than the
     database does there. The statement is still written with Core, so there is
     one way of writing SQL; only its execution skips the per-row machinery.
-    Values go through the column types' own bind processors (timestamps are
-    stored on SQLite exactly as the ORM writes them).
+    Rows come as tuples in the order of ``columns`` (the statement's bound
+    parameter names); values go through the column types' own bind processors,
+    except timestamps on SQLite, which are formatted directly into the text
+    SQLAlchemy's SQLite dialect stores (the ORM reads them back unchanged).
     """
 
-    def __init__(self, statement: Any, dialect: Any) -> None:
+    def __init__(self, statement: Any, dialect: Any, columns: Sequence[str]) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql: str = compiled.string
         names = list(compiled.positiontup) if dialect.positional else list(compiled.binds)
+        missing = set(names) - set(columns)
+        assert not missing, f"columns lack bound parameters {missing}"
         self._positional = bool(dialect.positional)
         self._names = names
-        self._processors = [
-            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-            for name in names
-        ]
+        self._pick = operator.itemgetter(*(columns.index(n) for n in names))
+        self._convert: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, name in enumerate(names):
+            type_ = compiled.binds[name].type
+            if dialect.name == "sqlite" and _is_timestamp(type_):
+                self._convert.append((index, _sqlite_timestamp))
+                continue
+            proc = type_.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                self._convert.append((index, proc))
 
-    def parameters(self, row: Any) -> Any:
-        values = [
-            value if proc is None or value is None else proc(value)
-            for value, proc in zip((row[n] for n in self._names), self._processors, strict=True)
-        ]
+    def parameters(self, row: Sequence[Any]) -> Any:
+        picked = self._pick(row)
+        values = list(picked) if len(self._names) > 1 else [picked]
+        for index, convert in self._convert:
+            value = values[index]
+            if value is not None:
+                values[index] = convert(value)
         return tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
 
-    def run(self, conn: Any, rows: list[Any]) -> None:
+    def run(self, conn: Any, rows: Sequence[Sequence[Any]]) -> None:
         """Execute once per row (executemany), inside the caller's transaction."""
         if rows:
             conn.exec_driver_sql(self.sql, [self.parameters(r) for r in rows])
+
+
+def _is_timestamp(type_: Any) -> bool:
+    """A DateTime column, or a type decorating one (the models' UTCDateTime)."""
+    return isinstance(type_, DateTime) or isinstance(getattr(type_, "impl", None), DateTime)
+
+
+def _sqlite_timestamp(value: datetime) -> str:
+    # As UTCDateTime stores it: naive values are UTC already, aware ones are turned
+    # to UTC. isoformat is several times faster than strftime, and on a naive value
+    # with microseconds it is exactly SQLAlchemy's SQLite storage format.
+    if value.tzinfo is UTC:
+        return value.isoformat(" ", "microseconds")[:26]  # without "+00:00"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")

@@ -9,28 +9,62 @@ as protocols (``mail.ports``, ``accounts.service.SmtpProbe``) or observers
         `--SendQueued--> OutboxWorker.wake               (after commit)
     OutboxWorker --SMTP, one transaction per copy--> recipients
     edge /t/ --Hit--> Ingest --batches--> HitPipeline: load -> classify -> apply
-        `--StoredEvent--> NotificationObserver           (same transaction)
+        |  gate: PrivacyGate (privacy) rules what may be kept, per copy
+        `--StoredEvent--> NotificationObserver, HitWebhooks, ForwardedOpens (same transaction)
+    plan_send --ConsentPolicy--> ConsentRules (privacy): untracked without consent
             `--LiveUpdate--> LiveBroker.publish           (after commit)
+    OutboxWorker settles a message --> sent_folder_copies row (same transaction)
+        |  MessageSettled --> SendWebhooks: webhook events (same transaction)
+        `--MessageDelivered--> SyncWorker.wake, WebhookWorker.wake (after commit)
+    SyncWorker --IMAP--> Sent copy (mail's SentCopies) and INBOX --> Receiver
+        `--ReceivedStored--> ReplyNotifier, ReceivedWebhooks (same transaction)
+    webhook events --WebhooksDue--> WebhookWorker.wake    (after commit)
+    WebhookWorker --HTTP, signed--> receivers; disables --> SettingsNotices (notify)
+    consent recorded, contact erased --ConsentChanged, ContactErased--> ContactWebhooks
+        (in_transaction: observed before the commit, in the same transaction)
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailbeacon.accounts.service import ProbeResult, SmtpParams, SmtpProbeBox
+from mailbeacon.accounts.service import (
+    ImapParams,
+    ImapProbeBox,
+    ImapProbeResult,
+    ProbeResult,
+    SmtpParams,
+    SmtpProbeBox,
+)
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.kit.datadir import ensure_data_dir, load_secrets
-from mailbeacon.kit.events import Dispatcher
-from mailbeacon.mail.events import SendQueued
+from mailbeacon.kit.events import Dispatcher, Observers
+from mailbeacon.kit.netpolicy import mail_server_policy
+from mailbeacon.mail.events import MessageDelivered, SendQueued
 from mailbeacon.mail.mailer import test_smtp_connection
-from mailbeacon.mail.ports import Instrumenter, TrackedLinks
+from mailbeacon.mail.ports import ConsentPolicy, Instrumenter, TrackedLinks
+from mailbeacon.mail.sent_copy import SentCopies
 from mailbeacon.mail.tasks import OutboxWorker
+from mailbeacon.models import Security
 from mailbeacon.notify.live import LiveBroker, LiveUpdate
+from mailbeacon.notify.notices import SettingsNotices
 from mailbeacon.notify.observer import NotificationObserver
+from mailbeacon.notify.replies import ReplyNotifier
+from mailbeacon.privacy.events import ConsentChanged, ContactErased
+from mailbeacon.privacy.forwarding import ForwardedOpens
+from mailbeacon.privacy.gate import PrivacyGate
+from mailbeacon.privacy.keys import PrivacyKeys
+from mailbeacon.privacy.policy import ConsentRules
+from mailbeacon.sync.imap import ImapSettings
+from mailbeacon.sync.probe import probe_mailbox
+from mailbeacon.sync.receiving import Receiver
+from mailbeacon.sync.tasks import SyncWorker
 from mailbeacon.tracking.classify import Policy
 from mailbeacon.tracking.events import BatchResult
 from mailbeacon.tracking.hits import Hit
@@ -40,14 +74,54 @@ from mailbeacon.tracking.pipeline import HitPipeline
 from mailbeacon.tracking.service import TrackingService
 from mailbeacon.tracking.spool import Spool
 from mailbeacon.tracking.tokens import TokenCodec, codec_from_secrets
+from mailbeacon.webhooks.events import WebhooksDue
+from mailbeacon.webhooks.observers import (
+    ContactWebhooks,
+    HitWebhooks,
+    ReceivedWebhooks,
+    SendWebhooks,
+)
+from mailbeacon.webhooks.tasks import WebhookWorker
 
 
-async def probe_smtp(params: SmtpParams) -> ProbeResult:
-    """The accounts domain's SMTP probe, done by the mail domain's SMTP client."""
+async def probe_smtp(settings: Settings, params: SmtpParams) -> ProbeResult:
+    """The accounts domain's SMTP probe, done by the mail domain's SMTP client under the
+    operator's address policy (loopback only for the demo mailbox, unless allowed)."""
     result = await test_smtp_connection(
-        params.host, params.port, params.security, params.username, params.password
+        params.host,
+        params.port,
+        params.security,
+        params.username,
+        params.password,
+        policy=mail_server_policy(settings, demo=params.demo),
+        # Someone is waiting for the page: no longer than a send would wait, at most 10 s.
+        timeout=min(10.0, settings.SEND_TIMEOUT_SECONDS),
     )
     return ProbeResult(ok=result.ok, stage=result.stage, message=result.message)
+
+
+async def probe_imap(settings: Settings, params: ImapParams) -> ImapProbeResult:
+    """The accounts domain's IMAP probe, done by the sync domain's IMAP client (in a thread:
+    it blocks) under the operator's address policy."""
+    found = await asyncio.to_thread(
+        probe_mailbox,
+        ImapSettings(
+            host=params.host,
+            port=params.port,
+            security=Security(params.security),
+            username=params.username,
+            password=params.password,
+            timeout=settings.SYNC_TIMEOUT_SECONDS,
+            policy=mail_server_policy(settings),
+        ),
+    )
+    return ImapProbeResult(
+        ok=found.ok,
+        stage=found.stage,
+        message=found.message,
+        folders=found.folders,
+        sent_folder=found.sent_folder,
+    )
 
 
 @dataclass
@@ -61,18 +135,41 @@ class Runtime:
     # Wakes the browsers of users whose tracking data changed (notify/live.py).
     live: LiveBroker = field(default_factory=LiveBroker)
     dispatcher: Dispatcher = field(default_factory=Dispatcher)
+    # What other domains record in the transaction that raised the event (db.in_transaction).
+    observers: Observers = field(default_factory=Observers)
     # The outbox worker of this process, while it runs (``serve`` starts it).
     outbox: OutboxWorker | None = None
+    # The sync worker of this process, while it runs (``serve`` starts it).
+    sync: SyncWorker | None = None
+    # The webhook worker of this process, while it runs (``serve`` starts it).
+    webhooks: WebhookWorker | None = None
     # False while ``serve`` waits for the database to answer and be migrated: the
     # web app then answers 503 (the tracking edge never waits).
     database_ready: bool = True
 
     def __post_init__(self) -> None:
         self.tracking = TrackingService(self.codec, self.settings.BASE_URL)
-        self.pipeline = HitPipeline(self.database, self.policy, [NotificationObserver()])
+        self.privacy_keys = PrivacyKeys(self.secret_bytes("session_secret"))
+        self.consent = ConsentRules(self.privacy_keys, self.settings.BASE_URL)
+        self.pipeline = HitPipeline(
+            self.database,
+            self.policy,
+            # Webhooks read the copies' figures before forwarded opens are moved out.
+            [NotificationObserver(), HitWebhooks(), ForwardedOpens()],
+            gate=PrivacyGate(),
+        )
+        # Incoming mail, from IMAP and from the demo mailbox alike.
+        self.receiver = Receiver([ReplyNotifier(), ReceivedWebhooks()])
         self.database.dispatch = self.dispatcher.dispatch
+        self.database.observe = self.observers.observe
+        contacts = ContactWebhooks()
+        self.observers.register(ConsentChanged, contacts.on_consent_changed)
+        self.observers.register(ContactErased, contacts.on_contact_erased)
         self.dispatcher.register(LiveUpdate, lambda event: self.live.publish(event.wake))
         self.dispatcher.register(SendQueued, lambda _event: self.wake_outbox())
+        self.dispatcher.register(MessageDelivered, lambda _event: self.wake_sync())
+        self.dispatcher.register(MessageDelivered, lambda _event: self.wake_webhooks())
+        self.dispatcher.register(WebhooksDue, lambda _event: self.wake_webhooks())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -112,7 +209,11 @@ class Runtime:
             LiveBroker: self.live,
             Instrumenter: self.tracking,
             TrackedLinks: self.tracking,
-            SmtpProbeBox: SmtpProbeBox(probe_smtp),
+            SmtpProbeBox: SmtpProbeBox(functools.partial(probe_smtp, self.settings)),
+            ImapProbeBox: ImapProbeBox(functools.partial(probe_imap, self.settings)),
+            Receiver: self.receiver,
+            PrivacyKeys: self.privacy_keys,
+            ConsentPolicy: self.consent,
         }
 
     def write_batch(self, hits: list[Hit], replay: bool) -> BatchResult:
@@ -130,9 +231,32 @@ class Runtime:
         )
 
     def make_outbox_worker(self, **options: Any) -> OutboxWorker:
+        # Settled send requests become webhook events in the transaction closing them.
+        options.setdefault("delivery_observers", [SendWebhooks()])
         return OutboxWorker(self.database, self.settings, self.credentials, **options)
 
     def wake_outbox(self) -> None:
         """Tell this process's outbox worker that copies are due (safe from any thread)."""
         if self.outbox is not None:
             self.outbox.wake()
+
+    def make_sync_worker(self, **options: Any) -> SyncWorker:
+        options.setdefault("receiver", self.receiver)
+        return SyncWorker(
+            self.database, self.settings, self.credentials, sent_copies=SentCopies(), **options
+        )
+
+    def wake_sync(self) -> None:
+        """Tell this process's sync worker that a Sent copy is due (safe from any thread)."""
+        if self.sync is not None:
+            self.sync.wake()
+
+    def make_webhook_worker(self, **options: Any) -> WebhookWorker:
+        return WebhookWorker(
+            self.database, self.settings, self.credentials, SettingsNotices(), **options
+        )
+
+    def wake_webhooks(self) -> None:
+        """Tell this process's webhook worker that deliveries are due (safe from any thread)."""
+        if self.webhooks is not None:
+            self.webhooks.wake()

@@ -62,7 +62,11 @@ def test_user_create_refuses_bad_input_clearly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert run(env, "--email", "sally@example.com", "--password", "short") == 2
-    assert "password: Use at least 8 characters." in capsys.readouterr().err
+    assert "password: Use at least 10 characters." in capsys.readouterr().err
+    # Long enough, and guessed early: a common password, or one built from the account.
+    for guessable in ("Password123!", "sally@example.com", "sallysally1"):
+        assert run(env, "--email", "sally@example.com", "--password", guessable) == 2
+        assert "password: This password is too easy to guess." in capsys.readouterr().err
     assert run(env, "--email", "sally@example.com", "--password", "long enough pw") == 0
     capsys.readouterr()
     assert run(env, "--email", "SALLY@example.com", "--password", "long enough pw") == 2

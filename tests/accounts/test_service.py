@@ -11,20 +11,26 @@ from sqlalchemy import select, text
 
 from mailbeacon.accounts import service as service_module
 from mailbeacon.accounts.schemas import NewUser
-from mailbeacon.accounts.security import EMAIL_LIMIT, hash_token
+from mailbeacon.accounts.security import ACCOUNT_NETWORK_BACKOFF, NETWORK_LIMIT, hash_token
 from mailbeacon.accounts.service import (
     InvalidInput,
     SignInRefused,
     TooManyAttempts,
     account_service,
 )
+from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
 from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.kit.datadir import new_secret
+from mailbeacon.kit.netpolicy import AddressPolicy, mail_server_policy
 from mailbeacon.models import MailboxConnection, Organisation, Security, SignInAttempt, User
+from mailbeacon.models.account import TokenScope
+from tests.factories.accounts import PASSWORD
+from tests.network import HostTable
 
-PASSWORD = "a long enough password"
+# The policy a default install applies to SMTP hosts typed into Settings > Email sync.
+MAIL_SERVERS = AddressPolicy()
 
 
 def create(db: Database, email: str = "sally@example.com", org: str = "") -> int:
@@ -116,53 +122,67 @@ def _fail(db: Database, email: str, ip: str, now: object = None) -> SignInRefuse
     raise AssertionError("sign-in did not fail")
 
 
-def test_five_failures_per_email_lock_that_email_for_a_while(database: Database) -> None:
+def test_failures_from_one_network_make_its_next_try_wait_longer_and_longer(
+    database: Database,
+) -> None:
     create(database)
+    backoff = ACCOUNT_NETWORK_BACKOFF
     start = utcnow()
-    for i in range(5):
+    for _ in range(backoff.free_failures):
         assert not isinstance(
-            _fail(database, "sally@example.com", f"198.51.{i}.1", start), TooManyAttempts
+            _fail(database, "sally@example.com", "198.51.100.7", start), TooManyAttempts
         )
-    refused = _fail(database, "sally@example.com", "192.0.2.1", start + timedelta(minutes=1))
-    assert isinstance(refused, TooManyAttempts)
-    assert refused.message == "Too many attempts, try again in 14 minutes."
-    # Even the right password is refused while the lock holds...
-    with database.unit_of_work() as s, pytest.raises(TooManyAttempts):
-        account_service.sign_in(
-            s, "sally@example.com", PASSWORD, "192.0.2.1", now=start + timedelta(minutes=2)
-        )
-    # ...and works once the failures have left the window.
-    with database.unit_of_work() as s:
-        account_service.sign_in(
-            s,
-            "sally@example.com",
-            PASSWORD,
-            "192.0.2.1",
-            now=start + timedelta(minutes=15, seconds=1),
-        )
-    # Refused attempts were not counted: the lock did not extend itself.
+    now = start
+    for waited in (5, 10, 20, 40):
+        refused = _fail(database, "sally@example.com", "198.51.100.99", now)  # same /24
+        assert isinstance(refused, TooManyAttempts)
+        assert refused.retry_after == waited
+        assert refused.message == f"Too many attempts, try again in {waited} seconds."
+        # Even the right password waits: otherwise the wait would not slow guessing.
+        with database.unit_of_work() as s, pytest.raises(TooManyAttempts):
+            account_service.sign_in(s, "sally@example.com", PASSWORD, "198.51.100.7", now=now)
+        now += timedelta(seconds=waited)
+        # Once the wait is over, the password is checked (and this one fails again).
+        refused = _fail(database, "sally@example.com", "198.51.100.7", now)
+        assert not isinstance(refused, TooManyAttempts)
+    # Refused attempts were not counted: the waits doubled once per checked failure.
     with database.sessions() as s:
-        assert (
-            len(
-                s.scalars(
-                    select(SignInAttempt).where(
-                        SignInAttempt.key == "email:sally@example.com",
-                        SignInAttempt.succeeded.is_(False),
-                    )
-                ).all()
-            )
-            == 0
-        )  # forgotten after the success
+        failures = s.scalars(
+            select(SignInAttempt).where(SignInAttempt.key.startswith("account:"))
+        ).all()
+    assert len(failures) == backoff.free_failures + 4
 
 
-def test_twenty_failures_from_one_network_lock_that_network(database: Database) -> None:
+def test_the_wait_is_capped_and_a_success_forgets_the_failures(database: Database) -> None:
+    create(database)
+    backoff = ACCOUNT_NETWORK_BACKOFF
+    now = utcnow()
+    waits = []
+    while len(waits) < 12:
+        refused = _fail(database, "sally@example.com", "203.0.113.4", now)
+        if isinstance(refused, TooManyAttempts):
+            waits.append(refused.retry_after)
+            now += timedelta(seconds=refused.retry_after)
+    assert waits == [5, 10, 20, 40, 80, 160, 320, 640, 900, 900, 900, 900]
+    assert not isinstance(_fail(database, "sally@example.com", "203.0.113.4", now), TooManyAttempts)
+    refused = _fail(database, "sally@example.com", "203.0.113.4", now)
+    assert isinstance(refused, TooManyAttempts)
+    assert refused.message == "Too many attempts, try again in 15 minutes."
+    now += backoff.longest_wait
+    with database.unit_of_work(immediate=False) as s:
+        account_service.sign_in(s, "sally@example.com", PASSWORD, "203.0.113.4", now=now)
+    # The next mistake from there is free again.
+    assert not isinstance(_fail(database, "sally@example.com", "203.0.113.4", now), TooManyAttempts)
+
+
+def test_one_network_failing_many_accounts_is_capped(database: Database) -> None:
     create(database)
     start = utcnow()
-    for i in range(20):
+    for i in range(NETWORK_LIMIT.failures):
         _fail(database, f"guess{i}@example.com", f"203.0.113.{i}", start)
     refused = _fail(database, "another@example.com", "203.0.113.200", start)
     assert isinstance(refused, TooManyAttempts)
-    assert refused.minutes == 15
+    assert refused.retry_after == NETWORK_LIMIT.window.total_seconds()
     # Another network is not affected.
     with database.unit_of_work() as s:
         account_service.sign_in(s, "sally@example.com", PASSWORD, "198.51.100.1", now=start)
@@ -192,9 +212,11 @@ def test_parallel_wrong_passwords_get_no_more_checks_than_the_limit(
 
     with ThreadPoolExecutor(max_workers=30) as pool:
         outcomes = list(pool.map(attempt, range(30)))
-    assert checked == EMAIL_LIMIT.failures
-    assert outcomes.count(SignInRefused) == EMAIL_LIMIT.failures
-    assert outcomes.count(TooManyAttempts) == 30 - EMAIL_LIMIT.failures
+    # All from one network: the free tries are checked, the rest wait for them.
+    free = ACCOUNT_NETWORK_BACKOFF.free_failures
+    assert checked == free
+    assert outcomes.count(SignInRefused) == free
+    assert outcomes.count(TooManyAttempts) == 30 - free
 
 
 def test_the_password_check_holds_no_write_lock(
@@ -243,7 +265,50 @@ def test_api_tokens_authenticate_until_revoked(database: Database) -> None:
         assert account_service.api_token_user(s, plain) is None
 
 
-def test_mailbox_password_is_stored_sealed(database: Database) -> None:
+def test_api_tokens_carry_their_scopes_and_stop_working_when_they_expire(
+    database: Database,
+) -> None:
+    create(database)
+    now = utcnow()
+    with database.unit_of_work() as s:
+        user = s.scalars(select(User)).one()
+        token, plain = account_service.create_api_token(
+            s, user, "Reports", ["send", " READ "], expires_in_days=30, now=now
+        )
+        assert token.scopes == "read send"
+        assert token.expires_at == now + timedelta(days=30)
+        _, forever = account_service.create_api_token(s, user, "Forever", ["admin"])
+    with database.unit_of_work(immediate=False) as s:
+        found = account_service.api_token_user(s, plain, now=now + timedelta(days=29))
+        assert found is not None
+        assert found[1].scope_set == {TokenScope.READ, TokenScope.SEND}
+        assert account_service.api_token_user(s, plain, now=now + timedelta(days=30)) is None
+        found = account_service.api_token_user(s, forever, now=now + timedelta(days=3650))
+        assert found is not None
+        assert found[1].scope_set == {TokenScope.ADMIN}
+
+
+@pytest.mark.parametrize(
+    ("scopes", "days", "field", "words"),
+    [
+        ([], None, "scopes", "at least one"),
+        (["read", "root"], None, "scopes", "no scope 'root'"),
+        (["read"], 0, "expires_in_days", "between 1 and"),
+        (["read"], 100_000, "expires_in_days", "between 1 and"),
+    ],
+)
+def test_api_token_scopes_and_expiry_are_checked(
+    database: Database, scopes: list[str], days: int | None, field: str, words: str
+) -> None:
+    create(database)
+    with database.unit_of_work() as s:
+        user = s.scalars(select(User)).one()
+        with pytest.raises(InvalidInput) as caught:
+            account_service.create_api_token(s, user, "CRM", scopes, days)
+    assert words in " ".join(caught.value.errors[field])
+
+
+def test_mailbox_password_is_stored_sealed(database: Database, hosts: HostTable) -> None:
     create(database)
     box = CredentialBox(new_secret(32).encode()[:32])
     form = {
@@ -257,7 +322,9 @@ def test_mailbox_password_is_stored_sealed(database: Database) -> None:
     }
     with database.unit_of_work() as s:
         user = s.scalars(select(User)).one()
-        account_service.save_mailbox(s, user, account_service.parse_mailbox_settings(form), box)
+        account_service.save_mailbox(
+            s, user, account_service.parse_mailbox_settings(form, MAIL_SERVERS), box
+        )
     with database.unit_of_work() as s:
         raw = s.execute(text("SELECT * FROM mailbox_connections")).mappings().one()
         assert "hunter2-app-password" not in " ".join(str(v) for v in raw.values())
@@ -266,7 +333,10 @@ def test_mailbox_password_is_stored_sealed(database: Database) -> None:
         assert account_service.smtp_params(s, user, box).password == "hunter2-app-password"
         # Saving again without a password keeps the stored one.
         account_service.save_mailbox(
-            s, user, account_service.parse_mailbox_settings({**form, "smtp_password": ""}), box
+            s,
+            user,
+            account_service.parse_mailbox_settings({**form, "smtp_password": ""}, MAIL_SERVERS),
+            box,
         )
     with database.sessions() as s:
         user = s.scalars(select(User)).one()
@@ -285,7 +355,7 @@ def test_mailbox_password_is_stored_sealed(database: Database) -> None:
     ],
 )
 def test_a_stored_password_never_follows_a_changed_server(
-    database: Database, change: dict[str, str]
+    database: Database, change: dict[str, str], hosts: HostTable
 ) -> None:
     create(database)
     box = CredentialBox(new_secret(32).encode()[:32])
@@ -300,14 +370,14 @@ def test_a_stored_password_never_follows_a_changed_server(
     with database.unit_of_work() as s:
         user = s.scalars(select(User)).one()
         saved = account_service.save_mailbox(
-            s, user, account_service.parse_mailbox_settings(form), box
+            s, user, account_service.parse_mailbox_settings(form, MAIL_SERVERS), box
         )
         assert not saved.password_dropped
     with database.unit_of_work() as s:
         user = s.scalars(select(User)).one()
         changed = {**form, **change, "smtp_password": ""}
         saved = account_service.save_mailbox(
-            s, user, account_service.parse_mailbox_settings(changed), box
+            s, user, account_service.parse_mailbox_settings(changed, MAIL_SERVERS), box
         )
         assert saved.password_dropped
     with database.unit_of_work() as s:
@@ -316,7 +386,7 @@ def test_a_stored_password_never_follows_a_changed_server(
         # With a new password typed in, the change needs nothing more.
         retyped = {**form, **change, "smtp_password": "another-password"}
         saved = account_service.save_mailbox(
-            s, user, account_service.parse_mailbox_settings(retyped), box
+            s, user, account_service.parse_mailbox_settings(retyped, MAIL_SERVERS), box
         )
         assert not saved.password_dropped
     with database.sessions() as s:
@@ -337,7 +407,7 @@ def test_a_stored_password_never_follows_a_changed_server(
     ],
 )
 def test_mailbox_settings_errors_name_the_field(
-    change: dict[str, str], field: str, words: str
+    change: dict[str, str], field: str, words: str, hosts: HostTable
 ) -> None:
     form = {
         "sender_name": "",
@@ -349,15 +419,83 @@ def test_mailbox_settings_errors_name_the_field(
         "smtp_password": "",
     }
     with pytest.raises(InvalidInput) as caught:
-        account_service.parse_mailbox_settings({**form, **change})
+        account_service.parse_mailbox_settings({**form, **change}, MAIL_SERVERS)
     assert words in " ".join(caught.value.errors[field])
 
 
-def test_plain_smtp_is_allowed_to_loopback() -> None:
+def test_plain_smtp_is_allowed_to_loopback_where_the_operator_allows_loopback() -> None:
     form = {
         "sender_address": "sally@example.com",
         "smtp_host": "127.0.0.1",
         "smtp_port": "2525",
         "smtp_security": "none",
     }
-    assert account_service.parse_mailbox_settings(form).smtp_security == Security.NONE
+    allowed = AddressPolicy(allow_loopback=True)
+    assert account_service.parse_mailbox_settings(form, allowed).smtp_security == Security.NONE
+
+
+HOST_FORM = {
+    "sender_address": "sally@example.com",
+    "smtp_port": "465",
+    "smtp_security": "tls",
+}
+
+
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [
+        (
+            "10.1.2.3",
+            "This address is on a private network; the operator has not allowed "
+            "private mail servers.",
+        ),
+        ("100.64.0.9", "on a private network"),
+        ("[fd12:3456::1]", "on a private network"),
+        ("169.254.169.254", "This address belongs to a cloud provider's metadata service"),
+        ("[fd00:ec2::254]", "metadata service"),
+        ("metadata.google.internal", "This host name is a cloud provider's metadata service"),
+        ("169.254.10.1", "This address is link-local"),
+        ("[fe80::1]", "link-local"),
+        ("[::ffff:169.254.1.1]", "link-local"),
+        ("127.0.0.1", "This address is this machine itself (loopback)"),
+        ("localhost", "This host name points to an address that is this machine itself"),
+        ("0.0.0.0", "reserved, multicast or broadcast"),  # noqa: S104 (a host typed in)
+        ("224.0.0.251", "reserved, multicast or broadcast"),
+        ("255.255.255.255", "reserved, multicast or broadcast"),
+        ("192.0.2.10", "reserved, multicast or broadcast"),
+        ("intranet.corp.test", "This host name points to an address that is on a private network"),
+        ("mixed.corp.test", "This host name points to an address that is on a private network"),
+    ],
+)
+def test_a_host_the_address_policy_refuses_is_a_field_error_on_the_host(
+    host: str, words: str, hosts: HostTable
+) -> None:
+    hosts.add("intranet.corp.test", "10.20.30.40")
+    # One public address does not excuse the other: the connection could go to either.
+    hosts.add("mixed.corp.test", "93.184.215.14", "10.20.30.41")
+    policy = mail_server_policy(Settings())  # what an operator gets without changing anything
+    with pytest.raises(InvalidInput) as caught:
+        account_service.parse_mailbox_settings({**HOST_FORM, "smtp_host": host}, policy)
+    assert list(caught.value.errors) == ["smtp_host"]
+    assert words in " ".join(caught.value.errors["smtp_host"])
+
+
+def test_the_operator_may_allow_private_mail_servers_but_never_metadata_or_link_local(
+    hosts: HostTable,
+) -> None:
+    policy = AddressPolicy(allow_private=True)
+    for host in ("10.1.2.3", "192.168.1.25", "[fd12:3456::1]"):
+        parsed = account_service.parse_mailbox_settings({**HOST_FORM, "smtp_host": host}, policy)
+        assert parsed.smtp_host == host.strip("[]")
+    for host in ("169.254.169.254", "100.100.100.200", "[fd00:ec2::254]", "169.254.0.7"):
+        with pytest.raises(InvalidInput):
+            account_service.parse_mailbox_settings({**HOST_FORM, "smtp_host": host}, policy)
+
+
+def test_a_host_name_that_does_not_resolve_can_still_be_saved(hosts: HostTable) -> None:
+    # DNS may be down right now; the connection test says what it finds.
+    parsed = account_service.parse_mailbox_settings(
+        {**HOST_FORM, "smtp_host": "smtp.example.com"}, AddressPolicy()
+    )
+    assert parsed.smtp_host == "smtp.example.com"
+    assert hosts.asked == ["smtp.example.com"]

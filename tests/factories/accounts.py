@@ -1,4 +1,14 @@
-"""Plain factories for people: users, organisations and the mailboxes they send through."""
+"""Plain factories for people: users, organisations and the mailboxes they send through.
+
+Consent: a real organisation requires recipients' consent before it tracks them
+(the models' default, right for real users), and its tracked copies carry an
+opt-out footer. The organisations made here do neither, as an organisation
+that chose not to require consent starts: the tests that use them are about
+tracking itself (classification, figures, notifications, the Mail tab, the
+bodies sent), and a recipient's consent is beside their point. Consent has
+tests of its own (tests/privacy), whose organisations require it
+(``require_consent``).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +17,44 @@ from sqlalchemy.orm import Session
 from mailbeacon.accounts.schemas import NewUser
 from mailbeacon.accounts.service import account_service
 from mailbeacon.db import Database
-from mailbeacon.models import MailboxConnection, Organisation, Security, User
+from mailbeacon.models import MailboxConnection, Organisation, Security, User, UserRole
 
 PASSWORD = "a long enough password"
 
 
-def make_user(session: Session, email: str = "seller@example.com") -> User:
-    """A bare user in a new organisation (no password, no mailbox)."""
-    org = Organisation(name="Acme")
+def tracking_org(session: Session, name: str = "Acme") -> Organisation:
+    """A new organisation that tracks without asking for consent (see the module's docstring)."""
+    org = Organisation(name=name, consent_required=False, opt_out_footer=False)
     session.add(org)
     session.flush()
-    user = User(organisation_id=org.id, email=email, display_name="Sally Seller")
+    return org
+
+
+def require_consent(database: Database, user_id: int, required: bool = True) -> None:
+    """Make the user's organisation require consent (or not) and add the opt-out footer
+    (or not), as a new organisation starts."""
+    with database.unit_of_work() as s:
+        user = s.get(User, user_id)
+        assert user is not None
+        org = s.get(Organisation, user.organisation_id)
+        assert org is not None
+        org.consent_required = required
+        org.opt_out_footer = required
+
+
+def _without_consent(session: Session, user: User) -> None:
+    org = session.get(Organisation, user.organisation_id)
+    assert org is not None
+    org.consent_required = False
+    org.opt_out_footer = False
+
+
+def make_user(session: Session, email: str = "seller@example.com") -> User:
+    """A bare user, the admin of a new organisation (no password, no mailbox)."""
+    org = tracking_org(session)
+    user = User(
+        organisation_id=org.id, email=email, display_name="Sally Seller", role=UserRole.ADMIN
+    )
     session.add(user)
     session.flush()
     return user
@@ -28,9 +65,11 @@ def create_user(
 ) -> int:
     """A user who can sign in with ``PASSWORD``, as `mailbeacon user create` makes one."""
     with database.unit_of_work() as s:
-        return account_service.create_user(
+        user = account_service.create_user(
             s, NewUser(email=email, password=PASSWORD, name=name, organisation=org)
-        ).id
+        )
+        _without_consent(s, user)
+        return user.id
 
 
 def make_demo_sender(
@@ -41,6 +80,7 @@ def make_demo_sender(
         user = account_service.create_user(
             s, NewUser(email=email, password=PASSWORD, name=name, organisation=org)
         )
+        _without_consent(s, user)
         account_service.use_demo_mailbox(s, user, port=2525)
         return user.id
 
@@ -56,11 +96,10 @@ def make_smtp_sender(
     username: str = "",
     sealed_password: str = "",
 ) -> User:
-    """A user with an organisation and a mailbox connection to an SMTP server on loopback."""
-    org = Organisation(name="Acme")
-    session.add(org)
-    session.flush()
-    user = User(organisation_id=org.id, email=email, display_name=name)
+    """A user (the admin of a new organisation) with a mailbox connection to an SMTP server
+    on loopback."""
+    org = tracking_org(session)
+    user = User(organisation_id=org.id, email=email, display_name=name, role=UserRole.ADMIN)
     session.add(user)
     session.flush()
     session.add(

@@ -77,6 +77,8 @@ def record(runtime: Runtime, *hits: Hit) -> Recorded:
         skipped_duplicates=result.skipped_duplicates,
         unknown_copies=result.unknown_copies,
         labels=result.labels,
+        anonymous=result.anonymous,
+        withheld=result.withheld,
     )
     for event in dispatched:
         if isinstance(event, LiveUpdate):

@@ -39,7 +39,9 @@ def plan(
         }
         values.update(fields)
         draft = Draft.model_validate(values)
-    return message_service.plan_send(session, user, draft, instrumenter=runtime.tracking)
+    return message_service.plan_send(
+        session, user, draft, instrumenter=runtime.tracking, consent=runtime.consent
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,9 @@ def send_mail(
             open_tracking=open_tracking,
             link_tracking=link_tracking,
         )
-        message = message_service.plan_send(s, user, draft, instrumenter=runtime.tracking)
+        message = message_service.plan_send(
+            s, user, draft, instrumenter=runtime.tracking, consent=runtime.consent
+        )
         now = utcnow()
         message.sent_at = now
         s.execute(

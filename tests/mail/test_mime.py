@@ -1,20 +1,30 @@
-"""MIME of a copy: the per-message template and the one-piece build agree; text from HTML."""
+"""MIME of a copy: the header block we write, the per-message template and the one-piece
+build agree; text from HTML."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import email
+import email.header
 import email.policy
+import email.utils
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailbeacon.kit.addresses import Address
+from mailbeacon.kit.header_text import header_text_problem
 from mailbeacon.kit.text_urls import find_text_urls
 from mailbeacon.mail.mime import (
     CopyTemplate,
+    MalformedHeaders,
     VisibleHeaders,
     build_copy_message,
+    check_header_section,
+    header_block,
     html_to_text,
     new_message_id,
 )
@@ -97,7 +107,7 @@ TEMPLATE = CopyTemplate.build(HEADERS, has_html=True)
 def test_template_and_one_piece_build_give_the_same_copy(html: str, text: str) -> None:
     fast = parse(TEMPLATE.render(html=html, text=text))
     built = build_copy_message(HEADERS, html=html, text=text, boundary=fast.get_boundary())
-    reference = parse(built.as_bytes())
+    reference = parse(built)
     assert contents(fast) == contents(reference)
     # The body as given, ending with a line break (the email package adds one if missing).
     assert contents(fast) == (_lf(text), _lf(html))
@@ -108,6 +118,138 @@ def test_template_and_one_piece_build_give_the_same_copy(html: str, text: str) -
 def _lf(body: str) -> str:
     body = body.replace("\r\n", "\n").replace("\r", "\n")
     return body if body.endswith("\n") else body + "\n"
+
+
+# ---------------------------------------------------------------- the header block
+
+INJECTED = "Invoice\r\nContent-Type: text/html\r\n\r\n<h1>Phish</h1>"
+Q_WORD = "=?utf-8?q?Invoice=0D=0AContent-Type:_text/html=0D=0A=0D=0A<h1>Phish</h1>?="
+B_WORD = "=?utf-8?b?" + base64.b64encode(INJECTED.encode()).decode() + "?="
+NAME_Q_WORD = "=?utf-8?q?Sally=0D=0ABcc:_victim@evil.example?="
+
+SHORT = VisibleHeaders(
+    sender_name="Sally",
+    sender_address="sally@example.com",
+    to="Ann <ann@example.org>",
+    cc="",
+    subject="Hello",
+    date=datetime(2026, 11, 30, 9, 0, tzinfo=UTC),
+    message_id="<abc@example.com>",
+)
+
+
+def header_fields(raw: bytes) -> dict[str, str]:
+    """Header fields as a reader sees them: up to the first blank line, folds joined."""
+    fields: dict[str, str] = {}
+    name = ""
+    for line in raw.split(b"\r\n\r\n", 1)[0].decode("ascii").split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            fields[name] += line
+        else:
+            name, _, value = line.partition(":")
+            fields[name] = value
+    return fields
+
+
+def decoded(value: str) -> str:
+    """A header value as the stdlib's older RFC 2047 decoder reads it."""
+    return str(email.header.make_header(email.header.decode_header(value.strip())))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"subject": Q_WORD},
+        {"subject": B_WORD},
+        {"subject": INJECTED},
+        {"subject": "Invoice\rX-Injected: 1"},
+        {"subject": "Invoice\u2028X-Injected: 1"},
+        {"sender_name": NAME_Q_WORD},
+        {"sender_name": "Sally\nBcc: victim@evil.example"},
+        {"to": '"=?utf-8?b?QQ0KWC1JbmplY3RlZDogMQ==?=" <ann@example.org>'},
+        {"message_id": "<abc@example.com>\r\nX-Injected: 1"},
+        {"sender_address": "sally@example.com>\r\nX-Injected: 1"},
+    ],
+)
+def test_the_header_writer_refuses_what_would_split_a_field(changes: dict[str, str]) -> None:
+    with pytest.raises(MalformedHeaders):
+        CopyTemplate.build(dataclasses.replace(SHORT, **changes), has_html=True)
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        b"Subject: Invoice\r\nContent-Type: text/html\r\n",  # a field we did not write
+        b"Subject: Invoice\nX: 1\r\n",  # a bare LF
+        b"Subject: Invoice\rX: 1\r\n",  # a bare CR
+        b"Subject: Invoice\r\n \r\n",  # a continuation of nothing but white space
+        b"Subject: Invoice\r\n\r\n",  # a blank line inside the block
+        b"Subject: Invoic\xc3\xa9\r\n",  # 8-bit
+        b"Subject: " + b"x" * 1000 + b"\r\n",  # longer than RFC 5322 allows
+        b"Subject: Invoice",  # no line end
+        b" Subject: Invoice\r\n",  # a continuation of no field
+    ],
+)
+def test_the_header_check_refuses_any_block_but_the_one_written(section: bytes) -> None:
+    with pytest.raises(MalformedHeaders):
+        check_header_section(section, ["Subject"])
+
+
+def test_the_header_check_takes_the_block_written() -> None:
+    check_header_section(b"Subject: a\r\n b\r\nDate: x\r\n", ["Subject", "Date"])
+
+
+_HEADER_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=200
+).filter(lambda t: header_text_problem(t) is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=_HEADER_TEXT, name=_HEADER_TEXT)
+def test_any_text_the_input_check_lets_through_is_written_as_one_field_each(
+    subject: str, name: str
+) -> None:
+    subject = subject.strip()  # as planning stores it
+    name = " ".join(name.split())  # as address parsing leaves a display name
+    block = header_block(dataclasses.replace(SHORT, subject=subject, sender_name=name))
+    check_header_section(block, ["From", "To", "Subject", "Date", "Message-ID"])
+    assert block.isascii()
+    assert max(len(line) for line in block.split(b"\r\n")) <= 78
+    values = header_fields(block + b"\r\n")
+    assert decoded(values["Subject"]) == subject
+    phrase, address = email.utils.parseaddr(values["From"])
+    assert (decoded(phrase), address) == (name, "sally@example.com")
+    msg = parse(block + b"\r\n")
+    assert msg["Subject"] == subject
+    # The email package's address parser keeps the space between two encoded words of a
+    # name (RFC 2047 section 6.2 says to drop it; long names its own writer wrote read back
+    # the same way); every character is there.
+    assert msg["From"].addresses[0].display_name.replace(" ", "") == name.replace(" ", "")
+
+
+@settings(max_examples=100, deadline=None)
+@given(names=st.lists(_HEADER_TEXT, min_size=1, max_size=5))
+def test_recipient_lists_read_back_as_planning_wrote_them(names: list[str]) -> None:
+    """To and Cc are stored as planning formats them and written again from their parts."""
+    people = [Address(f"p{i}@example.org", " ".join(n.split())) for i, n in enumerate(names)]
+    to = ", ".join(p.formatted() for p in people)
+    msg = parse(header_block(dataclasses.replace(SHORT, to=to)) + b"\r\n")
+    assert [a.addr_spec for a in msg["To"].addresses] == [p.email for p in people]
+    assert [a.display_name.replace(" ", "") for a in msg["To"].addresses] == [
+        p.name.replace(" ", "") for p in people
+    ]
+
+
+def test_the_marks_of_a_template_cannot_be_written_by_its_author() -> None:
+    headers = dataclasses.replace(SHORT, subject="MAILBEACONTEXTBODYMARK MAILBEACONHTMLBODYMARK")
+    msg = parse(CopyTemplate.build(headers, has_html=True).render(html="<p>h</p>", text="t"))
+    assert msg["Subject"] == headers.subject
+    assert contents(msg) == ("t\n", "<p>h</p>\n")
+
+
+def test_message_ids_use_the_ascii_form_of_the_senders_domain() -> None:
+    assert new_message_id("Sally@Bücher.example").endswith("@xn--bcher-kva.example>")
+    assert new_message_id("not an address").endswith("@mailbeacon.invalid>")
 
 
 def test_html_to_text_keeps_link_targets_and_structure() -> None:

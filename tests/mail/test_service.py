@@ -10,6 +10,7 @@ from mailbeacon.db import Database
 from mailbeacon.mail import repository
 from mailbeacon.mail.schemas import Draft
 from mailbeacon.mail.service import (
+    MAX_BODY_BYTES,
     CannotRetry,
     CopyNotFound,
     InvalidDraft,
@@ -216,6 +217,43 @@ def test_plain_text_and_empty_bodies_get_their_decisions(
     assert text_copy.text_body is not None and "/t/c/" in text_copy.text_body
     (empty_copy,) = copies_of(database, empty_id)
     assert empty_copy.decision == TrackingDecision.EMPTY_BODY
+
+
+def test_copies_to_the_senders_own_addresses_go_out_untracked(
+    database: Database, runtime: Runtime
+) -> None:
+    """The Untracked word of the planner wins over the switches and the settings note."""
+    with database.unit_of_work() as s:
+        user = make_smtp_sender(s, port=2525, email="sally@example.com")
+        user.open_tracking_enabled = False  # a settings note would follow "Tracked."
+        message_id = plan(s, runtime, user, to=["ann@example.org"], cc=["Sally@Example.com"]).id
+    ann, own = copies_of(database, message_id)
+    assert ann.decision == TrackingDecision.TRACKED
+    assert own.decision == TrackingDecision.OWN_ADDRESS
+    assert own.decision_reason == (
+        "Sent to your own address: not tracked, so your own reading never counts as an open."
+    )
+    assert (own.open_tracked, own.links_tracked) == (False, False)
+    assert own.html_body == OFFER_HTML
+    assert own.text_body is not None and "/t/" not in own.text_body
+
+
+def test_a_body_of_exactly_the_limit_is_planned_and_one_octet_more_is_not(
+    database: Database, runtime: Runtime
+) -> None:
+    limit = "é" * (MAX_BODY_BYTES // 2)  # 5,000,000 octets of UTF-8 in 2,500,000 characters
+    with database.unit_of_work() as s:
+        user = make_smtp_sender(s, port=2525)
+        with pytest.raises(InvalidDraft) as caught:
+            plan(s, runtime, user, body_html=None, body_text=limit + "x")
+        assert caught.value.errors == {
+            "body_text": ["body_text: the message is too large (5.1 MB); it can be up to 5 MB"]
+        }
+        # The limit is the message's: the HTML and the text given together.
+        with pytest.raises(InvalidDraft) as caught:
+            plan(s, runtime, user, body_html="a" * 3_000_000, body_text="b" * 2_000_001)
+        assert set(caught.value.errors) == {"body_html", "body_text"}
+        plan(s, runtime, user, body_html=None, body_text=limit)
 
 
 def test_only_an_unknown_copy_of_ones_own_can_be_resent(

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from mailbeacon.kit.netpolicy import AddressPolicy
 from mailbeacon.models.mailbox import Security
 from mailbeacon.sync.imap import ImapMailbox, ImapSettings, open_mailbox
 from tests.sync.dovecot import Account, DovecotServer, dovecot_missing_reason, start_dovecot
+
+LOOPBACK_ALLOWED = AddressPolicy(allow_loopback=True)
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +57,8 @@ def settings_for(
         password=account.password if password is None else password,
         timeout=timeout,
         ssl_context=None if security == Security.NONE else server.ssl_context(),
+        # Dovecot listens on loopback, which the default policy refuses.
+        policy=LOOPBACK_ALLOWED,
     )
 
 

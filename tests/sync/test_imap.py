@@ -15,9 +15,11 @@ from pathlib import Path
 import imapclient
 import pytest
 
+from mailbeacon.kit.netpolicy import AddressPolicy
 from mailbeacon.models.mailbox import Security
 from mailbeacon.sync.imap import (
     SEEN,
+    AddressNotAllowed,
     CannotConnect,
     ConnectionLost,
     FetchPart,
@@ -32,7 +34,8 @@ from mailbeacon.sync.imap import (
     open_mailbox,
     test_imap_connection,
 )
-from tests.sync.conftest import settings_for
+from tests.network import SSH_BANNER, ConnectionLog, HostTable, fake_service
+from tests.sync.conftest import LOOPBACK_ALLOWED, settings_for
 from tests.sync.dovecot import (
     Account,
     DovecotServer,
@@ -128,7 +131,7 @@ def test_tls_spoken_to_the_plain_port_is_a_tls_failure(
     settings = replace(settings_for(dovecot, account, Security.TLS), port=dovecot.imap_port)
     result = test_imap_connection(settings)
     assert (result.ok, result.stage) == (False, Stage.TLS)
-    assert "did not answer with TLS" in result.message
+    assert "the TLS handshake did not complete" in result.message
 
 
 def test_plain_imap_to_the_tls_port_times_out_with_a_hint(
@@ -142,17 +145,29 @@ def test_plain_imap_to_the_tls_port_times_out_with_a_hint(
     assert "implicit TLS" in result.message
 
 
-def test_no_encryption_is_refused_for_a_remote_host_before_connecting() -> None:
-    settings = ImapSettings("imap.example.com", 143, Security.NONE, "u", "p", timeout=0.1)
-    with pytest.raises(TlsFailed, match="only allowed to this machine"):
-        open_mailbox(settings)
+def test_no_encryption_is_refused_for_a_remote_host_before_connecting(
+    hosts: HostTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connections = ConnectionLog()
+    connections.install(monkeypatch)
+    # A public address (nothing is sent there); "localhost" made to point at it is
+    # judged by where it points.
+    hosts.add("imap.example.com", "93.184.215.14")
+    hosts.add("localhost", "93.184.215.14")
+    for host in ("imap.example.com", "localhost"):
+        settings = ImapSettings(host, 143, Security.NONE, "u", "p", timeout=0.1)
+        with pytest.raises(TlsFailed, match="only allowed to this machine"):
+            open_mailbox(replace(settings, policy=LOOPBACK_ALLOWED))
+    assert connections.attempts == []
 
 
 def test_server_down_is_a_clear_connect_error() -> None:
-    settings = ImapSettings("127.0.0.1", free_port(), Security.TLS, "u", "p", timeout=2)
+    settings = ImapSettings(
+        "127.0.0.1", free_port(), Security.TLS, "u", "p", timeout=2, policy=LOOPBACK_ALLOWED
+    )
     result = test_imap_connection(settings)
     assert (result.ok, result.stage) == (False, Stage.CONNECT)
-    assert "connection refused" in result.message
+    assert "nothing answered, or the connection was refused" in result.message
     with pytest.raises(CannotConnect) as caught:
         open_mailbox(settings)
     assert caught.value.temporary
@@ -166,6 +181,76 @@ def test_no_result_repeats_the_server_greeting(dovecot: DovecotServer, account: 
     ]
     for settings in cases:
         assert "Dovecot" not in test_imap_connection(settings).message
+
+
+def test_a_loopback_server_is_refused_by_default_before_connecting(
+    dovecot: DovecotServer, account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connections = ConnectionLog()
+    connections.install(monkeypatch)
+    for security in (Security.NONE, Security.TLS):
+        settings = replace(settings_for(dovecot, account, security), policy=AddressPolicy())
+        with pytest.raises(AddressNotAllowed) as caught:
+            open_mailbox(settings)
+        assert not caught.value.temporary
+        result = test_imap_connection(settings)
+        assert (result.ok, result.stage) == (False, Stage.CONNECT)
+        assert result.message == (
+            "This address is this machine itself (loopback); the operator has not allowed "
+            "mail servers on this machine."
+        )
+    assert connections.attempts == []
+
+
+@pytest.mark.parametrize("security", [Security.NONE, Security.STARTTLS, Security.TLS])
+def test_a_service_that_is_not_imap_reads_like_a_silent_one(security: Security) -> None:
+    """An SSH daemon and a port that never answers get the same fixed sentence."""
+    answers = []
+    for banner in (SSH_BANNER, None):
+        with fake_service(banner) as port:
+            result = test_imap_connection(
+                ImapSettings(
+                    "127.0.0.1", port, security, "u", "p", timeout=1, policy=LOOPBACK_ALLOWED
+                )
+            )
+        assert not result.ok
+        assert "SSH" not in result.message
+        answers.append((result.stage, result.message.replace(f":{port}", ":PORT")))
+    assert answers[0] == answers[1]
+    if security == Security.TLS:
+        assert answers[0] == (
+            Stage.TLS,
+            "127.0.0.1:PORT: the TLS handshake did not complete; this port may expect "
+            "STARTTLS or no encryption.",
+        )
+    else:
+        assert answers[0] == (
+            Stage.CONNECT,
+            "127.0.0.1:PORT did not answer as a mail server; if the port expects implicit "
+            "TLS (usually 993), choose TLS.",
+        )
+
+
+@pytest.mark.parametrize("security", [Security.TLS, Security.STARTTLS])
+def test_the_certificate_is_checked_for_the_name_while_the_vetted_address_is_used(
+    dovecot: DovecotServer,
+    account: Account,
+    security: Security,
+    hosts: HostTable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connections = ConnectionLog()
+    connections.install(monkeypatch)
+    # The certificate names "localhost" and 127.0.0.1, where the connection goes;
+    # checked against the address rather than the name given, it would pass.
+    hosts.add("imap.mail.test", "127.0.0.1")
+    settings = settings_for(dovecot, account, security)
+    result = test_imap_connection(replace(settings, host="imap.mail.test"))
+    assert (result.ok, result.stage) == (False, Stage.TLS)
+    assert result.message.endswith("the server's certificate is for another host name.")
+    assert test_imap_connection(replace(settings, host="localhost")).ok
+    assert hosts.asked == ["imap.mail.test", "localhost"]
+    assert connections.attempts == ["127.0.0.1", "127.0.0.1"]
 
 
 @pytest.fixture

@@ -102,6 +102,19 @@ async def test_invalid_input_comes_back_with_clear_errors_and_nothing_lost(
         assert s.scalars(select(Message)).first() is None
 
 
+async def test_compose_reads_its_own_form_and_still_needs_the_csrf_token(
+    client: httpx.AsyncClient, sally: str, database: Database
+) -> None:
+    r = await compose(client, "not-the-token")
+    assert r.status_code == 403
+    r = await compose(client, sally, csrf_token=None)
+    assert r.status_code == 403
+    with database.sessions() as s:
+        assert s.scalars(select(Message)).first() is None
+    r = await compose(client, sally)
+    assert r.status_code == 303
+
+
 async def test_plain_text_drafts_keep_their_format_on_error(
     client: httpx.AsyncClient, sally: str
 ) -> None:

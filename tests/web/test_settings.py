@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,10 +18,15 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from sqlalchemy import select, text
 
 from mailbeacon.asgi import MailbeaconApp
+from mailbeacon.config import Settings
 from mailbeacon.db import Database
-from mailbeacon.models import MailboxConnection, Security, User
-from tests.client import sign_in
+from mailbeacon.kit.clock import utcnow
+from mailbeacon.mail.demo import DemoSmtpServer
+from mailbeacon.models import ApiToken, MailboxConnection, Security, User
+from mailbeacon.runtime import Runtime
+from tests.client import make_client, sign_in
 from tests.factories.accounts import create_user
+from tests.network import HostTable
 
 pytestmark = pytest.mark.asyncio
 
@@ -117,7 +124,7 @@ async def test_test_connection_to_a_closed_port_says_it_cannot_connect(
     assert r.status_code == 422
     assert "Cannot connect." in r.text
     assert f"127.0.0.1:{port}" in r.text
-    assert "connection refused" in r.text
+    assert "nothing answered, or the connection was refused" in r.text
     with database.sessions() as s:
         mailbox = s.scalars(select(MailboxConnection)).one()
     # The settings were saved, and the outcome kept beside them.
@@ -180,6 +187,84 @@ async def test_a_working_connection_says_so(
         "smtp_username": "",
     }
     r = await client.post("/settings/email-sync/test", data={**form, "csrf_token": signed_in})
+    assert r.status_code == 200
+    assert "Connection works." in r.text
+
+
+@asynccontextmanager
+async def browser(
+    settings: Settings, **changes: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """A signed-in browser (the user must exist) on an app whose settings differ by ``changes``."""
+    application = MailbeaconApp(Runtime.from_settings(settings.model_copy(update=changes)))
+    try:
+        async with make_client(application) as c:
+            yield c, await sign_in(c)
+    finally:
+        application.runtime.database.dispose()
+
+
+async def test_a_host_the_address_policy_refuses_is_a_field_error_and_nothing_is_saved(
+    client: httpx.AsyncClient, signed_in: str, database: Database, hosts: HostTable
+) -> None:
+    hosts.add("intranet.corp.test", "10.20.30.40")
+    for host, words in [
+        ("10.1.2.3", "This address is on a private network"),
+        ("intranet.corp.test", "This host name points to an address that is on a private"),
+        ("169.254.169.254", "metadata service"),
+    ]:
+        form = {**FORM, "smtp_host": host, "smtp_security": "tls", "smtp_port": "465"}
+        for path in ("/settings/email-sync", "/settings/email-sync/test"):
+            r = await client.post(path, data={**form, "csrf_token": signed_in})
+            assert r.status_code == 422
+            assert words in r.text
+            assert f'value="{host}"' in r.text
+    with database.sessions() as s:
+        assert s.scalars(select(MailboxConnection)).first() is None
+
+
+async def test_with_default_settings_a_loopback_server_is_refused_for_a_real_mailbox(
+    settings: Settings, signed_in: str, database: Database, sink: SmtpPeer
+) -> None:
+    form = {**FORM, "smtp_host": sink.host, "smtp_port": str(sink.port), "smtp_security": "none"}
+    async with browser(settings, ALLOW_LOOPBACK_MAIL_SERVERS=False) as (c, csrf):
+        r = await c.post("/settings/email-sync/test", data={**form, "csrf_token": csrf})
+        assert r.status_code == 422
+        assert (
+            "This address is this machine itself (loopback); the operator has not allowed "
+            "mail servers on this machine." in r.text
+        )
+        # A connection saved while loopback was allowed is refused when it is tried.
+        async with browser(settings) as (allowed, allowed_csrf):
+            r = await allowed.post(
+                "/settings/email-sync", data={**form, "csrf_token": allowed_csrf}
+            )
+            assert r.status_code == 303
+        r = await c.post("/settings/email-sync/test", data={"csrf_token": csrf})
+        assert r.status_code == 422
+        assert "Cannot connect." in r.text
+    with database.sessions() as s:
+        mailbox = s.scalars(select(MailboxConnection)).one()
+    assert mailbox.last_test_result == (
+        "Cannot connect. This address is this machine itself (loopback); the operator has "
+        "not allowed mail servers on this machine."
+    )
+
+
+async def test_with_default_settings_the_demo_mailbox_passes_the_connection_test(
+    settings: Settings, signed_in: str, database: Database
+) -> None:
+    demo = DemoSmtpServer(database, port=0)
+    await demo.start()
+    try:
+        async with browser(
+            settings, ALLOW_LOOPBACK_MAIL_SERVERS=False, DEMO_SMTP_PORT=demo.port
+        ) as (c, csrf):
+            r = await c.post("/settings/email-sync/demo", data={"csrf_token": csrf})
+            assert r.status_code == 303
+            r = await c.post("/settings/email-sync/test", data={"csrf_token": csrf})
+    finally:
+        await demo.stop()
     assert r.status_code == 200
     assert "Connection works." in r.text
 
@@ -295,3 +380,75 @@ async def test_tracking_options_are_saved_per_user(
     page = await client.get("/settings/email-sync")
     assert 'name="link_tracking_enabled" value="true" checked' in page.text
     assert 'name="open_tracking_enabled" value="true">' in page.text
+
+
+async def test_api_tokens_are_minted_with_chosen_scopes_and_expiry_and_listed_so(
+    client: httpx.AsyncClient, signed_in: str, database: Database
+) -> None:
+    page = await client.get("/settings/api-tokens")
+    # Offered: read and send chosen, admin not; ninety days.
+    assert re.search(r'name="scopes" value="read" checked', page.text)
+    assert re.search(r'name="scopes" value="send" checked', page.text)
+    assert re.search(r'name="scopes" value="admin">', page.text)
+    assert '<option value="90" selected>' in page.text
+    r = await client.post(
+        "/settings/api-tokens",
+        data={
+            "csrf_token": signed_in,
+            "name": "Reports",
+            "scopes": ["read"],
+            "expires_in_days": "30",
+        },
+    )
+    assert r.status_code == 200
+    assert 'id="new-token">mb_' in r.text
+    r = await client.post(
+        "/settings/api-tokens",
+        data={
+            "csrf_token": signed_in,
+            "name": "Forever",
+            "scopes": ["read", "admin"],
+            "expires_in_days": "",
+        },
+    )
+    assert r.status_code == 200
+    listing = (await client.get("/settings/api-tokens")).text
+    rows = dict(
+        re.findall(
+            r"<td>(Reports|Forever)</td>.*?<td class=\"token-scopes\">([^<]*)</td>", listing, re.S
+        )
+    )
+    assert rows == {"Reports": "read", "Forever": "read, admin"}
+    expiries = re.findall(r'<td class="token-expiry">([^<]*)</td>', listing)
+    with database.sessions() as s:
+        reports = s.scalars(select(ApiToken).where(ApiToken.name == "Reports")).one()
+        assert reports.expires_at is not None
+        assert reports.expires_at.date() == (utcnow() + timedelta(days=30)).date()
+    assert sorted(expiries) == sorted([reports.expires_at.strftime("%Y-%m-%d"), "never"])
+
+
+async def test_a_token_without_scopes_or_with_a_bad_expiry_is_refused(
+    client: httpx.AsyncClient, signed_in: str, database: Database
+) -> None:
+    r = await client.post(
+        "/settings/api-tokens",
+        data={"csrf_token": signed_in, "name": "CRM", "expires_in_days": "soon"},
+    )
+    assert r.status_code == 422
+    assert "Choose how many days the token works." in r.text
+    # Every box unticked, as the page's form sends it.
+    r = await client.post(
+        "/settings/api-tokens",
+        data={"csrf_token": signed_in, "name": "CRM", "scopes_offered": "true"},
+    )
+    assert r.status_code == 422
+    assert "Choose at least one thing the token may do." in r.text
+    assert 'value="CRM"' in r.text
+    with database.sessions() as s:
+        assert s.scalars(select(ApiToken)).first() is None
+    # A post that never offered the choice (a script of an earlier version) gets what
+    # tokens could do before scopes, less Settings.
+    r = await client.post("/settings/api-tokens", data={"csrf_token": signed_in, "name": "CRM"})
+    assert r.status_code == 200
+    with database.sessions() as s:
+        assert s.scalars(select(ApiToken)).one().scopes == "read send"

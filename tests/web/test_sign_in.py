@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import func, select
 from starlette.routing import BaseRoute
 
+from mailbeacon.accounts.security import ACCOUNT_NETWORK_BACKOFF
 from mailbeacon.asgi import MailbeaconApp
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
@@ -151,22 +152,25 @@ async def test_a_wrong_password_says_so_and_keeps_the_email(
     assert (await client.get("/compose")).status_code == 303
 
 
-async def test_repeated_failures_are_rate_limited_with_a_clear_message(
+async def test_repeated_failures_are_throttled_with_a_clear_message(
     client: httpx.AsyncClient, database: Database
 ) -> None:
     create_user(database)
     token = csrf_of((await client.get("/sign-in")).text)
-    for _ in range(5):
+    for _ in range(ACCOUNT_NETWORK_BACKOFF.free_failures):
         r = await client.post(
             "/sign-in",
             data={"email": "sally@example.com", "password": "wrong password", "csrf_token": token},
         )
+        assert r.status_code == 401
         assert "Wrong email or password." in r.text
     r = await client.post(
         "/sign-in", data={"email": "sally@example.com", "password": PASSWORD, "csrf_token": token}
     )
-    assert r.status_code == 401
-    assert "Too many attempts, try again in 15 minutes." in r.text
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "5"
+    assert "Too many attempts, try again in 5 seconds." in r.text
+    assert "mb_session" not in r.headers.get("set-cookie", "")
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong-token-wrong-token-wrong"])
@@ -259,7 +263,10 @@ async def test_api_tokens_work_without_csrf_until_revoked(
 ) -> None:
     create_user(database)
     csrf = await sign_in(client)
-    r = await client.post("/settings/api-tokens", data={"csrf_token": csrf, "name": "CRM sync"})
+    r = await client.post(
+        "/settings/api-tokens",
+        data={"csrf_token": csrf, "name": "CRM sync", "scopes": ["read", "send"]},
+    )
     assert r.status_code == 200
     plain = re.search(r'id="new-token">([^<]+)<', r.text)
     assert plain is not None

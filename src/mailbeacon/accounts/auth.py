@@ -13,16 +13,18 @@ from sqlalchemy.orm import Session
 from mailbeacon.accounts.security import SESSION_COOKIE
 from mailbeacon.accounts.service import account_service
 from mailbeacon.db import Database
-from mailbeacon.web.deps import SAFE_METHODS, Viewer, provided
+from mailbeacon.web.deps import ALL_SCOPES, SAFE_METHODS, Viewer, provided
 
 
-def resolve_viewer(request: Request, session: Session) -> Viewer | None:
-    """The user behind the request, or None.
+def resolve_viewer(request: Request, session: Session, *, touch: bool = True) -> Viewer | None:
+    """The user behind the request with what they may do, or None.
 
-    Refreshing "last used" happens at most hourly. A request that may write does
-    it in its own unit of work; a page view (a read-only unit of work) does it
-    in a short one of its own, so that reading never waits for the write lock
-    except in the rare request that touches.
+    An API token may do what its scopes say; a browser session may do everything.
+
+    Refreshing "last used" happens at most hourly (never with ``touch=False``). A
+    request that may write does it in its own unit of work; a page view (a
+    read-only unit of work) does it in a short one of its own, so that reading
+    never waits for the write lock except in the rare request that touches.
     """
     authorization = request.headers.get("authorization")
     if authorization is not None:
@@ -33,17 +35,27 @@ def resolve_viewer(request: Request, session: Session) -> Viewer | None:
         if found_token is None:
             return None
         user, token = found_token
-        if account_service.token_needs_touch(token):
+        if touch and account_service.token_needs_touch(token):
             _touch(request, session, lambda s: account_service.touch_api_token(s, token.id))
-        return Viewer(user=user, csrf_secret=None, email=user.email, name=user.display_name)
+        return Viewer(
+            user=user,
+            csrf_secret=None,
+            email=user.email,
+            name=user.display_name,
+            scopes=frozenset(token.scope_set),
+        )
     found = account_service.session_user(session, request.cookies.get(SESSION_COOKIE))
     if found is None:
         return None
     user, record = found
-    if account_service.session_needs_touch(record):
+    if touch and account_service.session_needs_touch(record):
         _touch(request, session, lambda s: account_service.touch_session(s, record.id))
     return Viewer(
-        user=user, csrf_secret=record.csrf_secret, email=user.email, name=user.display_name
+        user=user,
+        csrf_secret=record.csrf_secret,
+        email=user.email,
+        name=user.display_name,
+        scopes=ALL_SCOPES,
     )
 
 

@@ -13,6 +13,7 @@ from mailbeacon.models import (
     MailboxConnection,
     Organisation,
     SignInAttempt,
+    SyncState,
     User,
     UserSession,
 )
@@ -20,6 +21,13 @@ from mailbeacon.models import (
 
 def count_users(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(User)) or 0)
+
+
+def has_members(session: Session, organisation_id: int) -> bool:
+    return (
+        session.scalar(select(User.id).where(User.organisation_id == organisation_id).limit(1))
+        is not None
+    )
 
 
 def get_user(session: Session, user_id: int) -> User | None:
@@ -137,3 +145,10 @@ def touch_session(session: Session, session_id: int, now: datetime) -> None:
 
 def touch_api_token(session: Session, token_id: int, now: datetime) -> None:
     session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+
+
+def sync_state(session: Session, mailbox_id: int) -> SyncState | None:
+    """The mailbox's sync state as the sync worker keeps it (read only here)."""
+    return session.scalars(
+        select(SyncState).where(SyncState.mailbox_connection_id == mailbox_id)
+    ).one_or_none()

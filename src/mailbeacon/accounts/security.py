@@ -1,4 +1,4 @@
-"""Password hashing, random tokens, CSRF comparison and sign-in rate limits."""
+"""Password hashing and strength, random tokens, CSRF comparison and sign-in throttling."""
 
 from __future__ import annotations
 
@@ -6,20 +6,29 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from zxcvbn import zxcvbn  # type: ignore[import-untyped]
 
 # argon2-cffi's defaults are RFC 9106's "second recommended option" (argon2id,
 # t=3, 64 MiB, p=4): about a tenth of a second per hash on a current server.
 _hasher = PasswordHasher()
 
-PASSWORD_MIN_CHARS = 8
+PASSWORD_MIN_CHARS = 10
 # Bounds the work an anonymous request can ask of the hasher.
 PASSWORD_MAX_CHARS = 1024
+# zxcvbn's score: 3 is "safely unguessable: moderate protection from offline
+# slow-hash scenario" (under 10^10 guesses it is not).
+PASSWORD_MIN_SCORE = 3
+# zxcvbn refuses longer input (its matching is superlinear); the first 72
+# characters are rated, as bcrypt-era advice rates them.
+_ZXCVBN_MAX_CHARS = 72
 
 SESSION_COOKIE = "mb_session"
 # Anonymous forms (sign-in) carry a double-submit token tied to this cookie.
@@ -42,8 +51,81 @@ class RateLimit:
     window: timedelta
 
 
-EMAIL_LIMIT = RateLimit(failures=5, window=timedelta(minutes=15))
-IP_LIMIT = RateLimit(failures=20, window=timedelta(minutes=15))
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Failed sign-ins to one account from one network: a few free tries, then a wait
+    before the next one that doubles with each failure, up to `longest_wait`.
+
+    Nothing locks the account: the owner's right password from any other network
+    gets in at once, and guessing from one network slows to one try per
+    `longest_wait`. Failures are forgotten after a success from that network, or
+    `memory` after they happened.
+    """
+
+    free_failures: int
+    first_wait: timedelta
+    longest_wait: timedelta
+    memory: timedelta
+
+    def wait_after(self, failures: int) -> timedelta:
+        """How long after the last of `failures` failures the next try must wait."""
+        if failures < self.free_failures:
+            return timedelta(0)
+        doublings = min(failures - self.free_failures, 32)
+        return min(self.longest_wait, self.first_wait * (1 << doublings))
+
+
+ACCOUNT_NETWORK_BACKOFF = Backoff(
+    free_failures=3,
+    first_wait=timedelta(seconds=5),
+    longest_wait=timedelta(minutes=15),
+    memory=timedelta(hours=24),
+)
+# Against spraying: one network trying many accounts (each with few tries).
+NETWORK_LIMIT = RateLimit(failures=30, window=timedelta(minutes=15))
+
+
+_zxcvbn_lock = threading.Lock()
+
+
+def password_problem(password: str, user_inputs: Iterable[str] = ()) -> str | None:
+    """Why a new password would be refused, in words for the person choosing it; None if
+    it is long and hard enough to guess.
+
+    ``user_inputs`` are what an attacker knows about the account (its email and
+    name): a password built from them is guessed early.
+    """
+    if len(password) < PASSWORD_MIN_CHARS:
+        return f"Use at least {PASSWORD_MIN_CHARS} characters."
+    if len(password) > PASSWORD_MAX_CHARS:
+        return f"Use at most {PASSWORD_MAX_CHARS} characters."
+    words = sorted(_guessable_words(user_inputs))
+    # zxcvbn keeps the user inputs in a module-level dictionary while it rates:
+    # two ratings at once would see each other's.
+    with _zxcvbn_lock:
+        result = zxcvbn(password[:_ZXCVBN_MAX_CHARS], user_inputs=words)
+    if int(result["score"]) >= PASSWORD_MIN_SCORE:
+        return None
+    feedback = result.get("feedback") or {}
+    hints = [feedback.get("warning") or "", *(feedback.get("suggestions") or [])]
+    detail = " ".join(h.strip() for h in hints if h and h.strip())
+    return "This password is too easy to guess." + (f" {detail}" if detail else "")
+
+
+def _guessable_words(values: Iterable[str]) -> set[str]:
+    """An email or a name and the parts an attacker would try: local part, domain labels,
+    words of the name."""
+    words: set[str] = set()
+    for value in values:
+        value = value.strip().lower()
+        if not value:
+            continue
+        words.add(value)
+        local, _, domain = value.partition("@")
+        for part in [local, *domain.split("."), *value.replace(".", " ").split()]:
+            if len(part) >= 3:
+                words.add(part)
+    return words
 
 
 def hash_password(password: str) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import ValidationError
@@ -18,11 +18,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 from mailbeacon.accounts import repository
 from mailbeacon.accounts.schemas import MailboxSettings, NewUser, TrackingOptions
 from mailbeacon.accounts.security import (
-    EMAIL_LIMIT,
-    IP_LIMIT,
+    ACCOUNT_NETWORK_BACKOFF,
+    NETWORK_LIMIT,
     SESSION_LIFETIME,
     SESSION_TOUCH_INTERVAL,
-    RateLimit,
     hash_password,
     hash_token,
     ip_prefix,
@@ -37,10 +36,22 @@ from mailbeacon.kit.clock import as_utc, utcnow
 from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.kit.errors import Conflict, DomainError, InvalidInput, NotFound
 from mailbeacon.kit.net import is_loopback_host
+from mailbeacon.kit.netpolicy import AddressPolicy, AddressRefused, HostNotFound, vet_host
 from mailbeacon.kit.validation import field_errors
-from mailbeacon.models import ApiToken, MailboxConnection, Organisation, Security, User, UserSession
+from mailbeacon.models import (
+    ApiToken,
+    MailboxConnection,
+    Organisation,
+    Security,
+    User,
+    UserRole,
+    UserSession,
+)
+from mailbeacon.models.account import TokenScope
 
 DEFAULT_ORGANISATION = "My organisation"
+# The longest an API token may be minted for (about five years).
+MAX_TOKEN_DAYS = 5 * 366
 
 __all__ = ["InvalidInput"]
 
@@ -54,10 +65,16 @@ class SignInRefused(DomainError):
 
 
 class TooManyAttempts(SignInRefused):
-    def __init__(self, minutes: int) -> None:
-        unit = "minute" if minutes == 1 else "minutes"
-        super().__init__(f"Too many attempts, try again in {minutes} {unit}.")
-        self.minutes = minutes
+    """Refused without checking the password: try again in ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: timedelta) -> None:
+        seconds = max(1, math.ceil(retry_after.total_seconds()))
+        if seconds < 120:
+            when = f"{seconds} second{'' if seconds == 1 else 's'}"
+        else:
+            when = f"{math.ceil(seconds / 60)} minutes"
+        super().__init__(f"Too many attempts, try again in {when}.")
+        self.retry_after = seconds
 
 
 class NoMailboxConnection(Conflict):
@@ -85,6 +102,8 @@ class SmtpParams:
     security: Security
     username: str
     password: str
+    # The built-in demo mailbox: the one connection that may use loopback by default.
+    demo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +147,90 @@ class MailboxSaved:
 
     mailbox: MailboxConnection
     password_dropped: bool
+    # The IMAP server changed with no password for it (see ``save_mailbox``).
+    imap_password_dropped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImapParams:
+    host: str
+    port: int
+    security: Security
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImapProbeResult:
+    """What an IMAP test found: the stage it reached, the folders and the Sent folder."""
+
+    ok: bool
+    stage: str  # "connect" | "tls" | "auth" | "ok"
+    message: str
+    folders: tuple[str, ...] = ()
+    sent_folder: str = ""  # by RFC 6154 SPECIAL-USE, else the usual names; "" if none
+
+
+# Signs in to IMAP and lists the folders as the sync worker would (the sync domain
+# provides it; the composition root wires it in).
+ImapProbe = Callable[[ImapParams], Awaitable[ImapProbeResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class ImapProbeBox:
+    """The IMAP probe as the application provides it to the Settings pages and API."""
+
+    probe: ImapProbe
+
+
+@dataclass(frozen=True, slots=True)
+class ImapReport:
+    """The outcome of testing IMAP, in words a person can act on."""
+
+    ok: bool
+    headline: str
+    detail: str
+    folders: tuple[str, ...]
+    sent_folder: str
+
+    @property
+    def summary(self) -> str:
+        return f"{self.headline} {self.detail}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    """Where the mailbox sync stands, for Settings: the last success and the last error."""
+
+    last_success_at: datetime | None
+    last_error: str
+    last_error_at: datetime | None
+    next_attempt_at: datetime | None
+    first_sync_done: bool
+    stored_count: int
 
 
 SERVER_CHANGED_NOTICE = (
     "Enter the password again: the server changed. The stored password was removed "
     "so that it is never sent to a server it was not entered for."
 )
+
+
+IMAP_SERVER_CHANGED_NOTICE = (
+    "Enter the password again: the IMAP server changed. No stored password is sent to "
+    "a server it was not entered for, the SMTP one included."
+)
+
+
+def _imap_server_changed(mailbox: MailboxConnection, data: MailboxSettings) -> bool:
+    """Whether the settings point IMAP at another server or account than before."""
+    return (
+        mailbox.is_demo
+        or mailbox.imap_host != data.imap_host
+        or mailbox.imap_port != data.imap_port
+        or str(mailbox.imap_security) != str(data.imap_security)
+        or mailbox.imap_username != data.imap_username
+    )
 
 
 def _smtp_server_changed(mailbox: MailboxConnection, data: MailboxSettings) -> bool:
@@ -174,7 +271,7 @@ class _AttemptGate:
         for stripe in sorted({i % self.STRIPES for i in ids} - held):
             if not self._stripes[stripe].acquire(timeout=self.WAIT_SECONDS):
                 self._release_held(held)
-                raise TooManyAttempts(1)
+                raise TooManyAttempts(timedelta(minutes=1))
             held.add(stripe)
         try:
             session.connection()  # begin the transaction whose end releases the stripes
@@ -217,18 +314,39 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-def _remaining_minutes(attempts: Sequence[datetime], limit: RateLimit, now: datetime) -> int:
-    # The block lifts when enough failures have left the window for fewer than
-    # `limit.failures` to remain in it.
-    frees_at = as_utc(attempts[len(attempts) - limit.failures]) + limit.window
-    return max(1, math.ceil((frees_at - now).total_seconds() / 60))
+def _sign_in_keys(email: str, client_ip: str | None) -> tuple[str, str]:
+    """The throttling keys of an attempt: this account from this network, and the network."""
+    network = ip_prefix(client_ip)
+    return f"account:{email} net:{network}", f"ip:{network}"
+
+
+def _retry_after(
+    reader: Session, account_key: str, network_key: str, now: datetime
+) -> timedelta | None:
+    """How long an attempt must still wait, or None if it may try now."""
+    waits = []
+    failures = repository.failure_times(reader, account_key, now - ACCOUNT_NETWORK_BACKOFF.memory)
+    if failures:
+        ready = as_utc(failures[-1]) + ACCOUNT_NETWORK_BACKOFF.wait_after(len(failures))
+        waits.append(ready - now)
+    failures = repository.failure_times(reader, network_key, now - NETWORK_LIMIT.window)
+    if len(failures) >= NETWORK_LIMIT.failures:
+        # The cap lifts when enough failures have left the window for fewer than
+        # `failures` to remain in it.
+        ready = as_utc(failures[len(failures) - NETWORK_LIMIT.failures]) + NETWORK_LIMIT.window
+        waits.append(ready - now)
+    longest = max(waits, default=timedelta(0))
+    return longest if longest > timedelta(0) else None
 
 
 class AccountService:
     # -- users ---------------------------------------------------------------
 
-    def create_user(self, session: Session, data: NewUser) -> User:
-        """Add a user, in the named organisation (made if new) or the first one there is."""
+    def create_user(self, session: Session, data: NewUser, *, admin: bool = False) -> User:
+        """Add a user, in the named organisation (made if new) or the first one there is.
+
+        The first user of an organisation is its admin; ``admin`` makes another one too.
+        """
         try:
             email = validate_email(
                 data.email, check_deliverability=False, globally_deliverable=False
@@ -246,9 +364,11 @@ class AccountService:
             org = Organisation(name=data.organisation or DEFAULT_ORGANISATION)
             session.add(org)
             session.flush()
+        first = not repository.has_members(session, org.id)
         user = User(
             organisation_id=org.id,
             email=email,
+            role=UserRole.ADMIN if admin or first else UserRole.MEMBER,
             display_name=data.name,
             password_hash=hash_password(data.password),
             is_active=True,
@@ -279,46 +399,52 @@ class AccountService:
         client_ip: str | None,
         now: datetime | None = None,
     ) -> SignedIn:
-        """Check a password under the rate limits and open a session.
+        """Check a password, unless this account was failed too often from this network
+        lately, and open a session.
+
+        Throttled per (account, network), never per account alone: failures from one
+        network make the next try from there wait longer and longer
+        (``ACCOUNT_NETWORK_BACKOFF``) and never lock the owner out elsewhere; one
+        network failing many accounts hits ``NETWORK_LIMIT``. A throttled attempt
+        raises TooManyAttempts (saying when to try again) without checking the
+        password and without counting, so a trickle of guesses does not extend it.
 
         Failures are written to the session before SignInRefused is raised: the
-        caller must commit it anyway, or the limit would never count them.
+        caller must commit it anyway, or the throttle would never count them.
         """
         now = now or utcnow()
         email = normalise_email(email)[:320]
-        email_key, ip_key = f"email:{email}", f"ip:{ip_prefix(client_ip)}"
+        account_key, network_key = _sign_in_keys(email, client_ip)
         # Attempts on the same key wait for each other until the earlier one's
         # transaction ends: without that, parallel requests would all count the
         # same failures and all get their password checked.
-        _attempt_gate.enter(session, [email_key, ip_key])
+        _attempt_gate.enter(session, [account_key, network_key])
         # Nothing is written before the password check: on SQLite the first write
         # takes the database's single write lock, which must not be held across
         # argon2 (the ingest writer would wait for it). The reads run outside the
         # session's transaction there, so that it starts with a write and cannot
         # fail to upgrade a stale read snapshot.
         with _pre_check_reader(session) as reader:
-            for key, limit in ((email_key, EMAIL_LIMIT), (ip_key, IP_LIMIT)):
-                attempts = repository.failure_times(reader, key, now - limit.window)
-                if len(attempts) >= limit.failures:
-                    # Refused without checking the password and without counting:
-                    # otherwise a steady trickle would keep the owner locked out.
-                    raise TooManyAttempts(_remaining_minutes(attempts, limit, now))
+            wait = _retry_after(reader, account_key, network_key, now)
+            if wait is not None:
+                raise TooManyAttempts(wait)
             found = repository.get_user_by_email(reader, email)
             stored_hash = found.password_hash if found is not None and found.is_active else None
         # Unknown emails cost one hash verification too (against a dummy hash).
         verified = verify_password(stored_hash, password)
-        repository.prune_attempts(session, [email_key, ip_key], now - 4 * EMAIL_LIMIT.window)
+        repository.prune_attempts(
+            session, [account_key, network_key], now - ACCOUNT_NETWORK_BACKOFF.memory
+        )
         user = repository.get_user_by_email(session, email) if verified else None
         if user is None or not user.is_active or user.password_hash != stored_hash:
-            repository.add_attempt(session, email_key, now, succeeded=False)
-            repository.add_attempt(session, ip_key, now, succeeded=False)
+            repository.add_attempt(session, account_key, now, succeeded=False)
+            repository.add_attempt(session, network_key, now, succeeded=False)
             raise SignInRefused()
         assert user is not None
         assert user.password_hash is not None
         if password_needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
-        repository.forget_failures(session, email_key)
-        repository.add_attempt(session, email_key, now, succeeded=True)
+        repository.forget_failures(session, account_key)
         repository.delete_expired_sessions(session, user.id, now)
         token, csrf = new_secret(), new_secret()
         record = UserSession(
@@ -369,20 +495,55 @@ class AccountService:
 
     # -- API tokens ----------------------------------------------------------
 
-    def create_api_token(self, session: Session, user: User, name: str) -> tuple[ApiToken, str]:
-        """Mint a token for the JSON API; the plain value is returned once and never stored."""
+    def create_api_token(
+        self,
+        session: Session,
+        user: User,
+        name: str,
+        scopes: Iterable[str] = (TokenScope.READ, TokenScope.SEND),
+        expires_in_days: int | None = None,
+        now: datetime | None = None,
+    ) -> tuple[ApiToken, str]:
+        """Mint a token for the JSON API that may do what ``scopes`` allow, until it is
+        revoked or ``expires_in_days`` have passed (None: no expiry).
+
+        The plain value is returned once and never stored.
+        """
+        now = now or utcnow()
+        errors: dict[str, list[str]] = {}
         name = name.strip()
         if not name:
-            raise InvalidInput({"name": ["Give the token a name, e.g. the script that uses it."]})
-        if len(name) > 100:
-            raise InvalidInput({"name": ["Use at most 100 characters."]})
+            errors["name"] = ["Give the token a name, e.g. the script that uses it."]
+        elif len(name) > 100:
+            errors["name"] = ["Use at most 100 characters."]
+        chosen: set[TokenScope] = set()
+        for word in scopes:
+            try:
+                chosen.add(TokenScope(word.strip().lower()))
+            except ValueError:
+                errors["scopes"] = [
+                    f"There is no scope {word.strip()!r}: choose from "
+                    + ", ".join(s.value for s in TokenScope)
+                    + "."
+                ]
+                break
+        if not chosen and "scopes" not in errors:
+            errors["scopes"] = ["Choose at least one thing the token may do."]
+        if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+            errors["expires_in_days"] = [
+                f"Choose between 1 and {MAX_TOKEN_DAYS} days, or no expiry."
+            ]
+        if errors:
+            raise InvalidInput(errors)
         plain = new_api_token()
         token = ApiToken(
             user_id=user.id,
             name=name,
             token_hash=hash_token(plain),
             prefix=plain[:11],
-            created_at=utcnow(),
+            created_at=now,
+            scopes=TokenScope.to_text(chosen),
+            expires_at=None if expires_in_days is None else now + timedelta(days=expires_in_days),
         )
         session.add(token)
         session.flush()
@@ -391,8 +552,8 @@ class AccountService:
     def api_token_user(
         self, session: Session, plain: str, now: datetime | None = None
     ) -> tuple[User, ApiToken] | None:
-        """The user an API token belongs to with the token, or None if it is unknown or
-        revoked. Reads only, like :meth:`session_user`."""
+        """The user an API token belongs to with the token, or None if it is unknown,
+        revoked or expired. Reads only, like :meth:`session_user`."""
         if not plain or len(plain) > 200:
             return None
         found = repository.get_api_token_with_user(session, hash_token(plain))
@@ -400,6 +561,8 @@ class AccountService:
             return None
         token, user = found
         if not user.is_active:
+            return None
+        if token.expires_at is not None and as_utc(token.expires_at) <= (now or utcnow()):
             return None
         return user, token
 
@@ -428,13 +591,26 @@ class AccountService:
     def get_mailbox(self, session: Session, user: User) -> MailboxConnection | None:
         return repository.get_mailbox(session, user.id)
 
-    def parse_mailbox_settings(self, values: dict[str, str]) -> MailboxSettings:
-        """Validate the Email sync form; raise InvalidInput with a message per field."""
+    def parse_mailbox_settings(
+        self, values: dict[str, str], policy: AddressPolicy
+    ) -> MailboxSettings:
+        """Validate the Email sync form; raise InvalidInput with a message per field.
+
+        The SMTP host is held to ``policy`` as a connection to it would be: an
+        address typed in, or every address a name resolves to now. A name that
+        does not resolve is accepted (DNS may be down); the connection test says so.
+        """
         try:
             data = MailboxSettings.model_validate(values)
         except ValidationError as exc:
             raise InvalidInput(field_errors(exc)) from exc
         errors: dict[str, list[str]] = {}
+        try:
+            vet_host(data.smtp_host, data.smtp_port, policy)
+        except AddressRefused as exc:
+            errors["smtp_host"] = [exc.message]
+        except HostNotFound:
+            pass
         if data.smtp_security == Security.NONE and not is_loopback_host(data.smtp_host):
             errors["smtp_security"] = [
                 "Without TLS the password would cross the network in clear text; "
@@ -445,6 +621,8 @@ class AccountService:
             parse_address(data.sender_address)
         except ValueError as exc:
             errors["sender_address"] = [f"This is not a valid address ({exc})."]
+        if data.imap_host:
+            errors.update(_imap_problems(data, policy))
         if errors:
             raise InvalidInput(errors)
         return data
@@ -484,10 +662,13 @@ class AccountService:
         mailbox.smtp_username = data.smtp_username
         if data.smtp_password:
             mailbox.smtp_password_encrypted = box.seal(data.smtp_password)
+        imap_dropped = _save_imap(mailbox, data, box)
         mailbox.last_test_at = None
         mailbox.last_test_result = ""
         session.flush()
-        return MailboxSaved(mailbox=mailbox, password_dropped=password_dropped)
+        return MailboxSaved(
+            mailbox=mailbox, password_dropped=password_dropped, imap_password_dropped=imap_dropped
+        )
 
     def use_demo_mailbox(self, session: Session, user: User, port: int) -> MailboxConnection:
         """Send through the built-in demo mailbox (loopback SMTP into the Demo inbox),
@@ -525,6 +706,7 @@ class AccountService:
             security=Security(mailbox.smtp_security),
             username=mailbox.smtp_username,
             password=box.open(mailbox.smtp_password_encrypted),
+            demo=mailbox.is_demo,
         )
 
     async def test_connection(self, params: SmtpParams, probe: SmtpProbe) -> ConnectionReport:
@@ -548,6 +730,67 @@ class AccountService:
             mailbox.last_test_at = utcnow()
             mailbox.last_test_result = report.summary[:500]
 
+    # -- mailbox sync (IMAP) ---------------------------------------------------
+
+    def imap_params(self, session: Session, user: User, box: CredentialBox) -> ImapParams | None:
+        """How to sign in to the user's IMAP server; None when no IMAP is set up."""
+        mailbox = repository.get_mailbox(session, user.id)
+        if mailbox is None or mailbox.is_demo or not mailbox.imap_host:
+            return None
+        sealed = (
+            mailbox.smtp_password_encrypted
+            if mailbox.imap_same_password
+            else mailbox.imap_password_encrypted
+        )
+        return ImapParams(
+            host=mailbox.imap_host,
+            port=mailbox.imap_port,
+            security=Security(mailbox.imap_security),
+            username=mailbox.imap_username or mailbox.smtp_username or mailbox.sender_address,
+            password=box.open(sealed),
+        )
+
+    async def test_imap(self, params: ImapParams, probe: ImapProbe) -> ImapReport:
+        """Sign in, list the folders and find Sent, and say which step failed."""
+        result = await probe(params)
+        if result.ok:
+            found = (
+                f"The Sent folder is “{result.sent_folder}”."
+                if result.sent_folder
+                else "No Sent folder was found: choose the folder for sent email below."
+            )
+            return ImapReport(
+                True, "IMAP works.", f"{result.message} {found}", result.folders, result.sent_folder
+            )
+        headline = {
+            "connect": "IMAP: cannot connect.",
+            "tls": "IMAP: TLS failure.",
+            "auth": "IMAP: sign-in refused.",
+        }.get(result.stage, "IMAP: the test failed.")
+        return ImapReport(False, headline, result.message, (), "")
+
+    def record_imap_test(self, session: Session, user: User, report: ImapReport) -> None:
+        """Keep the Sent folder the test found, unless the user chose one."""
+        mailbox = repository.get_mailbox(session, user.id)
+        if mailbox is not None and report.ok and report.sent_folder and not mailbox.sent_folder:
+            mailbox.sent_folder = report.sent_folder[:255]
+
+    def sync_status(self, session: Session, mailbox: MailboxConnection | None) -> SyncStatus | None:
+        """Where the sync of the mailbox stands; None before its first attempt."""
+        if mailbox is None or not mailbox.imap_host:
+            return None
+        state = repository.sync_state(session, mailbox.id)
+        if state is None:
+            return None
+        return SyncStatus(
+            last_success_at=state.last_success_at,
+            last_error=state.last_error,
+            last_error_at=state.last_error_at,
+            next_attempt_at=state.next_attempt_at,
+            first_sync_done=state.first_sync_done,
+            stored_count=state.stored_count,
+        )
+
     # -- tracking options ------------------------------------------------------
 
     def save_tracking_options(self, session: Session, user: User, data: TrackingOptions) -> None:
@@ -555,6 +798,62 @@ class AccountService:
         user.open_tracking_enabled = data.open_tracking_enabled
         user.link_tracking_enabled = data.link_tracking_enabled
         user.notify_tracking = data.notify_tracking
+
+
+def _imap_problems(data: MailboxSettings, policy: AddressPolicy) -> dict[str, list[str]]:
+    """The IMAP settings held to the same rules as SMTP's."""
+    errors: dict[str, list[str]] = {}
+    try:
+        vet_host(data.imap_host, data.imap_port, policy)
+    except AddressRefused as exc:
+        errors["imap_host"] = [exc.message]
+    except HostNotFound:
+        pass
+    if data.imap_security == Security.NONE and not is_loopback_host(data.imap_host):
+        errors["imap_security"] = [
+            "Without TLS the password would cross the network in clear text; choose "
+            "implicit TLS or STARTTLS (no encryption is allowed for this machine's own "
+            "loopback address only)."
+        ]
+    return errors
+
+
+def _save_imap(mailbox: MailboxConnection, data: MailboxSettings, box: CredentialBox) -> bool:
+    """Store the IMAP settings; True if a password had to be dropped.
+
+    As for SMTP, no stored password ever goes to a server it was not entered
+    for: when the IMAP server or user name change, "same as SMTP" stands only if
+    the SMTP password comes with these settings, and a separate IMAP password
+    only if a new one does. Otherwise the password is dropped and asked for.
+    """
+    if not data.imap_host:
+        mailbox.imap_host = ""
+        return False
+    new_server = not mailbox.imap_host or _imap_server_changed(mailbox, data)
+    dropped = False
+    if data.imap_same_password:
+        if new_server and not data.smtp_password and mailbox.smtp_password_encrypted:
+            # The stored SMTP password would travel to a server it was not typed for.
+            mailbox.imap_same_password = False
+            mailbox.imap_password_encrypted = ""
+            dropped = True
+        else:
+            mailbox.imap_same_password = True
+            mailbox.imap_password_encrypted = ""
+    else:
+        mailbox.imap_same_password = False
+        if data.imap_password:
+            mailbox.imap_password_encrypted = box.seal(data.imap_password)
+        elif new_server and mailbox.imap_password_encrypted:
+            mailbox.imap_password_encrypted = ""
+            dropped = True
+    mailbox.imap_host = data.imap_host
+    mailbox.imap_port = data.imap_port
+    mailbox.imap_security = data.imap_security
+    mailbox.imap_username = data.imap_username
+    mailbox.sent_folder = data.sent_folder
+    mailbox.replace_provider_copies = data.replace_provider_copies
+    return dropped
 
 
 account_service = AccountService()

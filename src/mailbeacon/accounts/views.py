@@ -12,19 +12,28 @@ from sqlalchemy.orm import Session
 from mailbeacon.accounts.schemas import TrackingOptions
 from mailbeacon.accounts.security import SESSION_COOKIE, SESSION_LIFETIME
 from mailbeacon.accounts.service import (
+    IMAP_SERVER_CHANGED_NOTICE,
     SERVER_CHANGED_NOTICE,
     ConnectionReport,
+    ImapParams,
+    ImapProbeBox,
+    ImapReport,
     InvalidInput,
     MailboxSaved,
     SignInRefused,
     SmtpParams,
     SmtpProbeBox,
+    TooManyAttempts,
     account_service,
 )
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
+from mailbeacon.kit.clock import utcnow
 from mailbeacon.kit.credentials import CredentialBox
+from mailbeacon.kit.net import client_address
+from mailbeacon.kit.netpolicy import mail_server_policy
 from mailbeacon.models import MailboxConnection, Security, User
+from mailbeacon.models.account import TokenScope
 from mailbeacon.web.deps import (
     ANON_CSRF_COOKIE,
     CheckedViewer,
@@ -40,7 +49,8 @@ from mailbeacon.web.deps import (
     safe_next,
 )
 
-router = APIRouter()
+# Pages, not the JSON API: they stay out of its OpenAPI document.
+router = APIRouter(include_in_schema=False)
 
 # Notices are chosen by key, never echoed from the query string.
 NOTICES = {
@@ -57,6 +67,11 @@ NOTICES = {
 SECURITY_CHOICES = [
     (Security.TLS.value, "Implicit TLS (usually port 465)"),
     (Security.STARTTLS.value, "STARTTLS (usually port 587)"),
+    (Security.NONE.value, "None (this machine's loopback address only)"),
+]
+IMAP_SECURITY_CHOICES = [
+    (Security.TLS.value, "Implicit TLS (usually port 993)"),
+    (Security.STARTTLS.value, "STARTTLS (usually port 143)"),
     (Security.NONE.value, "None (this machine's loopback address only)"),
 ]
 
@@ -84,13 +99,12 @@ def delete_session_cookie(request: Request, response: Response) -> None:
 
 
 def _client_ip(request: Request) -> str | None:
-    if provided(request, Settings).TRUST_FORWARDED_FOR:
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            # The rightmost entry is the one our proxy wrote; the ones before it
-            # come from the client and could be made up to dodge the limit.
-            return forwarded.split(",")[-1].strip()
-    return request.client.host if request.client else None
+    """Who is signing in, read as the tracking edge reads it (``kit.net.client_address``)."""
+    return client_address(
+        request.client.host if request.client else None,
+        request.headers.getlist("x-forwarded-for"),
+        provided(request, Settings).TRUSTED_PROXIES,
+    )
 
 
 def _sign_in_page(
@@ -101,6 +115,7 @@ def _sign_in_page(
     error: str = "",
     status_code: int = 200,
     notice: str = "",
+    headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
     token, fresh = anonymous_csrf_token(request)
     response = render(
@@ -109,6 +124,7 @@ def _sign_in_page(
         {"email": email, "next": next_url, "error": error, "notice": notice},
         status_code=status_code,
         csrf_token=token,
+        headers=headers,
     )
     if fresh:
         response.set_cookie(
@@ -148,12 +164,14 @@ def sign_in(
         signed = account_service.sign_in(session, email, password, _client_ip(request))
     except SignInRefused as exc:
         # Returned, not raised: the failed attempt must be committed to count.
+        wait = exc.retry_after if isinstance(exc, TooManyAttempts) else None
         return _sign_in_page(
             request,
             email=email.strip()[:320],
             next_url=safe_next(next, ""),
             error=exc.message,
-            status_code=401,
+            status_code=401 if wait is None else 429,
+            headers=None if wait is None else {"retry-after": str(wait)},
         )
     mailbox = account_service.get_mailbox(session, signed.user)
     response = RedirectResponse(safe_next(next), status_code=303)
@@ -190,6 +208,7 @@ def _mailbox_values(mailbox: MailboxConnection | None, user: User) -> dict[str, 
             "smtp_port": "465",
             "smtp_security": Security.TLS.value,
             "smtp_username": user.email,
+            **_IMAP_DEFAULTS,
         }
     return {
         "sender_name": mailbox.sender_name,
@@ -198,7 +217,25 @@ def _mailbox_values(mailbox: MailboxConnection | None, user: User) -> dict[str, 
         "smtp_port": str(mailbox.smtp_port),
         "smtp_security": str(mailbox.smtp_security),
         "smtp_username": mailbox.smtp_username,
+        "imap_host": mailbox.imap_host,
+        "imap_port": str(mailbox.imap_port),
+        "imap_security": str(mailbox.imap_security),
+        "imap_username": mailbox.imap_username,
+        "imap_same_password": "true" if mailbox.imap_same_password else "false",
+        "sent_folder": mailbox.sent_folder,
+        "replace_provider_copies": "true" if mailbox.replace_provider_copies else "false",
     }
+
+
+_IMAP_DEFAULTS = {
+    "imap_host": "",
+    "imap_port": "993",
+    "imap_security": Security.TLS.value,
+    "imap_username": "",
+    "imap_same_password": "true",
+    "sent_folder": "",
+    "replace_provider_copies": "true",
+}
 
 
 def _email_sync_page(
@@ -209,11 +246,16 @@ def _email_sync_page(
     values: dict[str, str] | None = None,
     errors: dict[str, list[str]] | None = None,
     report: ConnectionReport | None = None,
+    imap_report: ImapReport | None = None,
     notice: str = "",
     status_code: int = 200,
 ) -> HTMLResponse:
     mailbox = account_service.get_mailbox(session, user)
+    real = mailbox is not None and not mailbox.is_demo
     context: dict[str, Any] = {
+        "imap_report": imap_report,
+        "sync_status": account_service.sync_status(session, mailbox),
+        "has_imap_password": bool(real and mailbox and mailbox.imap_password_encrypted),
         "active": "settings",
         "section": "email-sync",
         "mailbox": mailbox,
@@ -222,6 +264,7 @@ def _email_sync_page(
         "report": report,
         "notice": notice,
         "security_choices": SECURITY_CHOICES,
+        "imap_security_choices": IMAP_SECURITY_CHOICES,
         "has_password": bool(mailbox and not mailbox.is_demo and mailbox.smtp_password_encrypted),
         "demo_port": provided(request, Settings).DEMO_SMTP_PORT,
     }
@@ -243,36 +286,49 @@ _MAILBOX_FIELDS = (
     "smtp_security",
     "smtp_username",
     "smtp_password",
+    "imap_host",
+    "imap_port",
+    "imap_security",
+    "imap_username",
+    "imap_password",
+    "sent_folder",
 )
+_CHECKBOXES = ("imap_same_password", "replace_provider_copies")
 
 
 async def _mailbox_form(request: Request) -> dict[str, str]:
     form = await request.form()
-    return {name: str(form.get(name, "")) for name in _MAILBOX_FIELDS}
+    values = {name: str(form.get(name, "")) for name in _MAILBOX_FIELDS}
+    # A box left unticked sends nothing: only a form that has the IMAP section
+    # (``imap_form``) says "off"; one without it keeps the defaults (on).
+    with_imap = bool(form.get("imap_form"))
+    for name in _CHECKBOXES:
+        values[name] = "true" if form.get(name) or not with_imap else "false"
+    return values
 
 
 def _save_mailbox(
     request: Request, session: Session, user: User, values: dict[str, str]
 ) -> MailboxSaved:
-    data = account_service.parse_mailbox_settings(values)
+    policy = mail_server_policy(provided(request, Settings))
+    data = account_service.parse_mailbox_settings(values, policy)
     return account_service.save_mailbox(session, user, data, provided(request, CredentialBox))
 
 
 def _password_dropped_page(
-    request: Request, session: Session, user: User, *, status_code: int
+    request: Request, session: Session, user: User, *, status_code: int, imap: bool = False
 ) -> HTMLResponse:
     """The settings were saved without their password: ask for it, on the field itself."""
-    return _email_sync_page(
-        request,
-        session,
-        user,
-        errors={"smtp_password": [SERVER_CHANGED_NOTICE]},
-        status_code=status_code,
+    errors = (
+        {"imap_password": [IMAP_SERVER_CHANGED_NOTICE]}
+        if imap
+        else {"smtp_password": [SERVER_CHANGED_NOTICE]}
     )
+    return _email_sync_page(request, session, user, errors=errors, status_code=status_code)
 
 
 def _without_password(values: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in values.items() if k != "smtp_password"}
+    return {k: v for k, v in values.items() if k not in ("smtp_password", "imap_password")}
 
 
 @router.post("/settings/email-sync", response_class=HTMLResponse)
@@ -293,9 +349,15 @@ async def save_email_sync(request: Request, session: DbSession, viewer: CheckedV
             )
         )
     response: Response
-    if saved.password_dropped:
+    if saved.password_dropped or saved.imap_password_dropped:
         response = await run_in_threadpool(
-            lambda: _password_dropped_page(request, session, viewer.user, status_code=200)
+            lambda: _password_dropped_page(
+                request,
+                session,
+                viewer.user,
+                status_code=200,
+                imap=not saved.password_dropped,
+            )
         )
     else:
         response = RedirectResponse("/settings/email-sync?notice=saved", status_code=303)
@@ -359,12 +421,44 @@ async def test_email_sync(request: Request, session: DbSession, viewer: CheckedV
         )
     report = await account_service.test_connection(params, provided(request, SmtpProbeBox).probe)
     await run_in_threadpool(_record_test, request, user_id, report)
+    imap_params = await run_in_threadpool(_imap_params_of, request, user_id)
+    imap_report = None
+    if imap_params is not None:
+        imap_report = await account_service.test_imap(
+            imap_params, provided(request, ImapProbeBox).probe
+        )
+        await run_in_threadpool(_record_imap_test, request, user_id, imap_report)
     await run_in_threadpool(session.expire_all)
+    ok = report.ok and (imap_report is None or imap_report.ok)
+    dropped = saved is not None and saved.imap_password_dropped
     return await run_in_threadpool(
         lambda: _email_sync_page(
-            request, session, viewer.user, report=report, status_code=200 if report.ok else 422
+            request,
+            session,
+            viewer.user,
+            report=report,
+            imap_report=imap_report,
+            errors={"imap_password": [IMAP_SERVER_CHANGED_NOTICE]} if dropped else None,
+            status_code=200 if ok and not dropped else 422,
         )
     )
+
+
+def _imap_params_of(request: Request, user_id: int) -> ImapParams | None:
+    with provided(request, Database).unit_of_work(immediate=False) as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        saved = account_service.get_mailbox(session, user)
+        if saved is not None and not saved.imap_same_password and not saved.imap_password_encrypted:
+            return None  # no IMAP password (dropped, or never given): nothing to try
+        return account_service.imap_params(session, user, provided(request, CredentialBox))
+
+
+def _record_imap_test(request: Request, user_id: int, report: ImapReport) -> None:
+    with provided(request, Database).unit_of_work() as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        account_service.record_imap_test(session, user, report)
 
 
 @router.post("/settings/email-sync/demo")
@@ -401,6 +495,17 @@ def save_tracking(
     return RedirectResponse("/settings/email-sync?notice=tracking#tracking", status_code=303)
 
 
+# What each scope allows, as the API tokens page explains it.
+SCOPE_CHOICES = [
+    (TokenScope.READ.value, "Read", "email, its delivery and tracking, notifications"),
+    (TokenScope.SEND.value, "Send", "send email and retry a copy"),
+    (TokenScope.ADMIN.value, "Administer", "change Settings, API tokens and notifications"),
+]
+DEFAULT_SCOPES = [TokenScope.READ.value, TokenScope.SEND.value]
+EXPIRY_CHOICES = [("30", "30 days"), ("90", "90 days"), ("365", "a year"), ("", "never")]
+DEFAULT_EXPIRY = "90"
+
+
 def _api_tokens_page(
     request: Request,
     session: Session,
@@ -409,6 +514,8 @@ def _api_tokens_page(
     new_token: str = "",
     errors: dict[str, list[str]] | None = None,
     name: str = "",
+    scopes: list[str] | None = None,
+    expires_in_days: str = DEFAULT_EXPIRY,
     notice: str = "",
     status_code: int = 200,
 ) -> HTMLResponse:
@@ -422,6 +529,11 @@ def _api_tokens_page(
             "new_token": new_token,
             "errors": errors or {},
             "name": name,
+            "scopes": DEFAULT_SCOPES if scopes is None else scopes,
+            "expires_in_days": expires_in_days,
+            "scope_choices": SCOPE_CHOICES,
+            "expiry_choices": EXPIRY_CHOICES,
+            "now": utcnow(),
             "notice": notice,
         },
         status_code=status_code,
@@ -435,18 +547,44 @@ def api_tokens(
     return _api_tokens_page(request, session, viewer.user, notice=NOTICES.get(notice, ""))
 
 
+def _days(value: str) -> int | None:
+    """The expiry field: empty for never, else a number of days."""
+    value = value.strip()
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 6:
+        raise InvalidInput({"expires_in_days": ["Choose how many days the token works."]})
+    return int(value)
+
+
 @router.post("/settings/api-tokens", response_class=HTMLResponse)
 def create_api_token(
     request: Request,
     session: DbSession,
     viewer: CheckedViewer,
     name: Annotated[str, Form()] = "",
+    scopes: Annotated[list[str] | None, Form()] = None,
+    scopes_offered: Annotated[bool, Form()] = False,
+    expires_in_days: Annotated[str, Form()] = "",
 ) -> Response:
+    # The page's form says it offered the choice: then no box ticked is a mistake.
+    # A post without the choice (a script of an earlier version) gets the defaults.
+    if scopes is None and not scopes_offered:
+        scopes = DEFAULT_SCOPES
     try:
-        _, plain = account_service.create_api_token(session, viewer.user, name)
+        _, plain = account_service.create_api_token(
+            session, viewer.user, name, scopes or [], _days(expires_in_days)
+        )
     except InvalidInput as exc:
         return _api_tokens_page(
-            request, session, viewer.user, errors=exc.errors, name=name, status_code=422
+            request,
+            session,
+            viewer.user,
+            errors=exc.errors,
+            name=name,
+            scopes=scopes or [],
+            expires_in_days=expires_in_days,
+            status_code=422,
         )
     # Shown once, on this response; it is not stored anywhere in plain text.
     return _api_tokens_page(request, session, viewer.user, new_token=plain)

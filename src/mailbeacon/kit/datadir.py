@@ -6,15 +6,51 @@ import base64
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
 SECRETS_FILE = "secrets.json"
 
 
+# The data folder holds the database (email bodies, addresses), the token and
+# credential keys and the spool: no other local user may read any of it.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
 def ensure_data_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
+    """Create the data folder private to its owner, and make an existing one private.
+
+    Installs made before the folder was private had it 0755 and the database
+    0644; everything in it is narrowed at each start (files other processes
+    create later inherit the folder's protection, and SQLite's own files are
+    kept 0600 by ``db.py``).
+    """
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    make_private(path)
     return path
+
+
+def make_private(path: Path) -> None:
+    """Take group and other permissions off a folder and everything in it that we own."""
+    _narrow(path, PRIVATE_DIR_MODE)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            _narrow(Path(root, name), PRIVATE_DIR_MODE)
+        for name in files:
+            _narrow(Path(root, name), PRIVATE_FILE_MODE)
+
+
+def _narrow(path: Path, mode: int) -> None:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:  # removed meanwhile (a spool segment replayed)
+        return
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+        return
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(stat.S_IMODE(info.st_mode) & mode)
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:

@@ -24,3 +24,7 @@ class InvalidInput(DomainError):
     def __init__(self, errors: dict[str, list[str]]) -> None:
         super().__init__("; ".join(m for ms in errors.values() for m in ms))
         self.errors = errors
+
+
+class Forbidden(DomainError):
+    """The caller is signed in but their role does not allow this (a member, not an admin)."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 
-from mailbeacon.mail import reading
-from mailbeacon.mail.ports import Instrumenter, TrackedLinks
+from mailbeacon.kit.ids import RowId
+from mailbeacon.mail import export, reading
+from mailbeacon.mail.ports import ConsentPolicy, Instrumenter, TrackedLinks
 from mailbeacon.mail.schemas import (
     Draft,
     EventPageOut,
@@ -22,11 +24,17 @@ from mailbeacon.mail.schemas import (
     MailPageOut,
     MailRowOut,
     MessageIn,
+    RecipientsIn,
+    RecipientsTrackingOut,
+    RecipientTrackingOut,
+    ReplyOut,
 )
 from mailbeacon.mail.service import message_service
+from mailbeacon.models import TrackingDecision
 from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, provided
+from mailbeacon.web.routing import ApiRoute
 
-router = APIRouter(prefix="/api", tags=["mail"])
+router = APIRouter(prefix="/api", tags=["mail"], route_class=ApiRoute)
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such email among yours"}}
 _BAD_CURSOR: dict[int | str, dict[str, Any]] = {
@@ -69,7 +77,11 @@ def send_message(
         link_tracking=link_tracking,
     )
     message = message_service.plan_send(
-        session, user, draft, instrumenter=provided(request, Instrumenter)
+        session,
+        user,
+        draft,
+        instrumenter=provided(request, Instrumenter),
+        consent=provided(request, ConsentPolicy),
     )
     response.headers["location"] = f"/api/mail/{message.id}"
     return reading.mail_detail(session, user.id, message.id, links=provided(request, TrackedLinks))
@@ -82,7 +94,7 @@ def send_message(
     responses=_RETRY_ERRORS,
 )
 def retry_copy(
-    request: Request, session: DbSession, viewer: CheckedViewer, message_id: int, copy_id: int
+    request: Request, session: DbSession, viewer: CheckedViewer, message_id: RowId, copy_id: RowId
 ) -> MailDetailOut:
     """Send again a copy whose delivery is ``unknown`` (the connection was lost mid-send).
 
@@ -98,7 +110,7 @@ def retry_copy(
     "/messages/{message_id}", response_model=MailDetailOut, responses=_NOT_FOUND, deprecated=True
 )
 def get_message(
-    request: Request, session: DbSession, viewer: SignedInViewer, message_id: int
+    request: Request, session: DbSession, viewer: SignedInViewer, message_id: RowId
 ) -> MailDetailOut:
     """Deprecated alias of ``GET /api/mail/{message_id}``, kept for scripts written
     against earlier versions; the same answer."""
@@ -115,7 +127,7 @@ def get_message(
     deprecated=True,
 )
 def retry_copy_old_path(
-    request: Request, session: DbSession, viewer: CheckedViewer, message_id: int, copy_id: int
+    request: Request, session: DbSession, viewer: CheckedViewer, message_id: RowId, copy_id: RowId
 ) -> MailDetailOut:
     """Deprecated alias of ``POST /api/mail/{message_id}/copies/{copy_id}/retry``."""
     return retry_copy(request, session, viewer, message_id, copy_id)
@@ -139,11 +151,49 @@ def list_mail(
     )
 
 
+_CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV"}
+}
+
+
+@router.get("/mail/export.csv", response_class=PlainTextResponse, responses=_CSV)
+def export_mail(
+    session: DbSession,
+    viewer: SignedInViewer,
+    filter: Annotated[
+        MailFilter | None, Query(description="tracked, opened, clicked or not_opened")
+    ] = None,
+    q: Annotated[str, Query(max_length=200, description="Search subject and recipients")] = "",
+) -> Response:
+    """Your sent emails as CSV, one line per email, under the filter and search given: the
+    rows ``GET /api/mail`` lists, all pages."""
+    return _csv_download(export.mail_csv(session, viewer.user.id, filter, q), "mail.csv")
+
+
+@router.get(
+    "/mail/{message_id}/timeline.csv",
+    response_class=PlainTextResponse,
+    responses={**_CSV, **_NOT_FOUND},
+)
+def export_timeline(session: DbSession, viewer: SignedInViewer, message_id: RowId) -> Response:
+    """One of your emails' timeline as CSV: every event, machines included, newest first."""
+    text = export.timeline_csv(session, viewer.user.id, message_id)
+    return _csv_download(text, f"mail-{message_id}-timeline.csv")
+
+
+def _csv_download(text: str, filename: str) -> Response:
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
+
+
 @router.get("/mail/rows", response_model=list[MailRowOut])
 def mail_rows(
     session: DbSession,
     viewer: SignedInViewer,
-    ids: Annotated[list[int], Query(max_length=reading.MAX_PAGE_SIZE)],
+    ids: Annotated[list[RowId], Query(max_length=reading.MAX_PAGE_SIZE)],
 ) -> list[MailRowOut]:
     """Some of your sent emails as the list shows them; ids that are not yours are left out."""
     return reading.mail_rows(session, viewer.user.id, ids)
@@ -154,13 +204,34 @@ def mail_detail(
     request: Request,
     session: DbSession,
     viewer: SignedInViewer,
-    message_id: int,
+    message_id: RowId,
     remote_images: Annotated[
         bool, Query(description="Keep remote images in body_html (never this site's pixels)")
     ] = False,
 ) -> MailDetailOut:
     """One of your sent emails: per-recipient figures, clicks per link, timeline, body."""
     return reading.mail_detail(
+        session,
+        viewer.user.id,
+        message_id,
+        links=provided(request, TrackedLinks),
+        remote_images=remote_images,
+    )
+
+
+@router.get("/mail/{message_id}/replies", response_model=list[ReplyOut], responses=_NOT_FOUND)
+def mail_replies(
+    request: Request,
+    session: DbSession,
+    viewer: SignedInViewer,
+    message_id: RowId,
+    remote_images: Annotated[
+        bool, Query(description="Keep remote images in body_html (never this site's pixels)")
+    ] = False,
+) -> list[ReplyOut]:
+    """Replies, automatic replies and bounces to one of your emails, oldest first, each
+    with the new text apart from the quoted history."""
+    return reading.mail_replies(
         session,
         viewer.user.id,
         message_id,
@@ -177,9 +248,52 @@ def mail_detail(
 def mail_events(
     session: DbSession,
     viewer: SignedInViewer,
-    message_id: int,
+    message_id: RowId,
     before: Annotated[str | None, Query(description="older_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = reading.TIMELINE_PAGE,
 ) -> EventPageOut:
     """Every event of one of your emails, people and machines, newest first."""
     return reading.mail_events(session, viewer.user.id, message_id, before=before, limit=limit)
+
+
+# Compose's chip beside each recipient, by the decision their copy would get.
+CHIP_WORDS = {
+    TrackingDecision.TRACKED: "tracked",
+    TrackingDecision.AGGREGATE: "tracked: counted anonymously",
+    TrackingDecision.NO_CONSENT: "not tracked: no consent",
+    TrackingDecision.DISABLED_BY_ORG: "not tracked: off for your organisation",
+    TrackingDecision.DISABLED_BY_USER: "not tracked: switched off",
+    TrackingDecision.OWN_ADDRESS: "not tracked: your own address",
+}
+
+
+@router.post("/compose/recipients", response_model=RecipientsTrackingOut)
+def recipient_tracking(
+    request: Request, session: DbSession, viewer: CheckedViewer, body: RecipientsIn
+) -> RecipientsTrackingOut:
+    """Whether each recipient typed so far would be tracked, and why, before sending
+    (compose's chips). Reads only: no contact is created. Addresses that cannot be read
+    yet are left out."""
+    draft = Draft(
+        to=[body.to],
+        cc=[body.cc],
+        bcc=[body.bcc],
+        open_tracking=body.open_tracking,
+        link_tracking=body.link_tracking,
+    )
+    found = message_service.recipient_tracking(
+        session, viewer.user, draft, consent=provided(request, ConsentPolicy)
+    )
+    return RecipientsTrackingOut(
+        recipients=[
+            RecipientTrackingOut(
+                address=r.address,
+                kind=r.kind,
+                tracked=r.tracked,
+                decision=r.decision,
+                label=CHIP_WORDS.get(r.decision, "tracked" if r.tracked else "not tracked"),
+                reason=r.reason,
+            )
+            for r in found
+        ]
+    )

@@ -10,23 +10,40 @@ Every failure is sorted by what it means for the copy:
   was being transferred, after DATA. The server may have accepted it and
   failed to say so (the duplicate-message problem of RFC 1047), so the copy is
   never resent without the user's say.
+
+What the user reads about a failed session is a fixed sentence written here,
+with the SMTP reply code where there is one, never the server's own words: a
+host that is not a mail server (an SSH daemon, say) would otherwise have its
+banner repeated, and "Test connection" would tell apart refused, silent and
+non-TLS ports anywhere it can reach. Where it may connect at all is decided by
+``kit.netpolicy`` before any packet leaves: the host name is resolved once and
+the connection goes to the vetted address, with the name kept for TLS.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, Protocol
 
 import aiosmtplib
 
-from mailbeacon.kit.net import is_loopback_host
+from mailbeacon.kit.netpolicy import (
+    AddressPolicy,
+    AddressRefused,
+    HostNotFound,
+    Rule,
+    Unreachable,
+    VettedHost,
+    classify,
+    connect_vetted_async,
+    vet_host_async,
+)
 from mailbeacon.models.mailbox import Security
 
 log = logging.getLogger(__name__)
@@ -57,6 +74,11 @@ class SmtpSettings:
     username: str = ""
     password: str = ""
     timeout: float = 60.0
+    # Where the host may be; the strictest policy unless the caller says otherwise.
+    policy: AddressPolicy = field(default_factory=AddressPolicy)
+    # None verifies the certificate and host name against the system's trust store;
+    # tests pass a context that trusts their own certificate.
+    tls_context: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -100,26 +122,65 @@ def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
     return f"{exc.code} {exc.message}".strip()
 
 
-def _describe_tls_error(exc: BaseException) -> str:
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, ssl.SSLError):
-        cause = cause.__cause__ or cause.__context__
+def _code(exc: aiosmtplib.SMTPResponseException) -> str:
+    """The reply code as " (reply 535)" if well-formed (RFC 5321 section 4.2), else nothing."""
+    return f" (reply {exc.code})" if 200 <= exc.code <= 599 else ""
+
+
+_PLAIN_REMOTE = (
+    "sending without encryption is only allowed to this machine (127.0.0.1 or "
+    "localhost); choose TLS or STARTTLS"
+)
+
+
+def _not_a_mail_server(where: str, security: Security) -> str:
+    hint = (
+        ""
+        if security == Security.TLS
+        else "; if the port expects implicit TLS (usually 465), choose TLS"
+    )
+    return f"{where} did not answer as a mail server{hint}."
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_reason(exc: BaseException, *, after_starttls: bool = False) -> str:
+    """A fixed explanation of a failed handshake; OpenSSL's text stays out of it."""
+    cause = _ssl_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"the server's certificate is not trusted ({cause.verify_message})"
-    if cause is not None and "WRONG_VERSION_NUMBER" in str(cause):
-        return "the server did not answer with TLS; this port may expect STARTTLS or no encryption"
-    if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
-        return "the TLS handshake timed out; this port may expect STARTTLS or no encryption"
-    return f"the TLS handshake failed ({cause or exc})"
+        if cause.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return "the server's certificate is for another host name"
+        if cause.verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+            return "the server's certificate has expired"
+        return "the server's certificate is not signed by an authority this machine trusts"
+    if after_starttls:
+        return "the TLS handshake after STARTTLS did not complete"
+    # Garbage where a handshake was expected and no answer at all read the same:
+    # which one it was would tell a non-TLS service from a silent one.
+    return "the TLS handshake did not complete; this port may expect STARTTLS or no encryption"
 
 
-def _has_ssl_cause(exc: BaseException) -> bool:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+def _failed_in_handshake(exc: BaseException) -> bool:
+    """With implicit TLS, whether the session failed before the greeting could be read.
+
+    aiosmtplib raises SMTPConnectError (or its timeout) from the OSError or
+    TimeoutError of the handshake, and from its own SMTPException when reading
+    the greeting failed.
+    """
+    if _ssl_cause(exc) is not None:
+        return True
+    return (
+        isinstance(exc, aiosmtplib.SMTPConnectError)
+        and not isinstance(exc, aiosmtplib.SMTPResponseException)
+        and not isinstance(exc.__cause__, aiosmtplib.SMTPException)
+    )
 
 
 @functools.cache
@@ -128,94 +189,115 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _refuse_plain_remote(host: str, security: Security) -> None:
-    if security == Security.NONE and not is_loopback_host(host):
+async def _connect(settings: SmtpSettings, where: str) -> tuple[VettedHost, socket.socket]:
+    """Vet the host under the policy and open TCP to a vetted address (never the name)."""
+    try:
+        vetted = await vet_host_async(settings.host, settings.port, settings.policy)
+    except AddressRefused as exc:
+        raise SmtpStageError("connect", exc.message, temporary=False) from exc
+    except HostNotFound as exc:
         raise SmtpStageError(
-            "tls",
-            "sending without encryption is only allowed to this machine (127.0.0.1 or "
-            "localhost); choose TLS or STARTTLS",
-            temporary=False,
+            "connect", f"The host name {settings.host} cannot be found.", temporary=True
+        ) from exc
+    # Judged by the addresses, not the name: "localhost" could be made to point anywhere.
+    if settings.security == Security.NONE and any(
+        classify(address) != Rule.LOOPBACK for address in vetted.addresses
+    ):
+        raise SmtpStageError("tls", _PLAIN_REMOTE, temporary=False)
+    try:
+        sock = await connect_vetted_async(vetted, settings.port, settings.timeout)
+    except Unreachable as exc:
+        # Refused and unanswered read alike: the difference is a port scanner's answer.
+        raise SmtpStageError(
+            "connect",
+            f"Could not connect to {where}: nothing answered, or the connection was refused.",
+            temporary=True,
+        ) from exc
+    return vetted, sock
+
+
+def _session_refused(exc: BaseException, settings: SmtpSettings, where: str) -> SmtpStageError:
+    """What a failure between TCP and a usable greeting means, in fixed words."""
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError) and _code(exc):
+        return SmtpStageError(
+            "connect", f"{where} refused the session{_code(exc)}.", temporary=exc.code < 500
         )
+    if settings.security == Security.TLS and _failed_in_handshake(exc):
+        return SmtpStageError("tls", f"{where}: {_tls_reason(exc)}.", temporary=False)
+    return SmtpStageError("connect", _not_a_mail_server(where, settings.security), temporary=True)
 
 
 async def open_smtp(settings: SmtpSettings) -> aiosmtplib.SMTP:
     """Connect, secure and sign in, raising :class:`SmtpStageError` with the failing stage."""
     where = f"{settings.host}:{settings.port}"
-    _refuse_plain_remote(settings.host, settings.security)
+    vetted, sock = await _connect(settings, where)
+    tls = None if settings.security == Security.NONE else settings.tls_context or _tls_context()
+    # The socket is connected to the vetted address; aiosmtplib only speaks over it,
+    # and checks the certificate against the host name (implicit TLS and STARTTLS).
     smtp = aiosmtplib.SMTP(
-        hostname=settings.host,
-        port=settings.port,
+        hostname=vetted.name,
+        sock=sock,
         use_tls=settings.security == Security.TLS,
         start_tls=False,
         timeout=settings.timeout,
         local_hostname=_local_hostname(),
-        tls_context=_tls_context() if settings.security != Security.NONE else None,
+        tls_context=tls,
     )
     try:
         await smtp.connect()
-    except aiosmtplib.SMTPConnectResponseError as exc:
-        raise SmtpStageError(
-            "connect", f"{where} refused the session: {_reply(exc)}", temporary=exc.code < 500
-        ) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
-        if settings.security == Security.TLS and _has_ssl_cause(exc):
-            raise SmtpStageError(
-                "tls", f"{where}: {_describe_tls_error(exc)}", temporary=False
-            ) from exc
-        raise SmtpStageError(
-            "connect", f"cannot connect to {where}: {_connect_reason(exc)}", temporary=True
-        ) from exc
+        sock.close()
+        raise _session_refused(exc, settings, where) from exc
+    except BaseException:
+        sock.close()
+        raise
     try:
         if settings.security == Security.STARTTLS:
-            await _starttls(smtp, where)
+            await _starttls(smtp, settings, where)
         if settings.username:
             await _login(smtp, settings, where)
         if smtp.is_ehlo_or_helo_needed:
-            await smtp.ehlo()
-    except aiosmtplib.SMTPException as exc:
-        smtp.close()
-        raise SmtpStageError(
-            "connect", f"{where} did not accept EHLO: {exc}", temporary=True
-        ) from exc
+            await _ehlo(smtp, settings, where)
     except BaseException:
         smtp.close()
         raise
     return smtp
 
 
-def _connect_reason(exc: BaseException) -> str:
-    if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError | TimeoutError):
-        return "no answer (timed out)"
-    cause = exc.__cause__
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused (nothing listens on that port)"
-    if isinstance(cause, socket.gaierror):
-        return "the host name cannot be resolved"
-    return str(cause or exc)
-
-
-async def _starttls(smtp: aiosmtplib.SMTP, where: str) -> None:
+async def _ehlo(smtp: aiosmtplib.SMTP, settings: SmtpSettings, where: str) -> None:
     try:
         await smtp.ehlo()
+    except aiosmtplib.SMTPResponseException as exc:
+        if not _code(exc):
+            raise SmtpStageError(
+                "connect", _not_a_mail_server(where, settings.security), temporary=True
+            ) from exc
+        raise SmtpStageError(
+            "connect", f"{where} did not accept EHLO{_code(exc)}.", temporary=True
+        ) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise SmtpStageError(
-            "connect", f"{where} did not accept EHLO: {exc}", temporary=True
+            "connect", _not_a_mail_server(where, settings.security), temporary=True
         ) from exc
+
+
+async def _starttls(smtp: aiosmtplib.SMTP, settings: SmtpSettings, where: str) -> None:
+    await _ehlo(smtp, settings, where)
     if not smtp.supports_extension("starttls"):
         raise SmtpStageError(
             "tls",
-            f"{where} does not offer STARTTLS; try implicit TLS (usually port 465)",
+            f"{where} does not offer STARTTLS; try implicit TLS (usually port 465).",
             temporary=False,
         )
     try:
         await smtp.starttls()
     except aiosmtplib.SMTPResponseException as exc:
         raise SmtpStageError(
-            "tls", f"{where} refused STARTTLS: {_reply(exc)}", temporary=exc.code < 500
+            "tls", f"{where} refused STARTTLS{_code(exc)}.", temporary=exc.code < 500
         ) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise SmtpStageError(
-            "tls", f"{where}: {_describe_tls_error(exc)}", temporary=False
+            "tls", f"{where}: {_tls_reason(exc, after_starttls=True)}.", temporary=False
         ) from exc
 
 
@@ -225,20 +307,27 @@ async def _login(smtp: aiosmtplib.SMTP, settings: SmtpSettings, where: str) -> N
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise SmtpStageError(
             "auth",
-            f"{where} refused the user name or password: {_reply(exc)}",
+            f"{where} refused the user name or password{_code(exc)}.",
             temporary=400 <= exc.code < 500,
         ) from exc
     except aiosmtplib.SMTPResponseException as exc:
         raise SmtpStageError(
-            "auth", f"{where} refused to sign in: {_reply(exc)}", temporary=exc.code < 500
+            "auth", f"{where} refused to sign in{_code(exc)}.", temporary=exc.code < 500
         ) from exc
-    except aiosmtplib.SMTPServerDisconnected as exc:
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
         raise SmtpStageError(
-            "auth", f"{where} closed the connection while signing in", temporary=True
+            "auth",
+            f"{where} closed the connection or stopped answering while signing in.",
+            temporary=True,
         ) from exc
     except aiosmtplib.SMTPException as exc:
         # "AUTH not supported" and "no suitable method" come as plain SMTPException.
-        raise SmtpStageError("auth", f"{where}: {exc}", temporary=False) from exc
+        raise SmtpStageError(
+            "auth",
+            f"{where} offers no way of signing in that mailbeacon supports on this "
+            "connection (SMTP AUTH with PLAIN, LOGIN or CRAM-MD5).",
+            temporary=False,
+        ) from exc
 
 
 async def test_smtp_connection(
@@ -248,26 +337,14 @@ async def test_smtp_connection(
     username: str,
     password: str,
     *,
+    policy: AddressPolicy,
     timeout: float = 10,  # noqa: ASYNC109, PT028 (the API others call; not a pytest test)
 ) -> ConnectionTestResult:
-    """Try the settings once and say which stage failed (connect, TLS, sign-in) and why."""
+    """Try the settings once and say which stage failed (connect, TLS, sign-in), in fixed words."""
     where = f"{host}:{port}"
-    try:
-        _refuse_plain_remote(host, security)
-    except SmtpStageError as exc:
-        return ConnectionTestResult(False, exc.stage, exc.message)
-    # A bare TCP connection first: with implicit TLS, a failing handshake and an
-    # unreachable host would otherwise look alike.
-    try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError) as exc:
-        return ConnectionTestResult(
-            False, "connect", f"cannot connect to {where}: {_connect_reason_raw(exc)}"
-        )
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    settings = SmtpSettings(host, port, security, username, password, timeout)
+    settings = SmtpSettings(
+        host, port, security, username, password, timeout=timeout, policy=policy
+    )
     try:
         smtp = await open_smtp(settings)
     except SmtpStageError as exc:
@@ -281,17 +358,7 @@ async def test_smtp_connection(
         Security.NONE: "without encryption (this machine only)",
     }[security]
     signed_in = f", signed in as {username}" if username else ""
-    return ConnectionTestResult(True, "ok", f"connected to {where} {secured}{signed_in}")
-
-
-def _connect_reason_raw(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no answer (timed out)"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (nothing listens on that port)"
-    if isinstance(exc, socket.gaierror):
-        return "the host name cannot be resolved"
-    return str(exc)
+    return ConnectionTestResult(True, "ok", f"Connected to {where} {secured}{signed_in}.")
 
 
 # Keep pytest from collecting the public helper above as a test when it is imported.

@@ -1,13 +1,16 @@
-"""Building each recipient's copy as MIME with the stdlib ``email`` package.
+"""Building each recipient's copy as MIME.
 
 Every copy of a message carries the same visible headers (From, To, Cc, Subject,
 Date, Message-ID) and differs only in its bodies, which hold that recipient's
-tokens. Building a full :class:`~email.message.EmailMessage` costs about a
-millisecond, nearly all of it parsing and folding the same headers again, so the
-worker builds a :class:`CopyTemplate` once per message with the ``email``
-package (headers, MIME structure, boundary) and fills in each copy's bodies,
-quoted-printable encoded. :func:`build_copy_message`
-is the same copy built in one piece; a test holds the two to the same result.
+tokens. The visible headers are written and encoded here (:func:`header_block`,
+with the encoded words of ``kit.header_text``), not by the ``email`` package:
+how that package folds text it decoded from encoded words depends on the Python
+release (CVE-2024-6923 wrote decoded line breaks back out). The ``email`` package
+writes the MIME structure and bodies, and the finished copy is checked as a whole
+(:func:`check_header_section`) before it can be sent. The worker builds a
+:class:`CopyTemplate` once per message and fills in each copy's bodies,
+quoted-printable encoded; :func:`build_copy_message` is the same copy built in one
+piece, and a test holds the two to the same result.
 
 HTML email goes out as ``multipart/alternative`` with the plain-text part first
 and the HTML part last (RFC 2046 section 5.1.4: the last part is the preferred
@@ -22,11 +25,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 
+from mailbeacon.kit.addresses import parse_address, split_address_list
+from mailbeacon.kit.header_text import header_text_problem, phrase_words, unstructured_words
 from mailbeacon.kit.html_tokens import REST, START, TEXT, attributes, html_tokens, strip_markup
 from mailbeacon.kit.text_urls import DROPPABLE, find_text_urls, is_text_url, trim_text_url
 from mailbeacon.kit.urls import normalise_url, web_destination
@@ -35,6 +39,8 @@ from mailbeacon.kit.urls import normalise_url, web_destination
 # contain that pair ("=" is always followed by two hex digits or a line end),
 # so no body can collide with it (RFC 2045 section 6.7, RFC 2046 section 5.1.1).
 _BOUNDARY_PREFIX = "=_mb_"
+# Where the bodies go in a template; a random part per template, so that no subject or
+# address can hold one (letters and digits pass quoted-printable unchanged).
 _TEXT_MARK = "MAILBEACONTEXTBODYMARK"
 _HTML_MARK = "MAILBEACONHTMLBODYMARK"
 
@@ -54,23 +60,161 @@ class VisibleHeaders:
 
 def new_message_id(sender_address: str) -> str:
     """A random Message-ID in the sender's domain (RFC 5322 section 3.6.4)."""
-    domain = sender_address.rpartition("@")[2] or "mailbeacon.invalid"
+    try:
+        domain = parse_address(sender_address).email.rpartition("@")[2]
+    except ValueError:
+        domain = "mailbeacon.invalid"
     return f"<{secrets.token_hex(16)}@{domain}>"
 
 
-def _set_headers(msg: EmailMessage, headers: VisibleHeaders) -> None:
-    msg["From"] = Address(display_name=headers.sender_name, addr_spec=headers.sender_address)
-    if headers.to:
-        msg["To"] = headers.to
+class MalformedHeaders(ValueError):
+    """A copy's headers cannot be written one field per header: it must not be sent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not sent, its headers would be malformed: {reason}")
+
+
+# What a header line may be: RFC 5322 section 2.1.1 (at most 998 characters) and 2.2
+# (printable US-ASCII field names, values of printable US-ASCII and white space).
+_MAX_LINE = 998
+_FOLD_AT = 76  # RFC 2047 section 2: lines with encoded words at most 76 characters
+_FIELD_NAME = re.compile(rb"[!-9;-~]+:")
+_LINE_OCTETS = re.compile(rb"[\t\x20-\x7e]*")
+# The app's own Message-IDs are <hex@domain>; nothing that could end or split the field.
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
+_GROUP_OF_NOBODY = "undisclosed-recipients:;"
+
+
+def _field(name: str, words: list[str]) -> bytes:
+    """One header field, folded between words (RFC 5322 section 2.2.3): a fold turns the
+    single space between two words into CRLF and that space, so unfolding gives the value
+    back exactly."""
+    lines: list[str] = []
+    line = name + ":"
+    for word in words:
+        if len(line) + 1 + len(word) > _FOLD_AT and line != name + ":":
+            lines.append(line)
+            line = " " + word
+        else:
+            line += " " + word
+    lines.append(line)
+    return "".join(f"{line}\r\n" for line in lines).encode("ascii")
+
+
+def _checked_text(field: str, text: str) -> str:
+    problem = header_text_problem(text)
+    if problem is not None:
+        raise MalformedHeaders(f"{field}: {problem}")
+    return text
+
+
+def _mailbox_words(field: str, name: str, address: str) -> list[str]:
+    """``name <address>`` as header words: the name a phrase we encode ourselves."""
+    try:
+        email = parse_address(address).email  # ASCII: IDN domains in punycode
+    except ValueError as exc:
+        raise MalformedHeaders(f"{field}: {address!r} is not a valid address ({exc})") from None
+    if not name:
+        return [email]
+    return [*phrase_words(_checked_text(field, name)), f"<{email}>"]
+
+
+def _address_list_words(field: str, value: str) -> list[str]:
+    """A stored To or Cc value (``Name <address>, ...`` as planning wrote it), read back
+    into names and addresses and written again from them."""
+    words: list[str] = []
+    pieces = split_address_list(value)
+    for index, piece in enumerate(pieces):
+        try:
+            address = parse_address(piece)
+        except ValueError as exc:
+            raise MalformedHeaders(f"{field}: {piece!r} is not a valid address ({exc})") from None
+        mailbox = _mailbox_words(field, address.name, address.email)
+        if index < len(pieces) - 1:
+            mailbox[-1] += ","
+        words.extend(mailbox)
+    return words
+
+
+def header_block(headers: VisibleHeaders) -> bytes:
+    """The visible header fields every copy carries, written and encoded here (not by the
+    ``email`` package, whose folding of decoded text differs between Python releases):
+    From, To, Cc, Subject, Date and Message-ID, each ending in CRLF.
+
+    Raises :class:`MalformedHeaders` for text that has no place in a header (control
+    characters, encoded-word syntax, an address that does not parse).
+    """
+    fields = [_field("From", _mailbox_words("From", headers.sender_name, headers.sender_address))]
+    if headers.to.strip():
+        fields.append(_field("To", _address_list_words("To", headers.to)))
     else:
         # RFC 5322 section 3.6.3: a message sent only to Bcc recipients may show
         # an empty group instead of a To field, so nobody is disclosed.
-        msg["To"] = "undisclosed-recipients:;"
-    if headers.cc:
-        msg["Cc"] = headers.cc
-    msg["Subject"] = headers.subject
-    msg["Date"] = format_datetime(headers.date)
-    msg["Message-ID"] = headers.message_id
+        fields.append(_field("To", [_GROUP_OF_NOBODY]))
+    if headers.cc.strip():
+        fields.append(_field("Cc", _address_list_words("Cc", headers.cc)))
+    fields.append(_field("Subject", unstructured_words(_checked_text("Subject", headers.subject))))
+    fields.append(_field("Date", format_datetime(headers.date).split(" ")))
+    if not _MESSAGE_ID.fullmatch(headers.message_id):
+        raise MalformedHeaders(f"Message-ID: {headers.message_id!r} is not a message id")
+    fields.append(_field("Message-ID", [headers.message_id]))
+    return b"".join(fields)
+
+
+def check_header_section(section: bytes, expected: list[str]) -> None:
+    """Raise :class:`MalformedHeaders` unless ``section`` (header lines, each ending in
+    CRLF, without the blank line after them) holds exactly the fields ``expected``, in
+    that order, each one logical line: 7-bit, no bare CR or LF, no line over 998
+    characters, every continuation line folded white space followed by text."""
+    if section and not section.endswith(b"\r\n"):
+        raise MalformedHeaders("the header block does not end with a line break")
+    names: list[str] = []
+    for line in section.split(b"\r\n")[:-1]:
+        if len(line) > _MAX_LINE:
+            raise MalformedHeaders(f"a header line is longer than {_MAX_LINE} characters")
+        if not _LINE_OCTETS.fullmatch(line):
+            raise MalformedHeaders(
+                "a header line holds a bare CR or LF, a control character or 8-bit data"
+            )
+        if line[:1] in (b" ", b"\t"):
+            if not names or not line.strip(b" \t"):
+                raise MalformedHeaders("a header line is white space with no field to continue")
+            continue
+        found = _FIELD_NAME.match(line)
+        if found is None:
+            raise MalformedHeaders(f"a header line is not a field: {line[:40]!r}")
+        names.append(found.group(0)[:-1].decode("ascii"))
+    if names != expected:
+        raise MalformedHeaders(f"the header fields would be {names}, not {expected}")
+
+
+def _check_copy(raw: bytes, visible: bytes, body: EmailMessage) -> None:
+    """The finished copy has the fields we wrote, then the MIME structure the ``email``
+    package was asked for, and nothing before or between its parts that we did not put
+    there. Runs before any SMTP transaction (once per message, on the template)."""
+    end = raw.find(b"\r\n\r\n")
+    top = raw[: end + 2] if end >= 0 else b""
+    if not top.startswith(visible):
+        raise MalformedHeaders("the header block ends before the fields written for it")
+    visible_names = [
+        found.group(0)[:-1].decode("ascii")
+        for line in visible.split(b"\r\n")
+        if (found := _FIELD_NAME.match(line)) is not None
+    ]
+    check_header_section(top, visible_names + list(body.keys()))
+    if not body.is_multipart():
+        return
+    boundary = body.get_boundary()
+    assert boundary is not None
+    pieces = (b"\r\n" + raw[end + 4 :]).split(b"\r\n--" + boundary.encode("ascii"))
+    parts = list(body.iter_parts())
+    if pieces[0] or pieces[-1] != b"--\r\n" or len(pieces) != len(parts) + 2:
+        raise MalformedHeaders("the MIME parts are not the ones written")
+    for piece, part in zip(pieces[1:-1], parts, strict=True):
+        end = piece.find(b"\r\n\r\n", 2)
+        if not piece.startswith(b"\r\n") or end < 0:
+            raise MalformedHeaders("a MIME part has no header block")
+        check_header_section(piece[2 : end + 2], list(part.keys()))
 
 
 def _normal_lines(body: str) -> str:
@@ -91,12 +235,10 @@ def encode_body(body: str) -> bytes:
     return encoded
 
 
-def build_copy_message(
-    headers: VisibleHeaders, *, html: str | None, text: str | None, boundary: str | None = None
-) -> EmailMessage:
-    """One copy in one piece: multipart/alternative with HTML, text/plain without."""
+def _mime_body(*, html: str | None, text: str | None, boundary: str | None) -> EmailMessage:
+    """The MIME structure and bodies, with no visible headers: multipart/alternative with
+    HTML, text/plain without."""
     msg = EmailMessage(policy=SMTP)
-    _set_headers(msg, headers)
     msg.set_content(_normal_lines(text or ""), subtype="plain", cte="quoted-printable")
     if html is not None:
         msg.add_alternative(_normal_lines(html), subtype="html", cte="quoted-printable")
@@ -105,6 +247,22 @@ def build_copy_message(
             del part["MIME-Version"]
         msg.set_boundary(boundary or _BOUNDARY_PREFIX + secrets.token_hex(12))
     return msg
+
+
+def build_copy_message(
+    headers: VisibleHeaders, *, html: str | None, text: str | None, boundary: str | None = None
+) -> bytes:
+    """One copy in one piece, as octets: our header block, then the MIME structure and
+    bodies as the ``email`` package writes them, checked as a whole.
+
+    Raises :class:`MalformedHeaders` rather than return a copy whose headers are not
+    exactly the ones written here.
+    """
+    visible = header_block(headers)
+    body = _mime_body(html=html, text=text, boundary=boundary)
+    raw = visible + body.as_bytes()
+    _check_copy(raw, visible, body)
+    return raw
 
 
 class CopyTemplate:
@@ -116,9 +274,12 @@ class CopyTemplate:
 
     @classmethod
     def build(cls, headers: VisibleHeaders, *, has_html: bool) -> CopyTemplate:
-        msg = build_copy_message(headers, html=_HTML_MARK if has_html else None, text=_TEXT_MARK)
-        raw = msg.as_bytes()
-        marks = [_TEXT_MARK, _HTML_MARK] if has_html else [_TEXT_MARK]
+        """The template of a message's copies; raises :class:`MalformedHeaders` if its
+        headers cannot be written one field per header (nothing is sent then)."""
+        nonce = secrets.token_hex(8).upper()
+        text_mark, html_mark = _TEXT_MARK + nonce, _HTML_MARK + nonce
+        raw = build_copy_message(headers, html=html_mark if has_html else None, text=text_mark)
+        marks = [text_mark, html_mark] if has_html else [text_mark]
         segments: list[bytes] = []
         rest = raw
         for mark in marks:

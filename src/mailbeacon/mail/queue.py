@@ -14,7 +14,7 @@ import contextlib
 import re
 import zlib
 from collections.abc import Collection, Container, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -26,19 +26,26 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
+    literal,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from mailbeacon.kit.clock import as_utc
+from mailbeacon.mail.events import CopyOutcome, DeliveryObserver, MessageSettled
 from mailbeacon.models import (
     Contact,
     CopyStatus,
     DemoMessage,
+    MailboxConnection,
+    Message,
     OutboxEntry,
     RecipientCopy,
+    SentCopyStatus,
+    SentFolderCopy,
 )
 from mailbeacon.models.base import UTCDateTime
 
@@ -47,6 +54,9 @@ _copies = cast(Table, RecipientCopy.__table__)
 _outbox = cast(Table, OutboxEntry.__table__)
 _contacts = cast(Table, Contact.__table__)
 _demo = cast(Table, DemoMessage.__table__)
+_messages = cast(Table, Message.__table__)
+_mailboxes = cast(Table, MailboxConnection.__table__)
+_sent_copies = cast(Table, SentFolderCopy.__table__)
 
 REPLY_MAX = 1000  # recipient_copies.smtp_reply
 
@@ -85,6 +95,8 @@ class SendContext:
     smtp_security: str
     smtp_username: str
     smtp_password_encrypted: str
+    # The built-in demo mailbox (loopback): the address policy allows it for this one.
+    is_demo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +204,7 @@ _ROUND_POSTGRESQL = (
 _CONTEXT = (
     "SELECT m.id, m.subject, m.sender_name, m.sender_address, m.to_header, m.cc_header,"
     " m.message_id_header, m.created_at, mb.id, mb.smtp_host, mb.smtp_port, mb.smtp_security,"
-    " mb.smtp_username, mb.smtp_password_encrypted"
+    " mb.smtp_username, mb.smtp_password_encrypted, mb.is_demo"
     " FROM messages AS m LEFT OUTER JOIN mailbox_connections AS mb"
     " ON mb.id = m.mailbox_connection_id"
     " WHERE m.id = :message_id"
@@ -315,6 +327,7 @@ class SendQueue:
                 smtp_security=row[11] or "",
                 smtp_username=row[12] or "",
                 smtp_password_encrypted=row[13] or "",
+                is_demo=bool(row[14]),
             )
         return contexts
 
@@ -415,11 +428,19 @@ def load_send_contexts(conn: Connection, message_ids: Iterable[int]) -> dict[int
 
 
 def complete_outbox_entries(
-    conn: Connection, message_ids: Iterable[int] | None, now: datetime
-) -> None:
-    """Close the send request of each message none of whose copies is pending any more.
+    conn: Connection,
+    message_ids: Iterable[int] | None,
+    now: datetime,
+    observers: Sequence[DeliveryObserver] = (),
+) -> list[int]:
+    """Close the send request of each message none of whose copies is pending any more;
+    return the ids of the messages whose request this closed.
 
-    ``None`` checks every open request (the periodic sweep).
+    In the same transaction, each such message that reached at least one recipient
+    gets its Sent-folder copy queued (:func:`queue_sent_folder_copies`), and the
+    ``observers`` hear how each request settled (webhooks): a crash after the commit
+    loses nothing, a rollback tells nothing. ``None`` checks every open request (the
+    periodic sweep).
     """
     pending = exists().where(
         _copies.c.message_id == _outbox.c.message_id,
@@ -429,9 +450,92 @@ def complete_outbox_entries(
     if message_ids is not None:
         ids = list(set(message_ids))
         if not ids:
-            return
+            return []
         stmt = stmt.where(_outbox.c.message_id.in_(ids))
-    conn.execute(stmt.values(completed_at=now))
+    rows = conn.execute(stmt.values(completed_at=now).returning(_outbox.c.message_id))
+    completed = sorted({message_id for (message_id,) in rows})
+    queue_sent_folder_copies(conn, completed, now)
+    if observers and completed:
+        settled = settled_messages(conn, completed)
+        for observer in observers:
+            observer.on_messages_settled(conn, settled)
+    return completed
+
+
+def settled_messages(conn: Connection, message_ids: Sequence[int]) -> list[MessageSettled]:
+    """How each of these send requests settled, copy by copy, for the observers."""
+    found: dict[int, MessageSettled] = {}
+    m, c = _messages, _copies
+    for row in conn.execute(
+        select(m.c.id, m.c.user_id, m.c.subject, m.c.message_id_header, m.c.sent_at).where(
+            m.c.id.in_(list(message_ids)), m.c.user_id.is_not(None)
+        )
+    ):
+        found[row.id] = MessageSettled(
+            row.id, row.user_id, row.subject, row.message_id_header, row.sent_at, ()
+        )
+    copies: dict[int, list[CopyOutcome]] = {message_id: [] for message_id in found}
+    for c_row in conn.execute(
+        select(
+            c.c.id, c.c.message_id, c.c.address, c.c.kind, c.c.status, c.c.smtp_reply, c.c.sent_at
+        )
+        .where(c.c.message_id.in_(list(found)))
+        .order_by(c.c.message_id, c.c.id)
+    ):
+        copies[c_row.message_id].append(
+            CopyOutcome(
+                c_row.id, c_row.address, c_row.kind, c_row.status, c_row.smtp_reply, c_row.sent_at
+            )
+        )
+    return [replace(found[i], copies=tuple(copies[i])) for i in sorted(found)]
+
+
+def queue_sent_folder_copies(conn: Connection, message_ids: Sequence[int], now: datetime) -> None:
+    """Queue the sender's own copy for the Sent folder of each message that was sent
+    through a mailbox with IMAP and reached at least one recipient; once per message
+    (a resent copy, or a second closing of its request, adds nothing)."""
+    if not message_ids:
+        return
+    delivered = exists().where(
+        _copies.c.message_id == _messages.c.id, _copies.c.status == CopyStatus.SENT
+    )
+    chosen = (
+        select(
+            _messages.c.id,
+            _messages.c.mailbox_connection_id,
+            literal(str(SentCopyStatus.PENDING)),
+            literal(0),
+            literal(now, type_=UTCDateTime()),
+            literal(""),
+            literal(""),
+            literal(0),
+            literal(now, type_=UTCDateTime()),
+        )
+        .join(_mailboxes, _mailboxes.c.id == _messages.c.mailbox_connection_id)
+        .where(
+            _messages.c.id.in_(list(message_ids)),
+            _mailboxes.c.imap_host != "",
+            _mailboxes.c.is_demo.is_(False),
+            delivered,
+        )
+    )
+    columns = [
+        "message_id",
+        "mailbox_connection_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "folder",
+        "replaced_count",
+        "created_at",
+    ]
+    insert_ = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(
+        insert_(_sent_copies)
+        .from_select(columns, chosen)
+        .on_conflict_do_nothing(index_elements=["message_id"])
+    )
 
 
 def requeue_lost_claims(conn: Connection, worker_id: str, known: Collection[int]) -> int:
@@ -477,6 +581,7 @@ def mark_orphans_unknown(
     lease_cutoff: datetime,
     now: datetime,
     reply: str,
+    observers: Sequence[DeliveryObserver] = (),
 ) -> int:
     """Copies in ``sending`` of dead workers, or claimed before the cutoff, become unknown."""
     orphan = _copies.c.claimed_at < lease_cutoff
@@ -488,7 +593,7 @@ def mark_orphans_unknown(
         .values(status=CopyStatus.UNKNOWN, smtp_reply=reply[:REPLY_MAX])
         .returning(_copies.c.message_id)
     ).all()
-    complete_outbox_entries(conn, None, now)
+    complete_outbox_entries(conn, None, now, observers)
     return len(rows)
 
 

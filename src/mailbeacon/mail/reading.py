@@ -28,6 +28,7 @@ from mailbeacon.kit.errors import NotFound
 from mailbeacon.kit.sanitize import sanitize_email_html
 from mailbeacon.mail.ports import TrackedLinks
 from mailbeacon.mail.schemas import (
+    BounceOut,
     EventOut,
     EventPageOut,
     IconOut,
@@ -39,16 +40,22 @@ from mailbeacon.mail.schemas import (
     MailRowOut,
     RecipientDetailOut,
     RecipientOut,
+    ReplyOut,
+    SentCopyOut,
     figures_of,
 )
 from mailbeacon.mail.wording import judged
 from mailbeacon.models import (
+    CopyStatus,
     EventKind,
     EventLabel,
     LinkClickStat,
     Message,
     MessageLink,
+    ReceivedKind,
+    ReceivedMail,
     RecipientCopy,
+    SentFolderCopy,
     TrackingEvent,
 )
 from mailbeacon.models.event import PERSON_LABELS
@@ -70,6 +77,8 @@ TIMELINE_PAGE = 200
 MAX_SEARCH_CHARS = 200
 # A search matching more emails than this walks the newest emails instead (_Search).
 SEARCH_CANDIDATES = 1000
+# Replies shown per email (a mailing list gone wrong must not make a page of megabytes).
+MAX_REPLIES = 200
 
 
 class MailNotFound(NotFound):
@@ -94,6 +103,9 @@ _ROW_COLUMNS = (
     _messages.c.last_open_at,
     _messages.c.first_click_at,
     _messages.c.last_click_at,
+    _messages.c.forwarded_open_count,
+    _messages.c.reply_count,
+    _messages.c.last_reply_at,
 )
 
 
@@ -197,7 +209,8 @@ def mail_page(
     limit: int = PAGE_SIZE,
 ) -> MailPageOut:
     """One page of the user's sent emails, newest first, with icons and hover data."""
-    q = " ".join(q.split())[:MAX_SEARCH_CHARS]
+    # No stored subject or address holds a NUL, and PostgreSQL refuses one in a parameter.
+    q = " ".join(q.replace("\x00", " ").split())[:MAX_SEARCH_CHARS]
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     query = _list_query(session, user_id, mail_filter, q)
     if query is None:
@@ -277,6 +290,8 @@ def _event_columns() -> tuple[Any, ...]:
         _copies.c.address,
         _links.c.url,
         _links.c.text,
+        _copies.c.status.label("copy_status"),
+        _events.c.possibly_forwarded,
     )
 
 
@@ -344,6 +359,10 @@ def _event_out(row: _Row) -> EventOut:
         link_position=row.link_position,
         link_url=row.url,
         link_text=row.text,
+        # Read here rather than stored with the event: a bounce often arrives after the
+        # machines at the receiving end have already fetched the pixel.
+        suspect=row.copy_status == CopyStatus.BOUNCED,
+        possibly_forwarded=row.possibly_forwarded,
     )
 
 
@@ -365,6 +384,14 @@ def _recipient_out(c: _Row) -> RecipientOut:
         status=c.status,
         open_tracked=c.open_tracked,
         links_tracked=c.links_tracked,
+        replied_at=c.replied_at,
+        reply_count=c.reply_count,
+        auto_replied_at=c.auto_replied_at,
+        bounce=(
+            BounceOut(code=c.bounce_status, diagnostic=c.bounce_diagnostic)
+            if c.status == CopyStatus.BOUNCED
+            else None
+        ),
         **figures_of(c),
     )
 
@@ -383,6 +410,8 @@ def _row_out(r: _Row, copies: list[_Row], events: list[EventOut]) -> MailRowOut:
         open_icon=_icon(any(c.open_tracked for c in copies), r.open_count, events, "open"),
         link_icon=_icon(any(c.links_tracked for c in copies), r.click_count, events, "click"),
         more_events=max(0, total - len(events)),
+        reply_count=r.reply_count,
+        last_reply_at=r.last_reply_at,
     )
 
 
@@ -529,7 +558,77 @@ def mail_detail(
         body_text=(None if message.body_text is None else links.restore_in_text(message.body_text)),
         timeline=timeline.items,
         timeline_older_cursor=timeline.older_cursor,
+        reply_count=message.reply_count,
+        last_reply_at=message.last_reply_at,
+        sent_copy=_sent_copy(session, message.id),
     )
+
+
+def _sent_copy(session: Session, message_id: int) -> SentCopyOut | None:
+    row = session.scalars(
+        select(SentFolderCopy).where(SentFolderCopy.message_id == message_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    return SentCopyOut(
+        status=row.status,
+        folder=row.folder,
+        saved_at=row.appended_at,
+        replaced_count=row.replaced_count,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        error=row.last_error,
+    )
+
+
+# ------------------------------------------------------------------ what came back
+
+
+def mail_replies(
+    session: Session,
+    user_id: int,
+    message_id: int,
+    *,
+    links: TrackedLinks,
+    remote_images: bool = False,
+) -> list[ReplyOut]:
+    """Replies, automatic replies and bounces to one of the user's emails, oldest first.
+
+    Shown as safely as the email itself: a reply quotes the email, pixel and
+    tracked links included, so its HTML goes through :func:`safe_body_html` and
+    its text has tracked links turned back into their destinations.
+    """
+    _own_message(session, user_id, message_id)
+    found = session.scalars(
+        select(ReceivedMail)
+        .where(ReceivedMail.message_id == message_id, ReceivedMail.user_id == user_id)
+        .order_by(ReceivedMail.received_at, ReceivedMail.id)
+        .limit(MAX_REPLIES)
+    )
+    return [
+        ReplyOut(
+            id=r.id,
+            kind=r.kind,
+            copy_id=r.copy_id,
+            from_address=r.from_address,
+            from_name=r.from_name,
+            subject=r.subject,
+            received_at=r.received_at,
+            new_text=links.restore_in_text(r.new_text),
+            full_text=links.restore_in_text(r.full_text),
+            body_html=(
+                None
+                if r.body_html is None
+                else safe_body_html(r.body_html, links, remote_images=remote_images)
+            ),
+            bounce=(
+                BounceOut(code=r.bounce_status, diagnostic=r.bounce_diagnostic)
+                if r.kind == ReceivedKind.BOUNCE
+                else None
+            ),
+        )
+        for r in found
+    ]
 
 
 # ------------------------------------------------------------------ the body, made safe

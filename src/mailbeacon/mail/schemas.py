@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from mailbeacon.models import (
     CopyStatus,
@@ -72,6 +72,16 @@ class EventOut(BaseModel):
     link_position: int | None
     link_url: str | None
     link_text: str | None
+    suspect: bool = Field(
+        default=False,
+        description="Recorded on a copy that bounced: no person received it, so this hit "
+        "came from a machine (a scanner at the receiving server, a forwarding service)",
+    )
+    possibly_forwarded: bool = Field(
+        default=False,
+        description="A human open from a network and agent unlike the copy's earlier human "
+        "opens: perhaps someone the email was forwarded to",
+    )
 
 
 class IconOut(BaseModel):
@@ -98,6 +108,11 @@ class FiguresOut(BaseModel):
     last_open_at: datetime | None
     first_click_at: datetime | None
     last_click_at: datetime | None
+    forwarded_open_count: int = Field(
+        default=0,
+        description="Of open_count, the opens from a network and agent unlike the copy's "
+        "earlier ones: possibly someone it was forwarded to",
+    )
 
 
 FIGURES = tuple(FiguresOut.model_fields)
@@ -108,15 +123,26 @@ def figures_of(source: object) -> dict[str, Any]:
     return {name: getattr(source, name) for name in FIGURES}
 
 
+class BounceOut(BaseModel):
+    code: str = Field(description="Enhanced status code (RFC 3463), e.g. 5.1.1; may be empty")
+    diagnostic: str = Field(description="The remote server's answer or the reason given")
+
+
 class RecipientOut(FiguresOut):
     """One recipient's own copy of a sent email: its delivery and its tracking."""
 
     copy_id: int
     address: str
     kind: RecipientKind
-    status: CopyStatus = Field(description="Delivery of this copy")
+    status: CopyStatus = Field(description="Delivery of this copy; `bounced` once a bounce came")
     open_tracked: bool
     links_tracked: bool
+    replied_at: datetime | None = Field(description="When this recipient first replied")
+    reply_count: int = Field(description="Replies from this recipient (not automatic ones)")
+    auto_replied_at: datetime | None = Field(
+        description="When an automatic reply (out of office) first came; never a reply"
+    )
+    bounce: BounceOut | None = Field(description="For a bounced copy: what the report said")
 
 
 class MailRowOut(FiguresOut):
@@ -132,6 +158,8 @@ class MailRowOut(FiguresOut):
     open_icon: IconOut
     link_icon: IconOut
     more_events: int = Field(description="Events left out of the hover lists (see the timeline)")
+    reply_count: int = Field(description="Replies by people, forwards' recipients included")
+    last_reply_at: datetime | None
 
 
 class MailPageOut(BaseModel):
@@ -166,6 +194,43 @@ class LinkOut(BaseModel):
     machine_click_count: int
 
 
+class SentCopyOut(BaseModel):
+    status: Literal["pending", "done", "failed"] = Field(
+        description="pending: not saved yet (retried with back-off); done: saved; "
+        "failed: given up after the last attempt"
+    )
+    folder: str
+    saved_at: datetime | None
+    replaced_count: int = Field(description="Tracked copies the provider had saved, deleted")
+    attempts: int
+    next_attempt_at: datetime | None
+    error: str = Field(description="Why the last attempt failed, in one sentence")
+
+
+class ReplyOut(BaseModel):
+    """A reply, automatic reply or bounce to one of your emails."""
+
+    id: int
+    kind: Literal["reply", "auto_reply", "bounce"]
+    copy_id: int | None = Field(
+        description="The recipient copy answered; null for a reply from someone the email "
+        "was forwarded to"
+    )
+    from_address: str
+    from_name: str
+    subject: str
+    received_at: datetime
+    new_text: str = Field(description="What they wrote this time, quoted history left out")
+    full_text: str = Field(
+        description="The whole text, quoted history included; tracked links restored"
+    )
+    body_html: str | None = Field(
+        description="The HTML body sanitised: no scripts, no tracking pixel, tracked links "
+        "restored, remote images left out unless asked for"
+    )
+    bounce: BounceOut | None
+
+
 class MailDetailOut(FiguresOut):
     """One sent email with everything its detail page shows."""
 
@@ -190,8 +255,38 @@ class MailDetailOut(FiguresOut):
     body_text: str | None
     timeline: list[EventOut] = Field(description="The newest events; page on with /events")
     timeline_older_cursor: str | None
+    reply_count: int = Field(description="Replies by people, forwards' recipients included")
+    last_reply_at: datetime | None
+    sent_copy: SentCopyOut | None = Field(
+        description="The sender's copy in the mailbox's Sent folder (null without IMAP)"
+    )
 
 
 class EventPageOut(BaseModel):
     items: list[EventOut]
     older_cursor: str | None = Field(description="Pass as `before` for older events")
+
+
+class RecipientsIn(BaseModel):
+    """The recipients typed so far in compose (as typed: each field may hold several)."""
+
+    to: str = Field(default="", max_length=100_000)
+    cc: str = Field(default="", max_length=100_000)
+    bcc: str = Field(default="", max_length=100_000)
+    open_tracking: StrictBool = True
+    link_tracking: StrictBool = True
+
+
+class RecipientTrackingOut(BaseModel):
+    """Whether one recipient's copy would be tracked, as compose's chip shows it."""
+
+    address: str
+    kind: RecipientKind
+    tracked: bool
+    decision: TrackingDecision
+    label: str = Field(description='The chip: "tracked", "not tracked: no consent", ...')
+    reason: str
+
+
+class RecipientsTrackingOut(BaseModel):
+    recipients: list[RecipientTrackingOut]

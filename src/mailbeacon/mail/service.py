@@ -8,19 +8,26 @@ after the caller commits, when the worker picks the entry up.
 
 from __future__ import annotations
 
-import re
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from mailbeacon.db import after_commit
-from mailbeacon.kit.addresses import Address, parse_address_list
+from mailbeacon.kit.addresses import Address, parse_address, parse_address_list
 from mailbeacon.kit.clock import utcnow
 from mailbeacon.kit.errors import Conflict, InvalidInput, NotFound
+from mailbeacon.kit.header_text import (
+    body_text_problem,
+    control_character_problem,
+    header_text_problem,
+    surrogate_problem,
+)
 from mailbeacon.mail import repository
 from mailbeacon.mail.events import SendQueued
 from mailbeacon.mail.mime import html_to_text, new_message_id
-from mailbeacon.mail.ports import Instrumenter
+from mailbeacon.mail.ports import ConsentPolicy, CopyRule, Instrumenter, Untracked
 from mailbeacon.mail.schemas import Draft
 from mailbeacon.models import (
     CopyStatus,
@@ -34,7 +41,17 @@ from mailbeacon.models import (
 
 MAX_RECIPIENTS = 1000
 MAX_SUBJECT_CHARS = 998  # RFC 5322 section 2.1.1 line limit; also the column's size
-MAX_BODY_CHARS = 5_000_000
+# The bodies of one email, in octets of UTF-8, the same for the compose form and the API.
+# Octets, not characters: SMTP servers limit a message by its size (RFC 1870), and five
+# million characters of Chinese or emoji are 15 to 20 MB of UTF-8 (about three times
+# that once quoted-printable), which most servers refuse after the email was queued.
+MAX_BODY_BYTES = 5_000_000
+BODY_LIMIT_TEXT = f"{MAX_BODY_BYTES // 1_000_000} MB"
+
+OWN_ADDRESS = Untracked(
+    TrackingDecision.OWN_ADDRESS,
+    "Sent to your own address: not tracked, so your own reading never counts as an open.",
+)
 
 
 class InvalidDraft(InvalidInput):
@@ -69,6 +86,17 @@ class ComposeSwitches:
 class Recipient:
     address: Address
     kind: RecipientKind
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientTracking:
+    """Whether a recipient typed in compose would be tracked, and why (before sending)."""
+
+    address: str
+    kind: RecipientKind
+    tracked: bool
+    decision: TrackingDecision
+    reason: str
 
 
 class MessageService:
@@ -115,10 +143,25 @@ class MessageService:
             ("cc", draft.cc, RecipientKind.CC),
             ("bcc", draft.bcc, RecipientKind.BCC),
         ):
+            broken = surrogate_problem("".join(entries)) or control_character_problem(
+                # Line breaks and tabs separate pasted addresses; any other control
+                # character is refused here, before parsing would turn it into a space.
+                "".join(entries).replace("\r", " ").replace("\n", " ").replace("\t", " ")
+            )
+            if broken is not None:
+                # Not echoed back: a lone surrogate cannot even be written in an answer.
+                errors[field_name] = [f"{field_name}: {broken}"]
+                continue
             parsed = parse_address_list(entries, field_name)
             if parsed.errors:
                 errors[field_name] = parsed.errors
             for address in parsed.addresses:
+                problem = header_text_problem(address.name)
+                if problem is not None:
+                    errors.setdefault(field_name, []).append(
+                        f"{field_name}: in the name given for {address.email}, {problem}"
+                    )
+                    continue
                 if address.key not in seen:
                     seen.add(address.key)
                     result.append(Recipient(address, kind))
@@ -133,12 +176,21 @@ class MessageService:
         return result
 
     def plan_send(
-        self, session: Session, user: User, draft: Draft, *, instrumenter: Instrumenter
+        self,
+        session: Session,
+        user: User,
+        draft: Draft,
+        *,
+        instrumenter: Instrumenter,
+        consent: ConsentPolicy | None = None,
     ) -> Message:
         """Plan the send in the caller's unit of work; nothing leaves before it commits,
         and then the outbox worker is woken (``SendQueued``).
 
-        Raises :class:`InvalidDraft` or :class:`NoMailbox` before writing anything.
+        With ``consent`` (every route passes it) the organisation's policy rules each
+        recipient's copy: untracked without consent or with tracking off, counted
+        anonymously under an aggregate policy, and a tracked copy carries the opt-out
+        footer. Raises :class:`InvalidDraft` or :class:`NoMailbox` before writing anything.
         """
         recipients, subject, html, text = self._checked(draft)
         mailbox = repository.mailbox_for_user(session, user.id)
@@ -146,6 +198,19 @@ class MessageService:
             raise NoMailbox(
                 "No mailbox is connected: connect one in Settings > Email sync "
                 "(or use the demo mailbox)."
+            )
+
+        problem = header_text_problem(mailbox.sender_name)
+        if problem is not None:
+            # Saved before names were checked (or taken from an account name): refuse now,
+            # rather than queue copies that could never be sent.
+            raise InvalidDraft(
+                {
+                    "sender_name": [
+                        f"Your sender name (Settings > Email sync) cannot be sent as it is: "
+                        f"{problem}. Change it there, then send again."
+                    ]
+                }
             )
 
         if html is not None and text is None:
@@ -193,9 +258,29 @@ class MessageService:
         session.add_all(copies)
         session.flush()
         instrumenter.record_links(session, message)
-        for copy in copies:
-            instrumenter.instrument_copy(session, message, copy)
-            _explain_settings(copy, user, draft, message)
+        own = _address_keys(mailbox.sender_address, user.email)
+        rules: Mapping[str, CopyRule] = (
+            {}
+            if consent is None
+            else consent.rules(
+                session,
+                user.organisation_id,
+                {r.address.key: contacts.get(r.address.key) for r in recipients},
+                demo=mailbox.is_demo,
+            )
+        )
+        for copy, recipient in zip(copies, recipients, strict=True):
+            rule = rules.get(recipient.address.key)
+            if recipient.address.key in own:
+                instrumenter.instrument_copy(session, message, copy, OWN_ADDRESS)
+            elif rule is not None and not rule.tracked and rule.decision is not None:
+                untracked = Untracked(rule.decision, rule.reason)
+                instrumenter.instrument_copy(session, message, copy, untracked)
+            else:
+                instrumenter.instrument_copy(session, message, copy)
+                _explain_settings(copy, user, draft, message)
+                if rule is not None:
+                    _apply_rule(copy, rule)
         session.add(OutboxEntry(message_id=message.id, created_at=now))
         # The switches as the user set them become the next draft's defaults.
         user.last_open_tracking = draft.open_tracking
@@ -203,6 +288,54 @@ class MessageService:
         session.flush()
         after_commit(session, SendQueued(message.id))
         return message
+
+    def recipient_tracking(
+        self, session: Session, user: User, draft: Draft, *, consent: ConsentPolicy
+    ) -> list[RecipientTracking]:
+        """What compose shows beside each recipient before sending: tracked or not, and
+        why. Addresses that cannot be read yet (still being typed) are left out; nothing
+        is written (no contact is created before a send)."""
+        found: list[Recipient] = []
+        seen: set[str] = set()
+        for entries, kind in (
+            (draft.to, RecipientKind.TO),
+            (draft.cc, RecipientKind.CC),
+            (draft.bcc, RecipientKind.BCC),
+        ):
+            for address in parse_address_list(entries, kind.value).addresses:
+                if address.key not in seen and len(found) < MAX_RECIPIENTS:
+                    seen.add(address.key)
+                    found.append(Recipient(address, kind))
+        if not found:
+            return []
+        mailbox = repository.mailbox_for_user(session, user.id)
+        rules = consent.rules(
+            session,
+            user.organisation_id,
+            dict.fromkeys(seen),
+            demo=mailbox is not None and mailbox.is_demo,
+        )
+        own = _address_keys(mailbox.sender_address if mailbox else "", user.email)
+        switched_on = (draft.open_tracking and user.open_tracking_enabled) or (
+            draft.link_tracking and user.link_tracking_enabled
+        )
+        out = []
+        for recipient in found:
+            rule = rules.get(recipient.address.key)
+            if recipient.address.key in own:
+                tracked, decision, reason = False, OWN_ADDRESS.decision, OWN_ADDRESS.reason
+            elif rule is not None and not rule.tracked and rule.decision is not None:
+                tracked, decision, reason = False, rule.decision, rule.reason
+            elif not switched_on:
+                tracked, decision = False, TrackingDecision.DISABLED_BY_USER
+                reason = "Tracking is switched off for this email."
+            elif rule is not None and rule.decision is not None:
+                tracked, decision, reason = True, rule.decision, rule.reason
+            else:
+                tracked, decision, reason = True, TrackingDecision.TRACKED, "Tracked."
+            email = recipient.address.email
+            out.append(RecipientTracking(email, recipient.kind, tracked, decision, reason))
+        return out
 
     def _checked(self, draft: Draft) -> tuple[list[Recipient], str, str | None, str | None]:
         """The draft's recipients, subject and bodies, or InvalidDraft with every problem."""
@@ -212,15 +345,31 @@ class MessageService:
         except InvalidDraft as exc:
             errors = exc.errors
             recipients = []
-        subject = re.sub(r"[\r\n]+", " ", draft.subject).strip()
-        if len(subject) > MAX_SUBJECT_CHARS:
+        # Checked as typed, before any trimming: a control character is refused, never
+        # quietly changed, wherever it stands (see kit.header_text for why).
+        problem = header_text_problem(draft.subject)
+        subject = draft.subject.strip()
+        if problem is not None:
+            errors["subject"] = [f"subject: {problem}"]
+        elif len(subject) > MAX_SUBJECT_CHARS:
             errors["subject"] = [f"subject: at most {MAX_SUBJECT_CHARS} characters"]
         html = draft.body_html if draft.body_html and draft.body_html.strip() else None
         text = draft.body_text if draft.body_text and draft.body_text.strip() else None
+        sizes: dict[str, int] = {}
         for name, body in (("body_html", html), ("body_text", text)):
-            if body is not None and len(body) > MAX_BODY_CHARS:
+            if body is None:
+                continue
+            problem = body_text_problem(body)
+            if problem is not None:
+                errors[name] = [f"{name}: {problem}"]
+            else:
+                sizes[name] = len(body.encode("utf-8"))
+        if sum(sizes.values()) > MAX_BODY_BYTES:
+            size = math.ceil(sum(sizes.values()) / 100_000) / 10  # never rounded down to 5.0
+            for name in sizes:
                 errors[name] = [
-                    f"{name}: the body is too long (at most {MAX_BODY_CHARS:,} characters)"
+                    f"{name}: the message is too large ({size:.1f} MB); "
+                    f"it can be up to {BODY_LIMIT_TEXT}"
                 ]
         if errors:
             raise InvalidDraft(errors)
@@ -252,6 +401,19 @@ class MessageService:
         after_commit(session, SendQueued(copy.message_id))
 
 
+def _address_keys(*addresses: str) -> set[str]:
+    """The forms the addresses are compared by, as recipients' are (IDN domains in
+    punycode, case folded), so a copy to one of them is recognised however it was typed."""
+    keys: set[str] = set()
+    for address in addresses:
+        try:
+            keys.add(parse_address(address).key)
+        except ValueError:
+            keys.add(address.strip().lower())
+    keys.discard("")
+    return keys
+
+
 def _explain_settings(copy: RecipientCopy, user: User, draft: Draft, message: Message) -> None:
     """Add to a copy's decision reason what the user's settings switched off."""
     note = _settings_note(user)
@@ -264,6 +426,25 @@ def _explain_settings(copy: RecipientCopy, user: User, draft: Draft, message: Me
             copy.decision_reason = note  # the settings alone switched it off
             return
     copy.decision_reason = f"{copy.decision_reason} {note}"
+
+
+def _apply_rule(copy: RecipientCopy, rule: CopyRule) -> None:
+    """A tracked copy takes the policy's decision (``aggregate``) and its opt-out footer."""
+    if not (copy.open_tracked or copy.links_tracked):
+        return
+    if rule.decision is not None:
+        copy.decision = rule.decision
+        copy.decision_reason = rule.reason
+    if rule.footer_html and copy.html_body is not None:
+        copy.html_body = _with_footer(copy.html_body, rule.footer_html)
+    if rule.footer_text and copy.text_body is not None:
+        copy.text_body = f"{copy.text_body.rstrip()}\n\n{rule.footer_text}\n"
+
+
+def _with_footer(html: str, footer: str) -> str:
+    """The footer inside the body, before its closing tag if it has one."""
+    end = html.lower().rfind("</body")
+    return html + footer if end < 0 else html[:end] + footer + html[end:]
 
 
 def _settings_note(user: User) -> str:

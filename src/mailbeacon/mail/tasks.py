@@ -38,7 +38,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -52,9 +52,11 @@ from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
 from mailbeacon.kit.credentials import CredentialBox
+from mailbeacon.kit.netpolicy import mail_server_policy
 from mailbeacon.mail import queue as send_queue
+from mailbeacon.mail.events import DeliveryObserver, MessageDelivered
 from mailbeacon.mail.mailer import Delivery, Mailer, Outcome, SmtpMailer, SmtpSettings
-from mailbeacon.mail.mime import CopyTemplate, VisibleHeaders
+from mailbeacon.mail.mime import CopyTemplate, MalformedHeaders, VisibleHeaders
 from mailbeacon.mail.queue import ClaimedCopy, SendContext, Settlement
 from mailbeacon.models import CopyStatus, Security
 
@@ -247,8 +249,11 @@ class OutboxWorker:
         poll_seconds: float = 1.0,
         concurrency: int | None = None,
         mailer_factory: MailerFactory = SmtpMailer,
+        delivery_observers: Sequence[DeliveryObserver] = (),
     ) -> None:
         self.database = database
+        # Told how each send request settled, in the transaction that closes it (webhooks).
+        self.delivery_observers = list(delivery_observers)
         self.worker_id = (worker_id or default_worker_id())[:100]
         self.poll_seconds = poll_seconds
         self.concurrency = concurrency or settings.SEND_CONCURRENCY
@@ -256,6 +261,9 @@ class OutboxWorker:
         self.backoff_seconds = settings.SEND_BACKOFF_SECONDS
         self.lease_seconds = settings.SEND_LEASE_SECONDS
         self.smtp_timeout = settings.SEND_TIMEOUT_SECONDS
+        # Where a mailbox's SMTP server may be (kit/netpolicy.py); checked per connection.
+        self.server_policy = mail_server_policy(settings)
+        self.demo_policy = mail_server_policy(settings, demo=True)
         self.presence = Presence(database, self.worker_id)
         self.pool = MailerPool(mailer_factory)
         self._credentials = credentials
@@ -431,9 +439,14 @@ class OutboxWorker:
         plan = self._plans[copy.message_id]
         if plan.smtp is None:
             return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, plan.problem)
-        mailer = self.pool.take(plan.smtp)
         try:
             data = plan.render(copy)
+        except MalformedHeaders as exc:
+            # Never sent, and trying again would build the same bytes: fail it now.
+            self.stats["failed"] += 1
+            return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, str(exc))
+        mailer = self.pool.take(plan.smtp)
+        try:
             delivery = await mailer.send(plan.context.sender_address, copy.address, data)
         except asyncio.CancelledError:
             in_data = mailer.in_data_phase
@@ -558,13 +571,21 @@ class OutboxWorker:
         return claimed
 
     def _end_pass(self, touched: set[int]) -> None:
-        """Close the send requests the pass finished, and give the connection back."""
+        """Close the send requests the pass finished, and give the connection back; once
+        committed, say which messages are delivered (``MessageDelivered``)."""
         queue, self._queue = self._queue, None
-        conn = queue.conn if queue is not None else self._connect()
-        with conn:
-            if touched:
-                with conn.begin():
-                    send_queue.complete_outbox_entries(conn, touched, utcnow())
+        if queue is not None:
+            queue.conn.close()
+        completed: list[int] = []
+        if touched:
+            # A connection of its own: the pass's one runs in autocommit on PostgreSQL,
+            # and closing a request and queueing its Sent copy must commit together.
+            with self._connect() as conn, conn.begin():
+                completed = send_queue.complete_outbox_entries(
+                    conn, touched, utcnow(), self.delivery_observers
+                )
+        if completed:
+            self.database.dispatch([MessageDelivered(message_id) for message_id in completed])
 
     def _plan(self, context: SendContext) -> _Plan:
         if context.mailbox_id is None:
@@ -582,6 +603,7 @@ class OutboxWorker:
             username=context.smtp_username,
             password=password,
             timeout=self.smtp_timeout,
+            policy=self.demo_policy if context.is_demo else self.server_policy,
         )
         return _Plan(context, smtp, "")
 
@@ -595,7 +617,12 @@ class OutboxWorker:
                 # earlier process that used the same (configured) worker id.
                 dead.append(self.worker_id)
             count = send_queue.mark_orphans_unknown(
-                conn, dead, send_queue.lease_cutoff(now, self.lease_seconds), now, ORPHAN_REPLY
+                conn,
+                dead,
+                send_queue.lease_cutoff(now, self.lease_seconds),
+                now,
+                ORPHAN_REPLY,
+                self.delivery_observers,
             )
         self._recovered_own = True
         return count

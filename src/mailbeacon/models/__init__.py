@@ -15,13 +15,44 @@ from mailbeacon.models.message import (
 )
 from mailbeacon.models.notification import Notification, NotificationKind
 from mailbeacon.models.outbox import DemoMessage, OutboxEntry
+from mailbeacon.models.privacy import (
+    AnonymousHit,
+    AuditEntry,
+    ConsentMethod,
+    ConsentRecord,
+    ConsentState,
+    ErasedAddress,
+    TrackingMode,
+    UserRole,
+)
+from mailbeacon.models.sync import (
+    ReceivedKind,
+    ReceivedMail,
+    SentCopyStatus,
+    SentFolderCopy,
+    SyncState,
+)
+from mailbeacon.models.webhook import (
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookScope,
+)
 
 __all__ = [
+    "AnonymousHit",
     "ApiToken",
+    "AuditEntry",
     "Base",
+    "ConsentMethod",
+    "ConsentRecord",
+    "ConsentState",
     "Contact",
     "CopyStatus",
+    "DeliveryStatus",
     "DemoMessage",
+    "ErasedAddress",
     "EventKind",
     "EventLabel",
     "LinkClickStat",
@@ -32,12 +63,23 @@ __all__ = [
     "NotificationKind",
     "Organisation",
     "OutboxEntry",
+    "ReceivedKind",
+    "ReceivedMail",
     "RecipientCopy",
     "RecipientKind",
     "Security",
+    "SentCopyStatus",
+    "SentFolderCopy",
     "SignInAttempt",
+    "SyncState",
     "TrackingDecision",
     "TrackingEvent",
+    "TrackingMode",
     "User",
+    "UserRole",
     "UserSession",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
+    "WebhookScope",
 ]

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from mailbeacon.kit.clock import utcnow
 from mailbeacon.models.base import Base
+from mailbeacon.models.privacy import ConsentState
 
 
 class Contact(Base):
@@ -20,3 +21,6 @@ class Contact(Base):
     email: Mapped[str] = mapped_column(String(320))  # lower-cased
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The latest consent record's state (its history: privacy's consent_records).
+    consent_state: Mapped[ConsentState] = mapped_column(String(16), default=ConsentState.UNKNOWN)
+    consent_updated_at: Mapped[datetime | None]

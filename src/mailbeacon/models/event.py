@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mailbeacon.kit.clock import utcnow
@@ -64,6 +64,9 @@ class TrackingEvent(Base):
     is_head: Mapped[bool] = mapped_column(Boolean, default=False)
     prefetch_hint: Mapped[str | None] = mapped_column(String(100))
     viewer_user_id: Mapped[int | None] = mapped_column(Integer)
+    # A human open unlike the copy's earlier human opens (network and agent): maybe
+    # someone the email was forwarded to. Set after the insert, so only a server default.
+    possibly_forwarded: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class LinkClickStat(Base):

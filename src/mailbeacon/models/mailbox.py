@@ -40,7 +40,12 @@ class MailboxConnection(Base):
     imap_security: Mapped[Security] = mapped_column(String(16), default=Security.TLS)
     imap_username: Mapped[str] = mapped_column(String(320), default="")
     imap_password_encrypted: Mapped[str] = mapped_column(Text, default="")
+    # "Same as SMTP" (the default): IMAP signs in with the SMTP password.
+    imap_same_password: Mapped[bool] = mapped_column(Boolean, default=True)
     sent_folder: Mapped[str] = mapped_column(String(255), default="")
+    # Delete the tracked copies a provider saves to Sent by itself (Gmail,
+    # Outlook.com) once the one pixel-free copy is there.
+    replace_provider_copies: Mapped[bool] = mapped_column(Boolean, default=True)
 
     last_test_at: Mapped[datetime | None]
     last_test_result: Mapped[str] = mapped_column(String(500), default="")

@@ -27,6 +27,10 @@ class TrackingDecision(StrEnum):
     NO_CONSENT = "no_consent"
     DISABLED_BY_USER = "disabled_by_user"
     DISABLED_BY_ORG = "disabled_by_org"
+    # Sent to the sender's own address: their own reading must never count as an open.
+    OWN_ADDRESS = "own_address"
+    # Tracked, but counted per email only (the organisation's policy is "aggregate").
+    AGGREGATE = "aggregate"
 
 
 class CopyStatus(StrEnum):
@@ -36,6 +40,7 @@ class CopyStatus(StrEnum):
     FAILED = "failed"
     UNKNOWN = "unknown"
     PREVIEW = "preview"
+    BOUNCED = "bounced"  # delivered, then bounced (a report came back through sync)
 
 
 class TrackingFigures:
@@ -50,11 +55,18 @@ class TrackingFigures:
     last_open_at: Mapped[datetime | None]
     first_click_at: Mapped[datetime | None]
     last_click_at: Mapped[datetime | None]
+    # Of ``open_count``, the human opens from a network and agent unlike the copy's
+    # earlier ones (privacy's forwarding observer counts them).
+    forwarded_open_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Message(TrackingFigures, Base):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_messages_user_created", "user_id", "created_at"),
+        # Sync matches replies and bounces to what was sent by this header.
+        Index("ix_messages_message_id_header", "message_id_header"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # Null for previews made by `mailbeacon instrument`: nobody owns their data.
@@ -76,6 +88,10 @@ class Message(TrackingFigures, Base):
     mailbox_connection_id: Mapped[int | None] = mapped_column(
         ForeignKey("mailbox_connections.id", ondelete="SET NULL")
     )
+    # Replies (not automatic ones) to any copy, or from someone it was forwarded to;
+    # kept by sync in the transaction that stores the reply.
+    reply_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_reply_at: Mapped[datetime | None]
 
 
 class RecipientCopy(TrackingFigures, Base):
@@ -117,6 +133,14 @@ class RecipientCopy(TrackingFigures, Base):
     # Any event, person or machine; lets the writer skip the history look-up
     # for copies that had no recent hit (the common case).
     last_event_at: Mapped[datetime | None]
+    # What came back through mailbox sync (sync/receiving.py): the first reply and
+    # how many, the first automatic reply, and a bounce's status code and text.
+    replied_at: Mapped[datetime | None]
+    reply_count: Mapped[int] = mapped_column(Integer, default=0)
+    auto_replied_at: Mapped[datetime | None]
+    bounced_at: Mapped[datetime | None]
+    bounce_status: Mapped[str] = mapped_column(String(32), default="")
+    bounce_diagnostic: Mapped[str] = mapped_column(String(500), default="")
 
 
 class MessageLink(Base):

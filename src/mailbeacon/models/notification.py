@@ -16,6 +16,10 @@ class NotificationKind(StrEnum):
     FIRST_OPEN = "first_open"  # first human open of a recipient's copy
     FIRST_CLICK = "first_click"  # first click of one link in a recipient's copy
     REOPEN = "reopen"  # an open after the user's quiet period
+    REPLY = "reply"  # a person replied (mailbox sync); never for automatic replies
+    # One of the user's webhook endpoints was disabled (410 Gone, or a day of failures);
+    # about no email, so without a message.
+    WEBHOOK_DISABLED = "webhook_disabled"
 
 
 class Notification(Base):
@@ -32,8 +36,12 @@ class Notification(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     kind: Mapped[NotificationKind] = mapped_column(String(16))
-    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
-    copy_id: Mapped[int] = mapped_column(ForeignKey("recipient_copies.id", ondelete="CASCADE"))
+    # Null for notices about no email (a webhook endpoint disabled).
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # Null for a reply from someone the email was forwarded to (no copy of theirs).
+    copy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("recipient_copies.id", ondelete="CASCADE")
+    )
     link_position: Mapped[int | None] = mapped_column(Integer)
     # Repeated opens inside the quiet period collapse into one notification.
     occurrences: Mapped[int] = mapped_column(Integer, default=1)

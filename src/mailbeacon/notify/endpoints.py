@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
+from mailbeacon.kit.ids import RowId
 from mailbeacon.notify.live import LiveBroker
 from mailbeacon.notify.schemas import (
     MarkRead,
@@ -33,10 +34,11 @@ from mailbeacon.notify.schemas import (
 )
 from mailbeacon.notify.service import notification_service
 from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, provided
+from mailbeacon.web.routing import ApiRoute
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/notifications", tags=["notifications"])
+router = APIRouter(prefix="/api/notifications", tags=["notifications"], route_class=ApiRoute)
 
 # How long a browser waits before reconnecting a stream that ended.
 RETRY_MILLISECONDS = 1000
@@ -144,7 +146,7 @@ def mark_all_read(session: DbSession, viewer: CheckedViewer) -> UnreadCount:
 
 
 @router.post("/{notification_id}/read", response_model=UnreadCount, responses=_NOT_FOUND)
-def mark_one_read(session: DbSession, viewer: CheckedViewer, notification_id: int) -> UnreadCount:
+def mark_one_read(session: DbSession, viewer: CheckedViewer, notification_id: RowId) -> UnreadCount:
     """Mark one of your notifications read."""
     notification_service.mark_read(session, viewer.user, [notification_id])
     return UnreadCount(count=notification_service.unread_count(session, viewer.user.id))

@@ -213,3 +213,16 @@ def mark_all_read(session: Session, user_id: int, now: datetime) -> int:
 
 def get_user(session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
+
+
+def users_notified(conn: Connection, user_ids: Sequence[int]) -> set[int]:
+    """Which of these users want notifications at all."""
+    if not user_ids:
+        return set()
+    return set(
+        conn.scalars(
+            select(_users.c.id).where(
+                _users.c.id.in_(sorted(set(user_ids))), _users.c.notify_tracking.is_(True)
+            )
+        )
+    )

@@ -66,9 +66,12 @@ def read_one(session: DbSession, viewer: CheckedViewer, notification_id: int) ->
 
 @router.post("/assistant/{notification_id}/open")
 def open_one(session: DbSession, viewer: CheckedViewer, notification_id: int) -> Response:
-    """Mark the notification read and go to its email."""
+    """Mark the notification read and go to its email (a notice about a webhook: to the
+    Webhooks settings)."""
     found = notification_service.get(session, viewer.user, notification_id)
     notification_service.mark_read(session, viewer.user, [notification_id])
+    if found.message_id is None:
+        return RedirectResponse("/settings/webhooks", status_code=303)
     return RedirectResponse(f"/mail/{found.message_id}", status_code=303)
 
 

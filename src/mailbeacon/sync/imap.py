@@ -4,6 +4,10 @@ Every call blocks; callers run a client in a worker thread, one client per threa
 Failures surface as :class:`MailboxError` subclasses whose messages are fixed
 sentences written here: the server's own words (greetings, NO texts) never reach
 the user, since they may carry internal host names and are not written for them.
+Nor does anything tell a refused port from a silent one or from a service that is
+not IMAP. Where a connection may go at all is ``kit.netpolicy``'s decision, made
+before any packet leaves; the connection then goes to the vetted address, with the
+host name kept for the certificate check.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import imaplib
 import re
 import socket
 import ssl
 import time
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import (
@@ -28,8 +33,19 @@ from imapclient.exceptions import (
     LoginError,
 )
 
-from mailbeacon.kit.net import is_loopback_host
+from mailbeacon.kit.netpolicy import (
+    AddressPolicy,
+    AddressRefused,
+    HostNotFound,
+    Rule,
+    Unreachable,
+    VettedHost,
+    classify,
+    connect_vetted,
+    vet_host,
+)
 from mailbeacon.models.mailbox import Security
+from mailbeacon.sync.imap_responses import any_change, as_text, as_utc, header_item
 
 SEEN = "\\Seen"
 DELETED = "\\Deleted"
@@ -49,6 +65,8 @@ SENT_FALLBACK_NAMES = (
 MAX_IDLE_SECONDS = 29 * 60
 # Without IDLE, how often the mailbox is asked for news while waiting.
 POLL_SECONDS = 30.0
+# An IDLE wait that ends this long before its deadline with nothing read ended on EOF.
+_EARLY = 0.05
 
 
 class Stage(StrEnum):
@@ -77,6 +95,12 @@ class MailboxError(Exception):
 class CannotConnect(MailboxError):
     stage = Stage.CONNECT
     temporary = True
+
+
+class AddressNotAllowed(MailboxError):
+    """The address policy refuses the host; nothing was sent to it."""
+
+    stage = Stage.CONNECT
 
 
 class TlsFailed(MailboxError):
@@ -119,6 +143,8 @@ class ImapSettings:
     # None verifies the certificate and host name against the system's trust store;
     # tests pass a context that trusts their own certificate.
     ssl_context: ssl.SSLContext | None = None
+    # Where the host may be; the strictest policy unless the caller says otherwise.
+    policy: AddressPolicy = field(default_factory=AddressPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,28 +254,28 @@ def _where(settings: ImapSettings) -> str:
     return f"{settings.host}:{settings.port}"
 
 
-def _tls_reason(exc: ssl.SSLError) -> str:
+def _tls_reason(exc: BaseException) -> str:
     """A fixed explanation of a failed handshake; OpenSSL's own text stays in the log."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
+    cause = _ssl_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        code = cause.verify_code
         if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
             return "the server's certificate is for another host name"
         if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
             return "the server's certificate has expired"
         return "the server's certificate is not signed by an authority this machine trusts"
-    if "WRONG_VERSION_NUMBER" in str(exc) or "record layer failure" in str(exc):
-        return "the server did not answer with TLS; this port may expect STARTTLS or no encryption"
-    return "the TLS handshake failed"
+    # Garbage where a handshake was expected and no answer at all read the same:
+    # which one it was would tell a non-TLS service from a silent one.
+    return "the TLS handshake did not complete; this port may expect STARTTLS or no encryption"
 
 
-def _connect_reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (nothing listens on that port, or the server is down)"
-    if isinstance(exc, socket.gaierror):
-        return "the host name cannot be found"
-    if isinstance(exc, TimeoutError):
-        return "no answer (timed out)"
-    return "the network refused the connection"
+def _not_an_imap_server(where: str, security: Security) -> str:
+    hint = (
+        ""
+        if security == Security.TLS
+        else "; if the port expects implicit TLS (usually 993), choose TLS"
+    )
+    return f"{where} did not answer as a mail server{hint}."
 
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
@@ -267,42 +293,104 @@ def _response_code(exc: BaseException) -> str:
     return found.group(1) if found else ""
 
 
+class _HandshakeFailed(Exception):
+    """Implicit TLS failed on a vetted connection (the cause says how)."""
+
+
+class _VettedIMAP4(imaplib.IMAP4):
+    """imaplib's client on a connection to a vetted address.
+
+    ``host`` stays the name: implicit TLS here and imaplib's STARTTLS check the
+    certificate against it (and send it as SNI).
+    """
+
+    def __init__(
+        self, vetted: VettedHost, port: int, timeout: float, tls: ssl.SSLContext | None
+    ) -> None:
+        self._vetted = vetted
+        self._tls = tls
+        super().__init__(vetted.name, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        sock = connect_vetted(self._vetted, self.port, timeout or 30.0)
+        if self._tls is None:
+            return sock
+        try:
+            return self._tls.wrap_socket(sock, server_hostname=self.host)
+        except OSError as exc:  # ssl.SSLError, a timeout, a reset
+            sock.close()
+            raise _HandshakeFailed() from exc
+
+
+class _VettedIMAPClient(IMAPClient):  # type: ignore[misc]
+    """IMAPClient over :class:`_VettedIMAP4`.
+
+    IMAPClient cannot be handed a socket; it builds its imaplib object in
+    ``_create_IMAP4`` (imapclient 4.1), the one method replaced here.
+    """
+
+    def __init__(
+        self, vetted: VettedHost, port: int, tls: ssl.SSLContext | None, timeout: float
+    ) -> None:
+        self._vetted = vetted
+        self._tls = tls
+        super().__init__(
+            vetted.name,
+            port=port,
+            ssl=tls is not None,
+            ssl_context=tls,
+            timeout=SocketTimeout(connect=timeout, read=timeout),
+        )
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        return _VettedIMAP4(self._vetted, self.port, self._timeout.connect, self._tls)
+
+
+_PLAIN_REMOTE = (
+    "Connecting without encryption is only allowed to this machine (127.0.0.1 or "
+    "localhost); choose TLS or STARTTLS."
+)
+
+
+def _vetted(settings: ImapSettings) -> VettedHost:
+    """The host under the address policy, resolved once; raises a :class:`MailboxError`."""
+    try:
+        vetted = vet_host(settings.host, settings.port, settings.policy)
+    except AddressRefused as exc:
+        raise AddressNotAllowed(exc.message) from exc
+    except HostNotFound as exc:
+        raise CannotConnect(f"The host name {settings.host} cannot be found.") from exc
+    # Judged by the addresses, not the name: "localhost" could be made to point anywhere.
+    if settings.security == Security.NONE and any(
+        classify(address) != Rule.LOOPBACK for address in vetted.addresses
+    ):
+        raise TlsFailed(_PLAIN_REMOTE)
+    return vetted
+
+
 def open_mailbox(settings: ImapSettings) -> ImapMailbox:
     """Connect, secure and sign in; raises a :class:`MailboxError` naming the failed stage."""
     where = _where(settings)
-    if settings.security == Security.NONE and not is_loopback_host(settings.host):
-        raise TlsFailed(
-            "Connecting without encryption is only allowed to this machine (127.0.0.1 or "
-            "localhost); choose TLS or STARTTLS."
-        )
+    vetted = _vetted(settings)
     context = settings.ssl_context or _system_tls_context()
-    timeout = SocketTimeout(connect=settings.timeout, read=settings.timeout)
     try:
-        client = IMAPClient(
-            settings.host,
-            port=settings.port,
-            ssl=settings.security == Security.TLS,
-            ssl_context=context if settings.security == Security.TLS else None,
-            timeout=timeout,
+        client = _VettedIMAPClient(
+            vetted,
+            settings.port,
+            context if settings.security == Security.TLS else None,
+            settings.timeout,
         )
-    except ssl.SSLError as exc:
+    except Unreachable as exc:
+        # Refused and unanswered read alike: the difference is a port scanner's answer.
+        raise CannotConnect(
+            f"Could not connect to {where}: nothing answered, or the connection was refused."
+        ) from exc
+    except _HandshakeFailed as exc:
         raise TlsFailed(f"{where}: {_tls_reason(exc)}.") from exc
-    except TimeoutError as exc:
-        # No TCP answer, or (more often) a connection but no greeting: what a
-        # plain connection to a port waiting for a TLS handshake looks like.
-        hint = (
-            "; this port may expect implicit TLS (usually 993)"
-            if settings.security != Security.TLS
-            else ""
-        )
-        raise CannotConnect(f"Cannot connect to {where}: no answer (timed out){hint}.") from exc
-    except OSError as exc:
-        raise CannotConnect(f"Cannot connect to {where}: {_connect_reason(exc)}.") from exc
-    except IMAPClientError as exc:
-        cause = _ssl_cause(exc)
-        if cause is not None:
-            raise TlsFailed(f"{where}: {_tls_reason(cause)}.") from exc
-        raise CannotConnect(f"{where} did not greet like an IMAP server.") from exc
+    except (OSError, IMAPClientError) as exc:
+        # Connected, but no IMAP greeting: silence, another service's banner and a
+        # connection closed at once all read the same.
+        raise CannotConnect(_not_an_imap_server(where, settings.security)) from exc
     try:
         client.normalise_times = False
         if settings.security == Security.STARTTLS:
@@ -417,6 +505,13 @@ class ImapMailbox:
         with contextlib.suppress(Exception):
             client.shutdown()
 
+    def interrupt(self) -> None:
+        """End the session from another thread: a call blocked in it (an IDLE wait) fails
+        at once with :class:`ConnectionLost`. Shutting a socket down is safe to do
+        while another thread reads it; the blocked read then sees the end of the stream."""
+        with contextlib.suppress(OSError):
+            self._client.socket().shutdown(socket.SHUT_RDWR)
+
     # -- errors ---------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -520,7 +615,7 @@ class ImapMailbox:
             fetched = self._client.fetch(candidates, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
         exact = []
         for uid, item in fetched.items():
-            header = _header_item(item)
+            header = header_item(item)
             if header is None:
                 continue
             value = header.decode("ascii", "replace").partition(":")[2]
@@ -649,8 +744,8 @@ class ImapMailbox:
                 messages.append(
                     FetchedMessage(
                         uid=uid,
-                        internal_date=_as_utc(entry.get(b"INTERNALDATE")),
-                        flags=frozenset(_text(f) for f in entry.get(b"FLAGS", ())),
+                        internal_date=as_utc(entry.get(b"INTERNALDATE")),
+                        flags=frozenset(as_text(f) for f in entry.get(b"FLAGS", ())),
                         data=data,
                     )
                 )
@@ -681,48 +776,27 @@ class ImapMailbox:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    changed = _any_change(client.idle_check(timeout=left))
+                    responses = client.idle_check(timeout=left)
+                    if not responses and deadline - time.monotonic() > _EARLY:
+                        # Woken with nothing to read: the server closed the connection
+                        # (IMAPClient reads EOF as "no responses"); waiting again would
+                        # only wake again at once.
+                        raise ConnectionLost(
+                            f"{self._where} closed the connection while waiting for news."
+                        )
+                    changed = any_change(responses)
             finally:
                 _done, responses = client.idle_done()
-            changed = changed or _any_change(responses)
+            changed = changed or any_change(responses)
         return changed
 
     def _poll_for_changes(self, folder: str, deadline: float) -> bool:
         while True:
             with self._command(f"waiting for news in {folder!r}", folder):
                 _text_reply, responses = self._client.noop()
-            if _any_change(responses):
+            if any_change(responses):
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             time.sleep(min(POLL_SECONDS, left))
-
-
-def _any_change(responses: Sequence[Any]) -> bool:
-    for response in responses:
-        if isinstance(response, tuple) and len(response) >= 2:
-            kind = response[1]
-            if isinstance(kind, bytes) and kind.upper() in (b"EXISTS", b"EXPUNGE", b"FETCH"):
-                return True
-    return False
-
-
-def _header_item(entry: dict[bytes, Any]) -> bytes | None:
-    for key, value in entry.items():
-        if isinstance(key, bytes) and key.startswith(b"BODY[HEADER") and isinstance(value, bytes):
-            return value
-    return None
-
-
-def _text(value: object) -> str:
-    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _as_utc(value: object) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
-    # A server that sends no INTERNALDATE is broken; the epoch marks that plainly.
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

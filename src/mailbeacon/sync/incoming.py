@@ -87,6 +87,9 @@ class IncomingMessage:
     date: dt.datetime | None  # from the Date header, aware
     bounce: BounceReport | None  # for bounces
     text: ReplyText | None  # for replies, automatic replies and other mail
+    # The HTML body as received (never shown unsanitised), for replies and automatic
+    # replies that have one; read here so the message is parsed once.
+    html: str | None = None
 
 
 def classify_message(data: bytes) -> IncomingMessage:
@@ -104,7 +107,8 @@ def classify_message(data: bytes) -> IncomingMessage:
 
     def result(kind: Kind, reason: str, bounce: BounceReport | None = None) -> IncomingMessage:
         text = None if kind == Kind.BOUNCE else _safe_text(msg)
-        return IncomingMessage(kind, reason, threading, sender, subject, date, bounce, text)
+        html = _safe_html(msg) if kind in (Kind.REPLY, Kind.AUTO_REPLY) else None
+        return IncomingMessage(kind, reason, threading, sender, subject, date, bounce, text, html)
 
     if looks_like_bounce(msg, sender.address, subject):
         report = _safe_bounce(msg)
@@ -150,6 +154,15 @@ def _safe_text(msg: EmailMessage) -> ReplyText | None:
         return reply_text(msg)
     except (LookupError, ValueError, TypeError, AttributeError, IndexError, UnicodeError):
         return None
+
+
+def _safe_html(msg: EmailMessage) -> str | None:
+    try:
+        part = msg.get_body(preferencelist=("html",))
+        content = part.get_content() if part is not None else None
+    except (LookupError, ValueError, TypeError, AttributeError, AssertionError, UnicodeError):
+        return None
+    return content if isinstance(content, str) else None
 
 
 def _header(msg: EmailMessage, name: str) -> str:

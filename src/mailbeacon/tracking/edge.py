@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from mailbeacon.kit.net import client_address
 from mailbeacon.kit.urls import web_destination
 from mailbeacon.models.event import EventKind
 from mailbeacon.tracking.hits import Hit
@@ -81,12 +82,14 @@ class TrackingEdge:
         record: Record,
         networks: NetworkMap,
         *,
+        trusted_proxies: int = 0,
         trust_forwarded_for: bool = False,
     ) -> None:
         self._codec = codec
         self._record = record
         self._networks = networks
-        self._trust_xff = trust_forwarded_for
+        # trust_forwarded_for is the deprecated spelling of one trusted proxy.
+        self._trusted_proxies = max(trusted_proxies, int(trust_forwarded_for))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,7 +160,7 @@ class TrackingEdge:
         ua = ""
         hint = None
         viewer = None
-        forwarded = None
+        forwarded: list[str] = []
         for name, value in scope["headers"]:
             if name == b"user-agent":
                 ua = value.decode("latin-1")[:1000]
@@ -166,10 +169,10 @@ class TrackingEdge:
             elif name == b"cookie" and viewer is None:
                 # HTTP/2 may split cookies over several headers: keep looking.
                 viewer = self._viewer(value)
-            elif name == b"x-forwarded-for" and self._trust_xff:
-                forwarded = value.decode("latin-1").split(",")[0].strip()
+            elif name == b"x-forwarded-for" and self._trusted_proxies:
+                forwarded.append(value.decode("latin-1"))
         client = scope.get("client")
-        ip = forwarded or (client[0] if client else None)
+        ip = client_address(client[0] if client else None, forwarded, self._trusted_proxies)
         return Hit(
             uid=uuid.uuid4().hex,
             kind=kind,

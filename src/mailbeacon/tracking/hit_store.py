@@ -35,6 +35,7 @@ from sqlalchemy.sql.functions import GenericFunction
 from mailbeacon.db import BatchStatement
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.models import (
+    AnonymousHit,
     EventKind,
     EventLabel,
     LinkClickStat,
@@ -51,6 +52,7 @@ _copies = cast(Table, RecipientCopy.__table__)
 _messages = cast(Table, Message.__table__)
 _mailboxes = cast(Table, MailboxConnection.__table__)
 _link_stats = cast(Table, LinkClickStat.__table__)
+_anonymous = cast(Table, AnonymousHit.__table__)
 
 # Id lists in one statement stay under SQLite's bound-parameter limit.
 CHUNK = 500
@@ -139,6 +141,8 @@ def stored_uids(conn: Connection, uids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(uids):
         found.update(conn.scalars(select(_events.c.uid).where(_events.c.uid.in_(chunk))))
+        # Hits counted anonymously left no event, only their uid.
+        found.update(conn.scalars(select(_anonymous.c.uid).where(_anonymous.c.uid.in_(chunk))))
     return found
 
 
@@ -232,18 +236,19 @@ class _Figures:
             self.first_click = at if self.first_click is None else min(self.first_click, at)
             self.last_click = at if self.last_click is None else max(self.last_click, at)
 
-    def row(self, key: int) -> dict[str, Any]:
-        return {
-            "k": key,
-            "opens": self.opens,
-            "clicks": self.clicks,
-            "machine": self.machine,
-            "first_open": self.first_open,
-            "last_open": self.last_open,
-            "first_click": self.first_click,
-            "last_click": self.last_click,
-            "last_event": self.last_event,
-        }
+    def row(self, key: int) -> tuple[Any, ...]:
+        """The update's parameters, in ``_FIGURE_COLUMNS`` order."""
+        return (
+            key,
+            self.opens,
+            self.clicks,
+            self.machine,
+            self.first_open,
+            self.last_open,
+            self.first_click,
+            self.last_click,
+            self.last_event,
+        )
 
 
 @dataclass(slots=True)
@@ -303,7 +308,13 @@ def _link_upsert(dialect: Dialect) -> Any:
     )
 
 
-_EVENT_COLUMNS = (
+_FIGURE_COLUMNS = (
+    "k", "opens", "clicks", "machine", "first_open", "last_open", "first_click", "last_click",
+    "last_event",
+)  # fmt: skip
+_LINK_COLUMNS = ("copy_id", "position", "clicks", "machine", "first", "last")
+# The order of the event tuples the pipeline builds (``event_row``).
+EVENT_COLUMNS = (
     "uid", "copy_id", "message_id", "kind", "link_position", "occurred_at", "recorded_at",
     "label", "reason", "user_agent", "ip_prefix", "network", "is_head", "prefetch_hint",
     "viewer_user_id",
@@ -330,19 +341,20 @@ def _statements(dialect: Dialect) -> HitStatements:
 
 
 def _compile_statements(dialect: Dialect) -> HitStatements:
-    insert_events = insert(_events).values({c: bindparam(c) for c in _EVENT_COLUMNS})
+    insert_events = insert(_events).values({c: bindparam(c) for c in EVENT_COLUMNS})
     return HitStatements(
-        BatchStatement(insert_events, dialect),
-        BatchStatement(_figures_update(_copies, with_last_event=True), dialect),
-        BatchStatement(_figures_update(_messages, with_last_event=False), dialect),
-        BatchStatement(_link_upsert(dialect), dialect),
+        BatchStatement(insert_events, dialect, EVENT_COLUMNS),
+        BatchStatement(_figures_update(_copies, with_last_event=True), dialect, _FIGURE_COLUMNS),
+        BatchStatement(_figures_update(_messages, with_last_event=False), dialect, _FIGURE_COLUMNS),
+        BatchStatement(_link_upsert(dialect), dialect, _LINK_COLUMNS),
     )
 
 
-def write_events(conn: Connection, rows: list[dict[str, Any]], events: list[StoredEvent]) -> None:
+def write_events(conn: Connection, rows: list[tuple[Any, ...]], events: list[StoredEvent]) -> None:
     """Insert the events and add them to the copy, message and link figures.
 
-    ``rows`` are the event rows (``_EVENT_COLUMNS``); ``events`` the same events typed.
+    ``rows`` are the event rows (in ``EVENT_COLUMNS`` order); ``events`` the same
+    events typed.
     """
     sql = _statements(conn.dialect)
     copy_figs: dict[int, _Figures] = defaultdict(_Figures)
@@ -359,14 +371,21 @@ def write_events(conn: Connection, rows: list[dict[str, Any]], events: list[Stor
     sql.upsert_links.run(
         conn,
         [
-            {
-                "copy_id": cid,
-                "position": pos,
-                "clicks": lf.clicks,
-                "machine": lf.machine,
-                "first": lf.first,
-                "last": lf.last,
-            }
+            (cid, pos, lf.clicks, lf.machine, lf.first, lf.last)
             for (cid, pos), lf in sorted(link_figs.items())
         ],
     )
+
+
+def count_anonymously(conn: Connection, events: list[StoredEvent], recorded_at: datetime) -> None:
+    """Add hits to their emails' figures only, and keep their uids (for exactly-once
+    replay): no event row, no copy or link figures, nothing that names a person."""
+    if not events:
+        return
+    message_figs: dict[int, _Figures] = defaultdict(_Figures)
+    for event in events:
+        message_figs[event.message_id].add(event)
+    _statements(conn.dialect).update_messages.run(
+        conn, [f.row(k) for k, f in sorted(message_figs.items())]
+    )
+    conn.execute(insert(_anonymous), [{"uid": e.uid, "recorded_at": recorded_at} for e in events])

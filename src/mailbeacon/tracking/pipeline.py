@@ -12,6 +12,11 @@ straight from the edge or from a replay after the database was away:
 4. **observers**: typed :class:`StoredEvent` values go to every registered
    :class:`HitObserver` (notifications today), still inside the transaction.
 
+Between loading and classifying, the **gate** (a :class:`HitGate`, the privacy
+domain's policy) rules how much of each copy's hits may be kept: everything,
+everything but the network prefix, anonymous counts on the email only, or
+nothing at all (see :class:`Treatment`). The edge has answered already either way.
+
 A hit whose copy does not exist (erased, or from another installation's
 database) is dropped: its data must not come back.
 """
@@ -20,15 +25,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from mailbeacon.db import Database
 from mailbeacon.models import EventKind, EventLabel
 from mailbeacon.tracking import hit_store
 from mailbeacon.tracking.classify import HitSignals, Policy, PriorHit, Verdict, classify_hit
-from mailbeacon.tracking.events import BatchResult, HitObserver, StoredEvent
+from mailbeacon.tracking.events import BatchResult, HitGate, HitObserver, StoredEvent, Treatment
 from mailbeacon.tracking.hit_store import CopyContext, RecentEvent
 from mailbeacon.tracking.hits import Hit
 
@@ -125,11 +132,16 @@ class HitPipeline:
     """Stores batches of hits; thread-safe (each call is its own unit of work)."""
 
     def __init__(
-        self, database: Database, policy: Policy, observers: Sequence[HitObserver] = ()
+        self,
+        database: Database,
+        policy: Policy,
+        observers: Sequence[HitObserver] = (),
+        gate: HitGate | None = None,
     ) -> None:
         self.database = database
         self.policy = policy
         self.observers = list(observers)
+        self.gate = gate
 
     def process(self, hits: Sequence[Hit], *, replay: bool = False) -> BatchResult:
         """Classify and store a batch in one transaction, observers included.
@@ -147,6 +159,9 @@ class HitPipeline:
             if not hits:
                 return result
             copies = hit_store.load_copies(conn, [h.copy_id for h in hits])
+            hits, anonymous = self._screen(session, hits, copies, result)
+            if not hits:
+                return result
             window = max(self.policy.burst_seconds, self.policy.duplicate_seconds)
             since = datetime.fromtimestamp(min(h.occurred_at for h in hits) - window, UTC)
             # Only copies hit within the window can have history that matters; most
@@ -158,6 +173,12 @@ class HitPipeline:
             ]
             recent = hit_store.load_recent(conn, lately, since, RECENT_PER_COPY) if lately else {}
             classified, result.unknown_copies = classify_batch(hits, copies, recent, self.policy)
+            if anonymous:
+                counted = [c for c in classified if c.hit.copy_id in anonymous]
+                classified = [c for c in classified if c.hit.copy_id not in anonymous]
+                counted_at = datetime.now(UTC)
+                hit_store.count_anonymously(conn, _event_rows(counted, counted_at)[1], counted_at)
+                result.anonymous = len(counted)
             if not classified:
                 return result
             rows, events = _event_rows(classified, datetime.now(UTC))
@@ -169,11 +190,38 @@ class HitPipeline:
             result.labels[event.label] = result.labels.get(event.label, 0) + 1
         return result
 
+    def _screen(
+        self,
+        session: Session,
+        hits: Sequence[Hit],
+        copies: dict[int, CopyContext],
+        result: BatchResult,
+    ) -> tuple[list[Hit], set[int]]:
+        """The gate's step: the hits that may be kept (network prefixes dropped where the
+        gate says so) and the copies whose hits count only anonymously."""
+        if self.gate is None or not copies:
+            return list(hits), set()
+        treatments = self.gate.screen(session, list(copies))
+        kept: list[Hit] = []
+        anonymous: set[int] = set()
+        for hit in hits:
+            treatment = treatments.get(hit.copy_id, Treatment.FULL)
+            if treatment == Treatment.NOTHING:
+                result.withheld += 1
+                continue
+            if treatment == Treatment.ANONYMOUS:
+                anonymous.add(hit.copy_id)
+            elif treatment == Treatment.WITHOUT_NETWORK and hit.ip_prefix is not None:
+                hit = replace(hit, ip_prefix=None)
+            kept.append(hit)
+        return kept, anonymous
+
 
 def _event_rows(
     classified: Sequence[ClassifiedHit], recorded_at: datetime
-) -> tuple[list[dict[str, Any]], list[StoredEvent]]:
-    rows: list[dict[str, Any]] = []
+) -> tuple[list[tuple[Any, ...]], list[StoredEvent]]:
+    """The events as rows (``hit_store.EVENT_COLUMNS`` order) and as typed values."""
+    rows: list[tuple[Any, ...]] = []
     events: list[StoredEvent] = []
     for item in classified:
         hit, verdict = item.hit, item.verdict
@@ -181,23 +229,23 @@ def _event_rows(
         kind = EventKind(hit.kind)
         reason = verdict.reason[:REASON_CHARS]
         rows.append(
-            {
-                "uid": hit.uid,
-                "copy_id": hit.copy_id,
-                "message_id": item.copy.message_id,
-                "kind": kind,
-                "link_position": hit.link_position,
-                "occurred_at": at,
-                "recorded_at": recorded_at,
-                "label": verdict.label,
-                "reason": reason,
-                "user_agent": hit.user_agent,
-                "ip_prefix": hit.ip_prefix,
-                "network": hit.network,
-                "is_head": hit.is_head,
-                "prefetch_hint": hit.prefetch_hint,
-                "viewer_user_id": hit.viewer_user_id,
-            }
+            (
+                hit.uid,
+                hit.copy_id,
+                item.copy.message_id,
+                kind,
+                hit.link_position,
+                at,
+                recorded_at,
+                verdict.label,
+                reason,
+                hit.user_agent,
+                hit.ip_prefix,
+                hit.network,
+                hit.is_head,
+                hit.prefetch_hint,
+                hit.viewer_user_id,
+            )
         )
         events.append(
             StoredEvent(

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
+from ada_url import join_url
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailbeacon.kit.urls import normalise_url
 from mailbeacon.models import Message, MessageLink, RecipientCopy, TrackingDecision
 from mailbeacon.tracking.edge import location_for
 from mailbeacon.tracking.instrument import Instrumented, find_links, instrument, is_empty_body
@@ -22,6 +25,17 @@ from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
 # Tokens are unpadded base64url (tokens.py).
 _TRACKED_URL = re.compile(r"https?://[^\s<>\"']+?/t/[co]/[A-Za-z0-9_\-]+(?:\.gif)?")
 _EDGE_PATHS = ("/t/o/", "/t/c/")
+
+
+class NotTracked(Protocol):
+    """A copy the sender's side has ruled out of tracking, and why (``mail.ports.Untracked``
+    has this shape; the tracking domain does not import the mail domain)."""
+
+    @property
+    def decision(self) -> TrackingDecision: ...
+
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +101,37 @@ class TrackingService:
                     )
                 )
 
-    def instrument_copy(self, session: Session, message: Message, copy: RecipientCopy) -> None:
-        """Decide the copy's tracking, store the decision and its tracked bodies."""
-        self.instrument(session, message, copy)
+    def instrument_copy(
+        self,
+        session: Session,
+        message: Message,
+        copy: RecipientCopy,
+        untracked: NotTracked | None = None,
+    ) -> None:
+        """Decide the copy's tracking, store the decision and its (tracked) bodies."""
+        self.instrument(session, message, copy, untracked)
 
-    def instrument(self, session: Session, message: Message, copy: RecipientCopy) -> Instrumented:
-        """As :meth:`instrument_copy`, and say what was done (the CLI prints it)."""
-        plan = decide_tracking(
-            html=message.body_html,
-            text=message.body_text,
-            open_tracking=message.open_tracking,
-            link_tracking=message.link_tracking,
-        )
+    def instrument(
+        self,
+        session: Session,
+        message: Message,
+        copy: RecipientCopy,
+        untracked: NotTracked | None = None,
+    ) -> Instrumented:
+        """As :meth:`instrument_copy`, and say what was done (the CLI prints it).
+
+        With ``untracked`` the copy keeps the bodies as written (no pixel, every link as
+        it is) and takes that decision and reason, whatever the switches say.
+        """
+        if untracked is not None:
+            plan = CopyPlan(untracked.decision, untracked.reason, False, False)
+        else:
+            plan = decide_tracking(
+                html=message.body_html,
+                text=message.body_text,
+                open_tracking=message.open_tracking,
+                link_tracking=message.link_tracking,
+            )
         if copy.id is None:
             session.flush()
         result = instrument(
@@ -121,12 +154,21 @@ class TrackingService:
     # -- reading tracked URLs back (mail.ports.TrackedLinks)
 
     def is_tracking_url(self, url: str) -> bool:
-        """A pixel or link of a tracking edge: this installation's, or by its path another's."""
-        value = url.strip()
+        """A pixel or link of a tracking edge: this installation's, or by its path another's.
+
+        Judged on the address a browser would load, resolved against this site the way a
+        frame inside our pages resolves it: ``x/../t/o/…``, backslashes, scheme-relative
+        and relative forms all count, so a quoted pixel cannot hide behind a spelling.
+        """
+        value = normalise_url(url)
         if value.startswith(self._edge):
             return True
         try:
-            path = urlsplit(value).path
+            resolved = join_url(self._edge, value)
+        except ValueError:
+            resolved = value  # not a URL a browser loads: judge it as written
+        try:
+            path = urlsplit(resolved).path
         except ValueError:
             return True
         return path.startswith(_EDGE_PATHS)

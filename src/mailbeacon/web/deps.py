@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from mailbeacon import __version__
 from mailbeacon.db import Database
 from mailbeacon.models import User
+from mailbeacon.models.account import TokenScope
 
 T = TypeVar("T")
 
@@ -43,8 +44,19 @@ CSRF_HEADER = "x-csrf-token"
 ANON_CSRF_COOKIE = "mb_csrf"
 
 
+API_SIGN_IN_MESSAGE = "Sign in, or send an API token as 'Authorization: Bearer <token>'."
+
+
 class SignInRequired(Exception):
     """No valid session cookie or API token came with a request that needs one."""
+
+
+class ScopeMissing(Exception):
+    """The request's API token was not minted with the scope its route needs."""
+
+    def __init__(self, scope: TokenScope) -> None:
+        super().__init__(f"This API token does not have the {scope.value!r} scope.")
+        self.scope = scope
 
 
 class CsrfRejected(Exception):
@@ -63,6 +75,7 @@ class Viewer:
     # request's transaction was rolled back, when `user` can no longer load.
     email: str = ""
     name: str = ""
+    # What the request may do: an API token's scopes; a browser session has them all.
     scopes: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -71,9 +84,65 @@ class Viewer:
 
 
 class ViewerResolver(Protocol):
-    """Who is behind a request (an API token or a session cookie), if anyone."""
+    """Who is behind a request (an API token or a session cookie), if anyone.
 
-    def __call__(self, request: Request, session: Session) -> Viewer | None: ...
+    With ``touch=False`` nothing is written (no "last used" refresh): for checks
+    made before the request's own unit of work.
+    """
+
+    def __call__(
+        self, request: Request, session: Session, *, touch: bool = True
+    ) -> Viewer | None: ...
+
+
+ALL_SCOPES: frozenset[str] = frozenset(TokenScope)
+
+
+class TokenPolicy:
+    """The scope an API token needs for each route: ``read`` to read (GET, HEAD), ``admin``
+    for any other method, unless the route is declared to need another.
+
+    The application declares the exceptions (sending needs ``send``); a route nobody
+    thought about falls to ``admin``, so a new way of changing something is never
+    open to a token minted to read or to send.
+    """
+
+    def __init__(self, declared: Mapping[tuple[str, str], TokenScope] | None = None) -> None:
+        self.declared = dict(declared or {})
+
+    def required(self, method: str, path: str) -> TokenScope:
+        """The scope for a route, by its method and path template (``/api/mail/{message_id}``)."""
+        found = self.declared.get((method, path))
+        if found is not None:
+            return found
+        return TokenScope.READ if method in SAFE_METHODS else TokenScope.ADMIN
+
+    def document(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """Say in each operation of the JSON API's OpenAPI document which scope a token
+        needs for it (in its description, and as ``x-token-scope``)."""
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith("/api/"):
+                continue  # /healthz: anyone may ask
+            for method, operation in operations.items():
+                if not isinstance(operation, dict) or "x-token-scope" in operation:
+                    continue
+                scope = self.required(method.upper(), path)
+                note = (
+                    f"API token scope: `{scope.value}` "
+                    "(a browser session may do everything its user may)."
+                )
+                described = operation.get("description", "").rstrip()
+                operation["description"] = f"{described}\n\n{note}" if described else note
+                operation["x-token-scope"] = scope.value
+        return schema
+
+
+def required_scope(request: Request) -> TokenScope:
+    """The scope the request's route needs from an API token."""
+    policy: TokenPolicy = getattr(request.app.state, "token_policy", None) or TokenPolicy()
+    route = request.scope.get("route")
+    path = getattr(route, "path", None) or request.url.path
+    return policy.required(request.method, path)
 
 
 # ------------------------------------------------------------------ what the app provides
@@ -131,9 +200,16 @@ def current_viewer(request: Request, session: DbSession) -> Viewer | None:
 OptionalViewer = Annotated[Viewer | None, Depends(current_viewer)]
 
 
-def signed_in(viewer: OptionalViewer) -> Viewer:
+def signed_in(request: Request, viewer: OptionalViewer) -> Viewer:
+    """The viewer, who must be signed in and (with an API token) hold the route's scope.
+
+    The one place scopes are enforced: every route that needs a user goes through here.
+    """
     if viewer is None:
         raise SignInRequired()
+    needed = required_scope(request)
+    if needed not in viewer.scopes:
+        raise ScopeMissing(needed)
     return viewer
 
 

@@ -39,6 +39,12 @@ DEMO_MESSAGE_CSP = (
 # allow-scripts nothing in the email runs. allow-popups lets its links open in
 # a new tab, and allow-popups-to-escape-sandbox lets the page opened there work.
 DEMO_FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
+# After an answer (sync/views.py); chosen by key, never echoed from the query string.
+ANSWER_NOTICES = {
+    "replied": "The reply was sent back: see it on the email's page.",
+    "auto-replied": "An automatic reply was sent back; it never counts as a reply.",
+    "bounced": "The email bounced: its copy to this recipient is marked bounced.",
+}
 
 
 @dataclass(slots=True)
@@ -111,8 +117,9 @@ def demo_message(
     viewer: SignedInViewer,
     demo_id: int,
     part: str = "",
+    notice: str = "",
 ) -> Response:
-    """One delivered copy, read as its recipient would read it."""
+    """One delivered copy, read as its recipient would read it, and answered as they may."""
     demo = session.get(DemoMessage, demo_id)
     if demo is None:
         raise HTTPException(status_code=404)
@@ -144,6 +151,7 @@ def demo_message(
             "has_html": html_part is not None,
             "has_text": text_part is not None,
             "message_id": next(iter(owned.values())),
+            "notice": ANSWER_NOTICES.get(notice, ""),
         },
         headers={"content-security-policy": DEMO_MESSAGE_CSP, "referrer-policy": "no-referrer"},
     )

@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from mailbeacon.kit import frames
 from mailbeacon.kit.cursors import InvalidCursor
 from mailbeacon.mail import reading
 from mailbeacon.mail.ports import TrackedLinks
@@ -135,6 +136,13 @@ def mail_detail(
             older = reading.mail_events(session, viewer.user.id, message_id, before=before)
         except InvalidCursor:
             older = None
+    replies = reading.mail_replies(
+        session,
+        viewer.user.id,
+        message_id,
+        links=provided(request, TrackedLinks),
+        remote_images=images,
+    )
     timeline = older.items if older is not None else detail.timeline
     older_cursor = older.older_cursor if older is not None else detail.timeline_older_cursor
     # Without images, nothing may load but this site's own static files (the
@@ -154,6 +162,11 @@ def mail_detail(
             "older_cursor": older_cursor,
             "paged": older is not None,
             "pending": any(r.status in _PENDING for r in detail.recipients),
+            "replies": replies,
+            # Each reply's HTML as its frame's document: sanitised, our pixels gone.
+            "reply_documents": {
+                r.id: frames.html_document(r.body_html) for r in replies if r.body_html is not None
+            },
             "notice": NOTICES.get(notice, ""),
         },
         headers={"content-security-policy": csp, "referrer-policy": "no-referrer"},

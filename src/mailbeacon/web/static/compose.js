@@ -112,6 +112,75 @@
     });
   });
 
+  // Before sending, each recipient gets a chip saying whether their copy will be
+  // tracked ("tracked", "not tracked: no consent", ...): the server rules on consent
+  // and the organisation's settings as addresses are typed. Without JavaScript the
+  // email page says the same after sending.
+  var csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  var chipLists = form.querySelectorAll("[data-chips-for]");
+  if (csrfMeta && chipLists.length && window.fetch) {
+    var timer = null;
+    var asked = 0;
+    var valueOf = function (name) {
+      var el = form.querySelector('[name="' + name + '"]');
+      return el ? el.value : "";
+    };
+    var isOn = function (name) {
+      var el = form.querySelector('input[name="' + name + '"]');
+      return el ? el.checked : false;
+    };
+    var chip = function (r) {
+      var li = document.createElement("li");
+      li.className = "mb-chip " + (r.tracked ? "mb-chip-tracked" : "mb-chip-untracked");
+      li.setAttribute("data-address", r.address);
+      li.setAttribute("data-decision", r.decision);
+      li.title = r.reason;
+      var address = document.createElement("span");
+      address.className = "mb-chip-address";
+      address.textContent = r.address;
+      var label = document.createElement("span");
+      label.className = "mb-chip-label";
+      label.textContent = r.label;
+      li.append(address, " ", label);
+      return li;
+    };
+    var show = function (recipients) {
+      chipLists.forEach(function (list) {
+        var kind = list.getAttribute("data-chips-for");
+        var mine = recipients.filter(function (r) { return r.kind === kind; });
+        list.replaceChildren.apply(list, mine.map(chip));
+        list.hidden = mine.length === 0;
+      });
+    };
+    var ask = function () {
+      var mine = ++asked;
+      fetch("/api/compose/recipients", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json", "x-csrf-token": csrfMeta.content },
+        body: JSON.stringify({
+          to: valueOf("to"), cc: valueOf("cc"), bcc: valueOf("bcc"),
+          open_tracking: isOn("open_tracking"), link_tracking: isOn("link_tracking")
+        })
+      }).then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) { if (data && mine === asked) show(data.recipients); })
+        .catch(function () { /* the chips are a help; sending works without them */ });
+    };
+    var later = function () {
+      clearTimeout(timer);
+      timer = setTimeout(ask, 250);
+    };
+    ["to", "cc", "bcc"].forEach(function (name) {
+      var el = form.querySelector('[name="' + name + '"]');
+      if (el) el.addEventListener("input", later);
+    });
+    ["open_tracking", "link_tracking"].forEach(function (name) {
+      var el = form.querySelector('input[name="' + name + '"]');
+      if (el) el.addEventListener("change", ask);
+    });
+    if (valueOf("to") || valueOf("cc") || valueOf("bcc")) ask();
+  }
+
   var summary = document.getElementById("error-summary");
   if (summary) summary.focus();
 })();

@@ -1,0 +1,253 @@
+"""How fast the journal consumer moves hits into the database, on one core.
+
+Prepares a database with sent emails (``--messages`` x ``--copies`` recipient
+copies) and a journal of ``--hits`` hits on them (a mix of people, image
+proxies, scanners and repeats, as the edge would have recorded them), then, in
+this process pinned to one core:
+
+1. reference: the consumer with a ``store`` that does nothing (reading,
+   checking and decoding the journal alone);
+2. reference: the events inserted as they are, one executemany per batch,
+   without classification, figures or observers;
+3. mailbeacon: the consumer storing through the hit pipeline (load context ->
+   classify -> events and figures -> notifications), exactly once by uid.
+
+Target (issue 11): at least 20,000 hits/s into SQLite and into PostgreSQL.
+
+    .venv/bin/python bench/consumer.py                       # SQLite, 200,000 hits
+    .venv/bin/python bench/consumer.py --hits 1000000 --database postgresql://postgres@127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sqlalchemy import create_engine, insert, text  # noqa: E402
+
+from mailbeacon.config import Settings  # noqa: E402
+from mailbeacon.db import normalise_url  # noqa: E402
+from mailbeacon.kit.clock import utcnow  # noqa: E402
+from mailbeacon.migrate import upgrade  # noqa: E402
+from mailbeacon.models import (  # noqa: E402
+    CopyStatus,
+    EventKind,
+    Message,
+    Organisation,
+    RecipientCopy,
+    TrackingEvent,
+    User,
+)
+from mailbeacon.runtime import Runtime  # noqa: E402
+from mailbeacon.tracking.hits import Hit  # noqa: E402
+from mailbeacon.tracking.journal import JournalConsumer, JournalWriter  # noqa: E402
+
+AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.0",
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+    "Mozilla/5.0",
+    "python-requests/2.32.3",
+    "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17928; Pro)",
+]
+
+
+def _pin() -> None:
+    if os.environ.get("MB_BENCH_PINNED") or not shutil.which("taskset"):
+        return
+    os.environ["MB_BENCH_PINNED"] = "1"
+    os.execvp("taskset", ["taskset", "-c", "0", sys.executable, *sys.argv])  # noqa: S606
+
+
+def _database(url: str | None, folder: Path) -> tuple[str, str | None]:
+    if url is None:
+        return f"sqlite:///{folder / 'bench.db'}", None
+    schema = f"mb_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}", schema
+
+
+def _seed(runtime: Runtime, messages: int, copies: int) -> list[int]:
+    sent = utcnow()
+    with runtime.database.unit_of_work() as s:
+        org = Organisation(name="Bench")
+        s.add(org)
+        s.flush()
+        user = User(organisation_id=org.id, email="bench@example.com", display_name="Bench")
+        s.add(user)
+        s.flush()
+        rows = [
+            {"user_id": user.id, "subject": f"Offer {i}", "created_at": sent, "sent_at": sent}
+            for i in range(messages)
+        ]
+        s.execute(insert(Message), rows)
+        ids = [m for (m,) in s.execute(text("SELECT id FROM messages ORDER BY id"))]
+        s.execute(
+            insert(RecipientCopy),
+            [
+                {
+                    "message_id": mid,
+                    "address": f"r{c}.{mid}@example.org",
+                    "decision": "tracked",
+                    "status": CopyStatus.SENT,
+                    "sent_at": sent,
+                    "open_tracked": True,
+                    "links_tracked": True,
+                }
+                for mid in ids
+                for c in range(copies)
+            ],
+        )
+        return [c for (c,) in s.execute(text("SELECT id FROM recipient_copies ORDER BY id"))]
+
+
+def _hits(copy_ids: list[int], count: int) -> list[Hit]:
+    rng = random.Random(7)
+    start = time.time() - 3600
+    hits = []
+    for i in range(count):
+        click = rng.random() < 0.3
+        hits.append(
+            Hit(
+                uid=uuid.UUID(int=rng.getrandbits(128)).hex,
+                kind=EventKind.CLICK if click else EventKind.OPEN,
+                copy_id=rng.choice(copy_ids),
+                link_position=rng.randrange(3) if click else None,
+                occurred_at=start + i * (3000 / count),
+                user_agent=rng.choice(AGENTS),
+                ip_prefix=f"198.51.{rng.randrange(256)}.0/24",
+                network=None,
+                is_head=False,
+                prefetch_hint=None,
+                viewer_user_id=None,
+            )
+        )
+    return hits
+
+
+def _journal(folder: Path, hits: list[Hit]) -> None:
+    writer = JournalWriter(folder, max_segment_age=3600)
+    for start in range(0, len(hits), 10_000):
+        writer.append_many(hits[start : start + 10_000])
+    writer.close()
+
+
+def _timed(label: str, count: int, work: object) -> float:
+    assert callable(work)
+    began = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - began
+    rate = count / seconds
+    print(f"  {label:<58} {rate:>10,.0f} hits/s  ({seconds:.1f} s)", flush=True)
+    return rate
+
+
+def _empty_events(runtime: Runtime) -> None:
+    with runtime.database.unit_of_work() as s:
+        s.execute(text("DELETE FROM notifications"))
+        s.execute(text("DELETE FROM link_click_stats"))
+        s.execute(text("DELETE FROM tracking_events"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hits", type=int, default=200_000)
+    parser.add_argument("--messages", type=int, default=2_000)
+    parser.add_argument("--copies", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--database", help="postgresql://... (default: SQLite in a temp folder)")
+    args = parser.parse_args()
+    _pin()
+    folder = Path(tempfile.mkdtemp(prefix="mb-bench-consumer-"))
+    url, schema = _database(args.database, folder)
+    try:
+        upgrade(url)
+        settings = Settings(DATA_DIR=folder / "data", DATABASE_URL=url, TOO_FAST_SECONDS=0)
+        runtime = Runtime.from_settings(settings)
+        copy_ids = _seed(runtime, args.messages, args.copies)
+        hits = _hits(copy_ids, args.hits)
+        backend = runtime.database.engine.dialect.name
+        cpu = subprocess.run(["taskset", "-p", str(os.getpid())], capture_output=True, text=True)
+        print(f"{backend}: {args.hits:,} hits on {len(copy_ids):,} copies; {cpu.stdout.strip()}")
+
+        journal = folder / "journal"
+        _journal(journal, hits)
+        consumer = JournalConsumer(journal, lambda batch: None, batch_size=args.batch)
+        _timed("reference: read and decode the journal only", len(hits), consumer.consume_available)
+
+        rows = [
+            {
+                "uid": h.uid,
+                "copy_id": h.copy_id,
+                "message_id": 1,
+                "kind": h.kind,
+                "link_position": h.link_position,
+                "occurred_at": utcnow(),
+                "recorded_at": utcnow(),
+                "label": "human",
+                "reason": "",
+                "user_agent": h.user_agent,
+                "ip_prefix": h.ip_prefix,
+                "network": None,
+                "is_head": False,
+                "prefetch_hint": None,
+                "viewer_user_id": None,
+            }
+            for h in hits
+        ]
+
+        def plain_insert() -> None:
+            for start in range(0, len(rows), args.batch):
+                with runtime.database.unit_of_work() as s:
+                    s.execute(insert(TrackingEvent), rows[start : start + args.batch])
+
+        _timed("reference: plain executemany INSERT of the same events", len(hits), plain_insert)
+        _empty_events(runtime)
+
+        _journal(journal, hits)
+
+        def store(batch: list[Hit]) -> None:
+            runtime.pipeline.process(batch, replay=True)
+
+        consumer = JournalConsumer(journal, store, batch_size=args.batch)
+        rate = _timed(
+            "mailbeacon: consumer -> hit pipeline (exactly once)",
+            len(hits),
+            consumer.consume_available,
+        )
+        with runtime.database.unit_of_work(immediate=False) as s:
+            stored = s.scalar(text("SELECT count(*) FROM tracking_events"))
+        assert stored == len(hits), (stored, len(hits))
+        print(
+            f"  target 20,000 hits/s: {'met' if rate >= 20_000 else 'NOT met'} ({rate / 20_000:.2f}x)"
+        )
+        runtime.database.dispose()
+    finally:
+        if schema is not None:
+            admin = create_engine(normalise_url(args.database or ""), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

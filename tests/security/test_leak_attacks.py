@@ -1,0 +1,73 @@
+"""What a statement carries (email bodies, addresses, names) never reaches a log line or
+an error message when the statement fails: an operator's logs, or a crash report
+sent elsewhere, must not become a copy of the users' mail.
+
+SQLAlchemy's ``hide_parameters`` (db.py) keeps it from printing parameters; the
+database server may still quote them in its own error text (PostgreSQL's
+"Key (email)=(...) already exists"), which db.py redacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from mailbeacon.db import Database
+from mailbeacon.models import Message, Organisation, User
+
+BODY = "Dear Ann, the contract for Project Nightingale is attached"
+ADDRESS = "ann.private@example.org"
+
+
+def duplicate_address(session: Session) -> None:
+    """A unique violation, flushed with a message body."""
+    org_id = session.scalars(text("SELECT id FROM organisations")).first()
+    session.add(User(organisation_id=org_id, email=ADDRESS, display_name=BODY))
+    session.add(Message(user_id=None, subject=BODY, body_html=f"<p>{BODY}</p>"))
+    session.flush()
+
+
+def address_as_a_number(session: Session) -> None:
+    """A value the column cannot take (PostgreSQL: a data exception quoting it)."""
+    session.execute(
+        text("INSERT INTO users (organisation_id, email, display_name) VALUES (:org, :e, :n)"),
+        {"org": ADDRESS, "e": ADDRESS, "n": BODY},
+    )
+
+
+@pytest.mark.parametrize("fail", [duplicate_address, address_as_a_number])
+def test_a_failing_statement_keeps_its_values_out_of_logs_and_errors(
+    db_url: str, caplog: pytest.LogCaptureFixture, fail: Callable[[Session], None]
+) -> None:
+    # echo: every statement is logged, as an operator debugging the database would have it.
+    database = Database(db_url, echo=True)
+    try:
+        with database.unit_of_work() as s:
+            org = Organisation(name="Acme")
+            s.add(org)
+            s.flush()
+            s.add(User(organisation_id=org.id, email=ADDRESS, display_name="Ann"))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
+            try:
+                with database.unit_of_work() as s:
+                    fail(s)
+            except DBAPIError as exc:
+                error = exc
+            else:
+                raise AssertionError("the statement did not fail")
+        logged = caplog.text
+    finally:
+        database.dispose()
+    assert "INSERT INTO" in logged  # the statements were logged...
+    assert "parameters hidden" in logged  # ...and their parameters were not
+    shown = [str(error), repr(error), "".join(traceback.format_exception(error)), logged]
+    for shown_text in shown:
+        assert BODY not in shown_text
+        assert ADDRESS not in shown_text
