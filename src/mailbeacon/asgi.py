@@ -45,7 +45,7 @@ class MailbeaconApp:
             runtime.codec,
             self.ingest.record,
             runtime.networks,
-            trusted_proxies=runtime.settings.TRUSTED_PROXIES,
+            trusted_proxies=runtime.settings.proxy_hops,
         )
         self.web = create_web_app(runtime)
         self.demo_smtp: DemoSmtpServer | None = None

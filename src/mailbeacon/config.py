@@ -119,11 +119,9 @@ class Settings(BaseSettings):
     # Saving the sender's copy to Sent is tried this many times before it is given up.
     SENT_COPY_MAX_ATTEMPTS: int = Field(default=10, ge=1)
 
-    @model_validator(mode="after")
-    def _fold_deprecated_forwarded_for(self) -> Settings:
-        if self.TRUST_FORWARDED_FOR and self.TRUSTED_PROXIES == 0:
-            self.TRUSTED_PROXIES = 1
-        return self
+    @property
+    def proxy_hops(self) -> int:
+        return max(self.TRUSTED_PROXIES, int(self.TRUST_FORWARDED_FOR))
 
     def database_url(self) -> str:
         return self.DATABASE_URL or f"sqlite:///{self.DATA_DIR.resolve() / 'mailbeacon.db'}"

@@ -17,7 +17,9 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
+    # "heads": every branch, so that migrations written side by side apply before they
+    # are put in one line (the released chain has one head, where it means "head").
     command.upgrade(alembic_config(url), revision)
 
 

@@ -52,9 +52,11 @@ def test_only_entries_written_by_trusted_proxies_are_read(
 
 
 def test_trust_forwarded_for_still_means_one_proxy() -> None:
-    assert Settings(TRUST_FORWARDED_FOR=True).TRUSTED_PROXIES == 1
-    assert Settings(TRUST_FORWARDED_FOR=True, TRUSTED_PROXIES=2).TRUSTED_PROXIES == 2
-    assert Settings().TRUSTED_PROXIES == 0
+    assert Settings(TRUST_FORWARDED_FOR=True).proxy_hops == 1
+    assert Settings(TRUST_FORWARDED_FOR=True, TRUSTED_PROXIES=2).proxy_hops == 2
+    assert Settings().proxy_hops == 0
+    # Copies of the settings skip validators: they must agree all the same.
+    assert Settings().model_copy(update={"TRUST_FORWARDED_FOR": True}).proxy_hops == 1
 
 
 @pytest_asyncio.fixture

@@ -103,7 +103,7 @@ def _client_ip(request: Request) -> str | None:
     return client_address(
         request.client.host if request.client else None,
         request.headers.getlist("x-forwarded-for"),
-        provided(request, Settings).TRUSTED_PROXIES,
+        provided(request, Settings).proxy_hops,
     )
 
 

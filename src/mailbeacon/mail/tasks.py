@@ -61,6 +61,7 @@ from mailbeacon.mail.queue import ClaimedCopy, SendContext, Settlement
 from mailbeacon.models import CopyStatus, Security
 
 log = logging.getLogger(__name__)
+_JITTER = random.Random()
 
 RECOVER_EVERY_SECONDS = 60.0
 IDLE_CONNECTION_SECONDS = 30.0
@@ -507,7 +508,7 @@ class OutboxWorker:
         if self.backoff_seconds <= 0:
             return 0.0
         delay = min(self.backoff_seconds * 2.0 ** max(attempts - 1, 0), BACKOFF_CAP_SECONDS)
-        return float(delay * random.uniform(0.9, 1.1))
+        return float(delay * _JITTER.uniform(0.9, 1.1))
 
     # -- database work (runs in a thread)
 

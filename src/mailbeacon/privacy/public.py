@@ -132,7 +132,7 @@ def stop_tracking(
     client = client_address(
         request.client.host if request.client else None,
         request.headers.getlist("x-forwarded-for"),
-        provided(request, Settings).TRUSTED_PROXIES,
+        provided(request, Settings).proxy_hops,
     )
     consent.withdraw_by_recipient(
         session,

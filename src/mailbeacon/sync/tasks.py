@@ -73,6 +73,7 @@ from mailbeacon.sync.screening import read_header_facts, worth_reading
 from mailbeacon.sync.sent_folder import put_sent_copy
 
 log = logging.getLogger(__name__)
+_JITTER = random.Random()
 
 T = TypeVar("T")
 
@@ -540,7 +541,7 @@ class SyncWorker:
         if self.backoff_seconds <= 0:
             return 0.0
         delay = min(self.backoff_seconds * 2.0 ** max(failures - 1, 0), BACKOFF_CAP_SECONDS)
-        return float(delay * random.uniform(0.9, 1.1))
+        return float(delay * _JITTER.uniform(0.9, 1.1))
 
     def _count(self, **counts: int) -> None:
         with self._stats_lock:

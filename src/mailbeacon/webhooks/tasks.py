@@ -44,6 +44,7 @@ from mailbeacon.webhooks.ports import OwnerNotices
 from mailbeacon.webhooks.repository import ClaimedDelivery, Settlement
 
 log = logging.getLogger(__name__)
+_JITTER = random.Random()
 
 MAINTAIN_EVERY_SECONDS = 60.0
 PURGE_EVERY_SECONDS = 3600.0
@@ -232,7 +233,7 @@ class WebhookWorker:
         if self.backoff_seconds <= 0:
             return 0.0
         delay = min(self.backoff_seconds * 2.0 ** max(attempts - 1, 0), self.backoff_cap)
-        return float(delay * random.uniform(0.9, 1.1))
+        return float(delay * _JITTER.uniform(0.9, 1.1))
 
     # -- database work (runs in a thread)
 
