@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The built-in demo mailbox listens here (loopback only; see mail/demo.py).
@@ -121,6 +121,10 @@ class Settings(BaseSettings):
 
     @property
     def proxy_hops(self) -> int:
+        """How many X-Forwarded-For entries, from the right, our own proxies wrote.
+
+        A property rather than a validator that rewrites TRUSTED_PROXIES: copies of the
+        settings (``model_copy``) skip validators, and every reader must agree."""
         return max(self.TRUSTED_PROXIES, int(self.TRUST_FORWARDED_FOR))
 
     def database_url(self) -> str:
