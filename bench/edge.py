@@ -235,7 +235,7 @@ def main() -> int:
             )
             results[name] = (ours, ref)
     finally:
-        server.send_signal(signal.SIGINT)  # graceful: flushes the ingest queue
+        server.send_signal(signal.SIGINT)  # graceful: the consumer stores what the journal holds
         server.wait(timeout=60)
         nginx.terminate()
         nginx.wait(timeout=10)

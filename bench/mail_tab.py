@@ -396,6 +396,72 @@ def run_queries(runtime: Runtime, picks: dict[str, int], rounds: int) -> dict[st
     return results
 
 
+SEARCHES = [
+    ("a recipient", "customer42."),
+    ("a subject", "Proposal 99999"),
+    ("no match", "no-such-thing"),
+    ("a common term", "example"),
+    ("two characters", "zq"),
+    ("FTS5 syntax", 'NEAR("x" y*)'),
+]
+
+
+def run_searches(runtime: Runtime, picks: dict[str, int], rounds: int) -> None:
+    """Each search with the indexes of migration a3d5f7b9c1e2, then without them (the
+    road every search took before), in the same run."""
+    sally = picks["sally"]
+    sessions = runtime.database.sessions
+
+    def search(q: str) -> Callable[[], Any]:
+        def run() -> Any:
+            with sessions() as s:
+                return reading.mail_page(s, sally, q=q)
+
+        return run
+
+    print("search (mail/reading.py): with the search indexes, then without them")
+    with_index = {
+        q: report(f"indexed: {label} ({q})", timed(search(q), rounds)) for label, q in SEARCHES
+    }
+    if runtime.database.is_sqlite:
+        found = reading._trigram_matches
+        reading._trigram_matches = lambda session, search: None  # type: ignore[assignment]
+    else:
+        # Only this bench's own schema: the indexes go (committed) and come back if kept.
+        with runtime.database.engine.begin() as conn:
+            conn.execute(text("DROP INDEX IF EXISTS messages_search_trgm"))
+            conn.execute(text("DROP INDEX IF EXISTS messages_search_bcc_trgm"))
+    try:
+        for label, q in SEARCHES:
+            p95 = report(f"scan:    {label} ({q})", timed(search(q), rounds))
+            print(f"{'':55}p95 indexed/scan {with_index[q] / p95:.2f}")
+    finally:
+        if runtime.database.is_sqlite:
+            reading._trigram_matches = found  # type: ignore[assignment]
+        else:
+            with runtime.database.engine.begin() as conn:
+                schema = conn.scalar(
+                    text(
+                        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n"
+                        " ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'"
+                    )
+                )
+                if schema is not None:
+                    ops = f'"{schema}".gin_trgm_ops'
+                    conn.execute(
+                        text(
+                            "CREATE INDEX messages_search_trgm ON messages USING gin "
+                            f"(lower(subject || ' ' || to_header || ' ' || cc_header) {ops})"
+                        )
+                    )
+                    conn.execute(
+                        text(
+                            "CREATE INDEX messages_search_bcc_trgm ON recipient_copies "
+                            f"USING gin (lower(address) {ops}) WHERE kind = 'bcc'"
+                        )
+                    )
+
+
 async def run_pages(app: MailbeaconApp, picks: dict[str, int], rounds: int) -> None:
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://bench.test") as c:
@@ -505,6 +571,7 @@ def main() -> int:
                     conn.commit()
             print(f"  seeded in {time.perf_counter() - t0:.0f} s")
         run_queries(runtime, picks, args.rounds)
+        run_searches(runtime, picks, args.rounds)
         app = MailbeaconApp(runtime)
         asyncio.run(run_pages(app, picks, args.rounds))
         runtime.database.dispose()

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailbeacon import __version__
 from mailbeacon.accounts import endpoints as account_endpoints
+from mailbeacon.accounts import joining as account_joining
 from mailbeacon.accounts import views as account_views
 from mailbeacon.accounts.auth import resolve_viewer
 from mailbeacon.accounts.security import VIEWER_COOKIE_MAX_AGE
@@ -308,6 +309,7 @@ def create_web_app(runtime: Runtime) -> FastAPI:
         return RedirectResponse("/compose" if viewer else "/sign-in", status_code=303)
 
     app.include_router(account_views.router)
+    app.include_router(account_joining.router)
     app.include_router(account_endpoints.router)
     app.include_router(mail_views.router)
     app.include_router(mail_endpoints.router)

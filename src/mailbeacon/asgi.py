@@ -1,10 +1,10 @@
 """Outermost entry point: /t/* goes to the tracking edge, the rest to the web app.
 
 The process starts whether or not the database answers. The tracking edge never
-needs it (hits go to the spool while it is away); the web app answers 503 until
-the database is reachable and its migrations have run, which a watcher retries
-in the background; then the outbox worker starts and service is normal, with
-no restart.
+needs it (hits go to the local journal, which a consumer stores into the database
+whenever it answers); the web app answers 503 until the database is reachable and
+its migrations have run, which a watcher retries in the background; then the
+outbox worker starts and service is normal, with no restart.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from sqlalchemy import text
 from mailbeacon.app import create_web_app
 from mailbeacon.config import Settings
 from mailbeacon.db import describe_url, is_unreachable
+from mailbeacon.kit import metrics
 from mailbeacon.mail.demo import DemoSmtpServer
 from mailbeacon.migrate import upgrade
 from mailbeacon.privacy.tasks import RetentionWorker
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.edge import Receive, Scope, Send, TrackingEdge
+from mailbeacon.web.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ DATABASE_RETRY_CAP_SECONDS = 15.0
 
 
 class MailbeaconApp:
-    """Routes by path prefix and runs the ingest writer for the process's lifetime."""
+    """Routes by path prefix; runs the hit journal (and its consumer, unless RUN_INGEST is
+    off) for the process's lifetime."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -48,6 +51,11 @@ class MailbeaconApp:
             trusted_proxies=runtime.settings.proxy_hops,
         )
         self.web = create_web_app(runtime)
+        self.metrics = MetricsEndpoint(runtime.settings.METRICS_TOKEN)
+        metrics.set_sync_source(runtime.sync_health)
+        # Acknowledged hits not yet stored: reported by an ingest that offers
+        # ``lag() -> kit.metrics.IngestLag`` (whichever design the ingest has).
+        metrics.set_lag_source(getattr(self.ingest, "lag", None))
         self.demo_smtp: DemoSmtpServer | None = None
         self._watcher: asyncio.Task[None] | None = None
         # Deletes tracking data past each organisation's retention period, daily.
@@ -57,6 +65,8 @@ class MailbeaconApp:
         kind = scope["type"]
         if kind == "http" and scope["path"].startswith("/t/"):
             await self.edge(scope, receive, send)
+        elif kind == "http" and scope["path"] == "/metrics":
+            await self.metrics(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
@@ -69,10 +79,11 @@ class MailbeaconApp:
         assert message["type"] == "lifespan.startup"
         web_lifespan = self.web.router.lifespan_context(self.web)
         try:
+            # Before the consumer starts: it must not write into a schema not yet migrated.
+            self.runtime.database_ready = False
             await self.ingest.start()
             self._end_live_streams_on_exit()
             await self._start_demo_mailbox()
-            self.runtime.database_ready = False
             if await asyncio.to_thread(self._prepare_database):
                 await self._database_ready()
             else:
@@ -97,7 +108,9 @@ class MailbeaconApp:
             await self._stop_mail()
             await self.runtime.live.stop()
             await self.ingest.stop()
-            logging.getLogger("uvicorn.error").info("ingest at shutdown: %s", self.ingest.stats)
+            logging.getLogger("uvicorn.error").info(
+                "journal consumer at shutdown: %s", self.ingest.stats
+            )
             self.runtime.database.dispose()
         await send({"type": "lifespan.shutdown.complete"})
 

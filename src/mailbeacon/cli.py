@@ -55,6 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     _print_sign_in_hint(args, settings, f"http://{host}:{port}")
+    if args.workers > 1:
+        from mailbeacon.kit.metrics import share_between_processes
+
+        # /metrics in any worker adds up the counts of all of them.
+        share_between_processes(settings.DATA_DIR / "metrics")
     uvicorn.run(
         "mailbeacon.asgi:app_factory",
         factory=True,
@@ -178,6 +183,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await stop.wait()
         await hooks.stop()
         await worker.stop()
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        runtime.database.dispose()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    settings = _settings(args)
+    runtime = _runtime(settings)
+    ingest = runtime.make_ingest(consume=True)
+
+    async def run() -> int:
+        # The journal consumer alone: what `serve` runs beside the edge when RUN_INGEST
+        # is on. Any number may run, on the machine whose journal folder they read.
+        if args.once:
+            stored = await asyncio.to_thread(ingest.consume_once)
+            print(f"mailbeacon ingest: {stored} hits read from the journal", file=sys.stderr)
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await ingest.start()
+        print(
+            f"mailbeacon ingest running (journal in {settings.journal_dir.resolve()})",
+            file=sys.stderr,
+        )
+        await stop.wait()
+        await ingest.stop()
+        print(f"mailbeacon ingest stopped: {ingest.stats}", file=sys.stderr)
         return 0
 
     try:
@@ -339,9 +379,10 @@ def _print_sign_in_hint(args: argparse.Namespace, settings: Settings, address: s
         return
     where = f" --data-dir {settings.DATA_DIR.resolve()}" if args.data_dir else ""
     print(
-        "No user yet: create one with `mailbeacon user create --email you@example.com`"
-        + (f" (add{where})" if where else "")
-        + f", then sign in at {address}/sign-in",
+        f"No user yet: open {address}/ in your browser to create your account"
+        " (or create one with `mailbeacon user create --email you@example.com`"
+        + (f" and{where}" if where else "")
+        + ")",
         file=sys.stderr,
     )
 
@@ -536,6 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "ingest",
+        parents=[common],
+        help="store the tracking edge's journal into the database "
+        "(serve runs one too unless RUN_INGEST=false)",
+    )
+    p.add_argument("--once", action="store_true", help="store what the journal holds, then exit")
+    p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
         "sync",

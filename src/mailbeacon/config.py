@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The built-in demo mailbox listens here (loopback only; see mail/demo.py).
 DEMO_SMTP_HOST = "127.0.0.1"
 
 
+# Beside the attachments: the HTML and text bodies (5 MB of UTF-8 each at most, which
+# JSON may escape to twice that) and the form's own fields.
+_BODIES_ROOM = 24 * 1024 * 1024
+
+
+def send_request_room(attachment_bytes: int) -> int:
+    """The smallest send request limit that lets ``attachment_bytes`` of files through,
+    base64-encoded as the JSON API takes them (4 octets for every 3)."""
+    if attachment_bytes == 0:
+        return 1024
+    return -(-attachment_bytes // 3) * 4 + _BODIES_ROOM
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAILBEACON_", extra="ignore")
 
-    # Everything the product keeps on disk (SQLite database, keys, spool) lives here.
+    # Everything the product keeps on disk (SQLite database, keys, hit journal) lives here.
     DATA_DIR: Path = Path("var")
     # Empty means the embedded SQLite database inside DATA_DIR.
     DATABASE_URL: str = ""
@@ -35,9 +48,13 @@ class Settings(BaseSettings):
 
     # Request bodies are refused above these sizes before they are read: most
     # requests are small forms or JSON; sending an email (compose, the API) may
-    # carry large bodies (and later attachments).
+    # carry large bodies and attachments, so its limit must leave room for them: the
+    # attachments base64-encoded (the API's JSON) and bodies of up to 5 MB each.
     MAX_REQUEST_BYTES: int = Field(default=256 * 1024, ge=1024)
-    MAX_SEND_REQUEST_BYTES: int = Field(default=32 * 1024 * 1024, ge=1024)
+    MAX_SEND_REQUEST_BYTES: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # The files of one email together, in octets (shown in compose). Most mail servers
+    # refuse messages over 25 MB, and base64 makes attachments a third larger on the way.
+    MAX_ATTACHMENT_BYTES: int = Field(default=20_000_000, ge=0)
 
     # Mail servers (Test connection, sending, sync) and webhook receivers may be on
     # private networks (RFC 1918, ULA) only if the operator allows it; link-local
@@ -64,18 +81,30 @@ class Settings(BaseSettings):
     # Delivered and given-up deliveries (and their events) are kept this long for the log.
     WEBHOOK_LOG_DAYS: int = Field(default=30, ge=1)
 
+    # GET /metrics (Prometheus) answers loopback clients; with a token set, also anyone
+    # sending `Authorization: Bearer <token>` (a scraper on another machine).
+    METRICS_TOKEN: str = ""
+
     # Classification thresholds.
     TOO_FAST_SECONDS: float = Field(default=5.0, ge=0)
     BURST_SECONDS: float = Field(default=5.0, ge=0)
     BURST_LINKS: int = Field(default=2, ge=2)
     DUPLICATE_SECONDS: float = Field(default=10.0, ge=0)
 
-    # Ingest: how many hits one group commit may carry.
-    INGEST_BATCH_MAX: int = Field(default=1024, ge=1)
-    # Concurrent group-commit writers; 0 means 1 on SQLite and 3 on PostgreSQL.
-    INGEST_WRITERS: int = Field(default=0, ge=0, le=16)
-    # Seconds before retrying the database after it failed (spooling meanwhile).
+    # Ingest. The edge answers once a hit is in this process's journal (DATA_DIR/journal,
+    # group commit: one write and fdatasync per batch of hits); a consumer moves the
+    # journal into the database. `serve` runs one unless RUN_INGEST is off (then run
+    # `mailbeacon ingest`, as many as you like: they share the segments).
+    RUN_INGEST: bool = True
+    # How many hits one database transaction of the consumer may carry.
+    INGEST_BATCH_MAX: int = Field(default=5000, ge=1)
+    # Seconds before the consumer tries the database again after it failed (the
+    # hits wait in the journal meanwhile).
     INGEST_RETRY_SECONDS: float = Field(default=1.0, gt=0)
+    # A writer starts a new segment past this size or age, so that consumed
+    # segments can be deleted and other processes' consumers may take them.
+    JOURNAL_SEGMENT_BYTES: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    JOURNAL_SEGMENT_SECONDS: float = Field(default=2.0, gt=0)
 
     # Sending. `serve` runs the outbox worker unless RUN_WORKER is off (then run
     # `mailbeacon worker` separately), and the demo mailbox's loopback SMTP server
@@ -119,6 +148,17 @@ class Settings(BaseSettings):
     # Saving the sender's copy to Sent is tried this many times before it is given up.
     SENT_COPY_MAX_ATTEMPTS: int = Field(default=10, ge=1)
 
+    @model_validator(mode="after")
+    def _room_for_attachments(self) -> Settings:
+        needed = send_request_room(self.MAX_ATTACHMENT_BYTES)
+        if needed > self.MAX_SEND_REQUEST_BYTES:
+            raise ValueError(
+                f"MAX_SEND_REQUEST_BYTES ({self.MAX_SEND_REQUEST_BYTES}) must be at least "
+                f"{needed} to carry MAX_ATTACHMENT_BYTES ({self.MAX_ATTACHMENT_BYTES}) of "
+                "attachments base64-encoded with the bodies of the email"
+            )
+        return self
+
     @property
     def proxy_hops(self) -> int:
         """How many X-Forwarded-For entries, from the right, our own proxies wrote.
@@ -131,5 +171,10 @@ class Settings(BaseSettings):
         return self.DATABASE_URL or f"sqlite:///{self.DATA_DIR.resolve() / 'mailbeacon.db'}"
 
     @property
-    def spool_dir(self) -> Path:
+    def journal_dir(self) -> Path:
+        return self.DATA_DIR / "journal"
+
+    @property
+    def legacy_spool_dir(self) -> Path:
+        """Where versions before the journal kept hits while the database was away."""
         return self.DATA_DIR / "spool"

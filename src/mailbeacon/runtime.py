@@ -8,7 +8,9 @@ as protocols (``mail.ports``, ``accounts.service.SmtpProbe``) or observers
     compose --plan_send--> messages, copies, outbox      (one unit of work)
         `--SendQueued--> OutboxWorker.wake               (after commit)
     OutboxWorker --SMTP, one transaction per copy--> recipients
-    edge /t/ --Hit--> Ingest --batches--> HitPipeline: load -> classify -> apply
+    edge /t/ --Hit--> journal (fdatasync, then the answer)
+    journal --consumer (serve, `mailbeacon ingest`), batches--> HitPipeline:
+        load -> classify -> apply
         |  gate: PrivacyGate (privacy) rules what may be kept, per copy
         `--StoredEvent--> NotificationObserver, HitWebhooks, ForwardedOpens (same transaction)
     plan_send --ConsentPolicy--> ConsentRules (privacy): untracked without consent
@@ -42,9 +44,11 @@ from mailbeacon.accounts.service import (
 )
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
+from mailbeacon.kit.clock import as_utc
 from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.kit.datadir import ensure_data_dir, load_secrets
 from mailbeacon.kit.events import Dispatcher, Observers
+from mailbeacon.kit.metrics import SyncHealth
 from mailbeacon.kit.netpolicy import mail_server_policy
 from mailbeacon.mail.events import MessageDelivered, SendQueued
 from mailbeacon.mail.mailer import test_smtp_connection
@@ -61,6 +65,7 @@ from mailbeacon.privacy.forwarding import ForwardedOpens
 from mailbeacon.privacy.gate import PrivacyGate
 from mailbeacon.privacy.keys import PrivacyKeys
 from mailbeacon.privacy.policy import ConsentRules
+from mailbeacon.sync import repository as sync_repository
 from mailbeacon.sync.imap import ImapSettings
 from mailbeacon.sync.probe import probe_mailbox
 from mailbeacon.sync.receiving import Receiver
@@ -72,7 +77,6 @@ from mailbeacon.tracking.ingest import Ingest
 from mailbeacon.tracking.networks import NetworkMap
 from mailbeacon.tracking.pipeline import HitPipeline
 from mailbeacon.tracking.service import TrackingService
-from mailbeacon.tracking.spool import Spool
 from mailbeacon.tracking.tokens import TokenCodec, codec_from_secrets
 from mailbeacon.webhooks.events import WebhooksDue
 from mailbeacon.webhooks.observers import (
@@ -217,17 +221,28 @@ class Runtime:
         }
 
     def write_batch(self, hits: list[Hit], replay: bool) -> BatchResult:
-        """Store a batch of hits through the pipeline (the ingest's writer)."""
+        """Store a batch of hits through the pipeline."""
         return self.pipeline.process(hits, replay=replay)
 
-    def make_ingest(self) -> Ingest:
+    def store_journal_batch(self, hits: list[Hit]) -> BatchResult:
+        """The journal consumer's store: exactly once by uid, as a journal may be
+        delivered again after a crash between commit and checkpoint."""
+        return self.pipeline.process(hits, replay=True)
+
+    def make_ingest(self, *, consume: bool | None = None) -> Ingest:
+        """This process's journal (the edge appends to it) and, unless ``consume`` is
+        False (default: RUN_INGEST), a consumer moving the journal into the database."""
+        settings = self.settings
         return Ingest(
-            self.write_batch,
-            Spool(self.settings.spool_dir),
-            batch_max=self.settings.INGEST_BATCH_MAX,
-            retry_seconds=self.settings.INGEST_RETRY_SECONDS,
-            writers=self.settings.INGEST_WRITERS or (1 if self.database.is_sqlite else 3),
+            settings.journal_dir,
+            self.store_journal_batch,
+            consume=settings.RUN_INGEST if consume is None else consume,
+            batch_size=settings.INGEST_BATCH_MAX,
+            retry_seconds=settings.INGEST_RETRY_SECONDS,
+            segment_bytes=settings.JOURNAL_SEGMENT_BYTES,
+            segment_seconds=settings.JOURNAL_SEGMENT_SECONDS,
             database_ready=lambda: self.database_ready,
+            legacy_spool=settings.legacy_spool_dir,
         )
 
     def make_outbox_worker(self, **options: Any) -> OutboxWorker:
@@ -260,3 +275,11 @@ class Runtime:
         """Tell this process's webhook worker that deliveries are due (safe from any thread)."""
         if self.webhooks is not None:
             self.webhooks.wake()
+
+    def sync_health(self) -> SyncHealth | None:
+        """The state of mailbox sync for the metrics (None while the database is away)."""
+        if not self.database_ready:
+            return None
+        with self.database.engine.connect() as conn:
+            ok, failing, last_success = sync_repository.sync_health(conn)
+        return SyncHealth(ok, failing, as_utc(last_success).timestamp() if last_success else None)

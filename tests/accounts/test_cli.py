@@ -83,7 +83,8 @@ def test_serve_explains_how_to_sign_in(
     args = argparse.Namespace(data_dir=None)
     cli._print_sign_in_hint(args, settings, "http://127.0.0.1:8000")
     err = capsys.readouterr().err
-    assert "No user yet: create one with `mailbeacon user create --email you@example.com`" in err
+    assert "No user yet: open http://127.0.0.1:8000/ in your browser to create your account" in err
+    assert "`mailbeacon user create --email you@example.com`" in err
     assert run(env, "--email", "sally@example.com", "--password", "long enough pw") == 0
     capsys.readouterr()
     cli._print_sign_in_hint(args, settings, "http://127.0.0.1:8000")

@@ -37,7 +37,7 @@ def hit(
 ) -> Hit:
     _seq[0] += 1
     return Hit(
-        uid=f"{time.time_ns():x}{_seq[0]:08x}",
+        uid=f"{time.time_ns():016x}{_seq[0]:016x}",  # 32 hex digits, as the edge mints
         kind=kind,
         copy_id=copy_id,
         link_position=position,

@@ -12,7 +12,7 @@ from mailbeacon.kit.addresses import Address, parse_address_list, split_address_
 
 def test_several_addresses_in_one_entry_with_names_and_quoted_commas() -> None:
     parsed = parse_address_list(
-        ['Ann <ann@Example.ORG>, "Doe, Jane" <jane@example.org>; bob@example.net', "  "], "to"
+        ['Ann <ann@Example.ORG>, "Doe, Jane" <jane@example.org>; bob@example.net', "  "]
     )
     assert parsed.errors == []
     assert parsed.addresses == [
@@ -27,28 +27,30 @@ def test_several_addresses_in_one_entry_with_names_and_quoted_commas() -> None:
     ]
 
 
-def test_each_invalid_piece_gets_a_message_naming_the_field() -> None:
-    parsed = parse_address_list(["ann@example.org, bob@", "carl@example.org junk"], "cc")
+def test_each_invalid_piece_gets_a_sentence_that_does_not_repeat_the_field() -> None:
+    parsed = parse_address_list(["ann@example.org, bob@", "carl@example.org junk"])
     assert [a.email for a in parsed.addresses] == ["ann@example.org"]
-    assert parsed.errors[0].startswith("cc: 'bob@' is not a valid address")
+    assert parsed.errors[0] == (
+        "“bob@” is not a valid address: there must be something after the @-sign."
+    )
     assert "after the @-sign" in parsed.errors[0]
     # getaddresses alone would read this as "carl@example.orgjunk".
-    assert parsed.errors[1].startswith("cc: 'carl@example.org junk' is not a valid address")
+    assert parsed.errors[1].startswith("“carl@example.org junk” is not a valid address: ")
 
 
 def test_international_domains_go_on_the_envelope_in_ascii() -> None:
-    parsed = parse_address_list(["Jöhn Müller <john@bücher.de>"], "to")
+    parsed = parse_address_list(["Jöhn Müller <john@bücher.de>"])
     assert parsed.addresses == [Address("john@xn--bcher-kva.de", "Jöhn Müller")]
 
 
 def test_local_parts_that_need_smtputf8_and_reserved_domains_are_refused() -> None:
-    parsed = parse_address_list(["jöhn@example.org", "x@mailbeacon.test", "a@localhost"], "bcc")
+    parsed = parse_address_list(["jöhn@example.org", "x@mailbeacon.test", "a@localhost"])
     assert len(parsed.errors) == 3
-    assert all(e.startswith("bcc: ") for e in parsed.errors)
+    assert all(" is not a valid address: " in e and e.endswith(".") for e in parsed.errors)
 
 
 def test_display_names_cannot_smuggle_header_lines() -> None:
-    parsed = parse_address_list(['"Ann\r\nBcc: x@evil.example" <ann@example.org>'], "to")
+    parsed = parse_address_list(['"Ann\r\nBcc: x@evil.example" <ann@example.org>'])
     assert parsed.addresses[0].name == "Ann Bcc: x@evil.example"
     assert "\n" not in parsed.addresses[0].formatted()
 

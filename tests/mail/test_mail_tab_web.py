@@ -104,10 +104,17 @@ async def test_the_mail_tab_lists_emails_with_icons_and_hover_details(
     assert 'ann@example.org</strong> · <span class="mb-judged mb-label-human">opened' in row
     assert "security scanner" in row and "Machines and your own views, not counted" in row
     assert "https://example.com/pricing" in row
-    assert re.search(r'<time datetime="[^"]+">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', row)
+    # In the viewer's zone (UTC until the browser says), relative, exact on hover.
+    assert re.search(
+        r'<time datetime="[^"]+Z" title="\w{3} \d+ \w{3} \d{4}, \d\d:\d\d:\d\d UTC" data-local>'
+        r"(just now|\d+ min ago|today \d\d:\d\d|yesterday \d\d:\d\d)</time>",
+        row,
+    )
     plain = page[page.index(f'id="mail-{untracked.message_id}"') :]
     plain = plain[: plain.index("</tr>")]
     assert "mb-icon-open" not in plain and "mb-icon-link" not in plain  # tracking was off
+    assert '<span class="mb-not-tracked">not tracked</span>' in plain
+    assert '<span title="Opens not tracked">—</span>' in plain
     assert "/t/" not in page  # the list never carries a pixel or a tracked link
 
 
@@ -240,3 +247,41 @@ async def test_a_colleague_sees_none_of_it_on_any_page_or_endpoint(
         assert (await anonymous.get(f"/api/mail/{mid}")).status_code == 401
         assert (await anonymous.get("/api/mail")).status_code == 401
         assert (await anonymous.get(f"/mail/{mid}")).status_code == 303
+
+
+async def test_the_mail_tab_says_which_copies_are_still_queued_or_failed(
+    sally: httpx.AsyncClient, app: MailbeaconApp, database: Database
+) -> None:
+    from mailbeacon.models import CopyStatus, RecipientCopy
+
+    sent = send_mail(
+        database, app.runtime, sally_id(database), to=("ann@example.org", "bob@example.com")
+    )
+    with database.unit_of_work() as s:
+        for address, status in [
+            ("ann@example.org", CopyStatus.QUEUED),
+            ("bob@example.com", CopyStatus.FAILED),
+        ]:
+            copy = s.get(RecipientCopy, sent.copies[address])
+            assert copy is not None
+            copy.status = status
+    page = (await sally.get("/mail")).text
+    row = page[page.index(f'id="mail-{sent.message_id}"') :]
+    row = row[: row.index("</tr>")]
+    assert '<span class="mb-tag mb-tag-queued"> queued</span>' in row
+    assert '<span class="mb-tag mb-tag-failed"> failed</span>' in row
+
+
+async def test_an_untracked_email_says_so_plainly_on_its_page(
+    sally: httpx.AsyncClient, app: MailbeaconApp, database: Database
+) -> None:
+    sent = send_mail(
+        database, app.runtime, sally_id(database), open_tracking=False, link_tracking=False
+    )
+    page = (await sally.get(f"/mail/{sent.message_id}")).text
+    title = page[page.index('<div class="mb-title">') :]
+    assert title[: title.index("</div>")].count("not tracked") == 1
+    assert "mb-icon-slot" not in title[: title.index("</div>")]
+    assert '<dt>Opens</dt><dd class="mb-not-tracked">not tracked</dd>' in page
+    assert '<dt>Clicks</dt><dd class="mb-not-tracked">not tracked</dd>' in page
+    assert "0 by people" not in page

@@ -127,17 +127,16 @@ def test_invalid_draft_reports_every_field_and_writes_nothing(
                 subject="x" * 999,
             )
         errors = caught.value.errors
+        # One sentence each, at its field: the field is not named again.
         assert errors["to"] == [
-            "to: 'bob@' is not a valid address (there must be something after the @-sign)"
+            "“bob@” is not a valid address: there must be something after the @-sign."
         ]
-        assert errors["cc"] == [
-            "cc: 'x' is not a valid address (an email address must have an @-sign)"
-        ]
+        assert errors["cc"] == ["“x” is not a valid address: an email address must have an @-sign."]
         assert "bcc" not in errors
-        assert errors["subject"] == ["subject: at most 998 characters"]
+        assert errors["subject"] == ["At most 998 characters."]
         with pytest.raises(InvalidDraft) as caught:
             plan(s, runtime, user, to=[" ", ""], cc=[], bcc=[])
-        assert caught.value.errors == {"to": ["to: add at least one recipient"]}
+        assert caught.value.errors == {"to": ["Add at least one recipient."]}
         s.rollback()
     with database.sessions() as s:
         assert s.scalar(select(func.count()).select_from(RecipientCopy)) == 0
@@ -247,7 +246,7 @@ def test_a_body_of_exactly_the_limit_is_planned_and_one_octet_more_is_not(
         with pytest.raises(InvalidDraft) as caught:
             plan(s, runtime, user, body_html=None, body_text=limit + "x")
         assert caught.value.errors == {
-            "body_text": ["body_text: the message is too large (5.1 MB); it can be up to 5 MB"]
+            "body_text": ["The message is too large (5.1 MB); it can be up to 5 MB."]
         }
         # The limit is the message's: the HTML and the text given together.
         with pytest.raises(InvalidDraft) as caught:

@@ -169,6 +169,29 @@ async def test_the_sales_assistant_feed_and_marking_read(
     assert forged.status_code == 403
 
 
+async def test_the_bells_dropdown_lists_the_latest_and_marks_read_in_place(
+    app: MailbeaconApp, sally: httpx.AsyncClient, tom: httpx.AsyncClient, sent: Sent
+) -> None:
+    await load_pixel(app, sent.copies["ann@example.org"])
+    r = await sally.get("/assistant/latest")
+    assert r.status_code == 200
+    assert '<div class="mb-bell-head" data-unread="1">' in r.text
+    assert "ann@example.org opened “Our pricing”" in r.text
+    assert 'class="mb-bell-item mb-unread"' in r.text
+    assert '<a class="mb-bell-all" href="/assistant">See all</a>' in r.text
+    (item,) = (await sally.get("/api/notifications")).json()["items"]
+    # The dropdown posts with fetch: no page back. The page's form still redirects.
+    r = await sally.post(f"/assistant/{item['id']}/read", headers={"x-requested-with": "fetch"})
+    assert r.status_code == 204
+    latest = (await sally.get("/assistant/latest")).text
+    assert 'data-unread="0"' in latest and "mb-unread" not in latest
+    r = await sally.post(f"/assistant/{item['id']}/read")
+    assert r.status_code == 303 and r.headers["location"] == "/assistant"
+    # A colleague's dropdown has none of it, and cannot mark it.
+    assert "Our pricing" not in (await tom.get("/assistant/latest")).text
+    assert (await tom.post(f"/assistant/{item['id']}/read")).status_code == 404
+
+
 async def test_notification_settings_from_the_page_and_the_api(
     app: MailbeaconApp, sally: httpx.AsyncClient, sent: Sent
 ) -> None:

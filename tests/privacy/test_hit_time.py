@@ -20,6 +20,7 @@ from mailbeacon.models import (
     TrackingMode,
     User,
 )
+from tests.client import stored_before_answer
 from tests.factories.hits import CHROME, THUNDERBIRD, hit, record
 from tests.factories.privacy import TRACKED_LINK, copies_of, record_consent, set_policy
 
@@ -59,7 +60,7 @@ def figures(database: Database, model: type, row_id: int) -> tuple[int, int, int
 async def open_and_click(app: MailbeaconApp, copy_html: str, copy_id: int) -> None:
     """A person reads the copy: the pixel, then its link; the edge answers as always."""
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=("192.0.2.44", 50000)),
+        transport=httpx.ASGITransport(app=stored_before_answer(app), client=("192.0.2.44", 50000)),
         base_url="http://mb.test",
         headers={"user-agent": CHROME},
     ) as reader:

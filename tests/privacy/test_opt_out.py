@@ -21,6 +21,7 @@ from mailbeacon.models import (
     TrackingEvent,
     User,
 )
+from tests.client import stored_before_answer
 from tests.factories.hits import SCANNER
 from tests.factories.privacy import OPT_OUT_LINK, copies_of, record_consent
 
@@ -42,7 +43,7 @@ _STAMP = re.compile(r'name="stamp" value="([^"]+)"')
 def recipient(app: MailbeaconApp, ip: str = "192.0.2.77", ua: str = FIREFOX) -> httpx.AsyncClient:
     """The person who got the email: no session, no cookies."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=(ip, 50000)),
+        transport=httpx.ASGITransport(app=stored_before_answer(app), client=(ip, 50000)),
         base_url="http://mb.test",
         headers={"user-agent": ua},
     )

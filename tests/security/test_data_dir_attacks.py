@@ -1,5 +1,5 @@
 """Another local user cannot read the data folder: email bodies, addresses, token and
-credential keys, spooled hits.
+credential keys, the hit journal.
 
 The process umask is set to the common 022 for each test, under which files are
 created 0644 and folders 0755 unless the product asks for less.
@@ -20,7 +20,7 @@ from mailbeacon.config import Settings
 from mailbeacon.db import is_sqlite
 from mailbeacon.migrate import upgrade
 from mailbeacon.runtime import Runtime
-from mailbeacon.tracking.spool import Spool
+from mailbeacon.tracking.journal import JournalWriter
 from tests.factories.hits import hit
 
 
@@ -65,13 +65,14 @@ def test_a_new_data_folder_and_everything_in_it_is_private(tmp_path: Path, db_ur
     data_dir = tmp_path / "var"
     runtime = start(data_dir, db_url)
     try:
-        Spool(runtime.settings.spool_dir).append([hit(1)])
+        with JournalWriter(runtime.settings.journal_dir) as journal:
+            journal.append_many([hit(1)])
         assert mode(data_dir) == 0o700
         assert mode(data_dir / "secrets.json") == 0o600
         if is_sqlite(db_url):
             for name in ("mailbeacon.db", "mailbeacon.db-wal", "mailbeacon.db-shm"):
                 assert mode(data_dir / name) == 0o600, name
-        assert list(runtime.settings.spool_dir.iterdir())
+        assert list(runtime.settings.journal_dir.iterdir())
         assert readable_by_others(data_dir) == []
     finally:
         runtime.database.dispose()

@@ -125,8 +125,8 @@ def test_serve_starts_with_the_database_down_keeps_links_working_and_catches_up(
         own_postgres.start()
         # Migrated and serving again, without a restart: the API now asks who we are.
         _wait("the web app to come back", lambda: get(port, "/api/me")[0] == 401)
-        _wait("the spooled hits", lambda: _stored(own_postgres.url)[0] >= answered)
-        time.sleep(1.5)  # a second replay pass would store them twice, if it could
+        _wait("the journal's hits", lambda: _stored(own_postgres.url)[0] >= answered)
+        time.sleep(1.5)  # a second consumer pass would store them twice, if it could
         count, distinct, version = _stored(own_postgres.url)
     assert (count, distinct) == (answered, answered)
     heads = ScriptDirectory.from_config(alembic_config(own_postgres.url)).get_heads()

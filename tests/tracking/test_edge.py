@@ -1,4 +1,4 @@
-"""The tracking edge end to end: real ASGI app, real ingest writer, real database."""
+"""The tracking edge end to end: real ASGI app, real journal and consumer, real database."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from mailbeacon.models import (
 )
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.edge import PIXEL_GIF, VIEWER_COOKIE
+from tests.client import stored_before_answer
 from tests.factories.accounts import make_user
 from tests.factories.mail import make_message
 
@@ -42,7 +43,7 @@ async def app(settings: Settings) -> AsyncIterator[MailbeaconApp]:
 
 
 def client(app: MailbeaconApp, ip: str = "203.0.113.9") -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
+    transport = httpx.ASGITransport(app=stored_before_answer(app), client=(ip, 50000))
     return httpx.AsyncClient(
         transport=transport, base_url="http://mb.test", headers={"user-agent": CHROME}
     )
@@ -63,7 +64,7 @@ def count_events(db: Database) -> int:
 
 
 @pytest.mark.asyncio
-async def test_pixel_answers_a_gif_and_the_open_is_stored_before_the_answer(
+async def test_pixel_answers_a_gif_and_the_open_is_stored(
     app: MailbeaconApp, database: Database
 ) -> None:
     message_id, (copy_id,), _ = seed(database)
@@ -75,7 +76,7 @@ async def test_pixel_answers_a_gif_and_the_open_is_stored_before_the_answer(
     assert r.headers["content-type"] == "image/gif"
     assert r.headers["cache-control"] == "no-store, no-cache, must-revalidate, max-age=0"
     assert "set-cookie" not in r.headers and "etag" not in r.headers
-    # No sleep: the edge answered only after the event was committed.
+    # No sleep: the client gets the answer once the consumer has stored the hit.
     with database.sessions() as s:
         event = s.scalars(select(TrackingEvent)).one()
         copy = s.get(RecipientCopy, copy_id)
@@ -237,8 +238,10 @@ async def test_concurrent_hits_share_commits_and_none_is_lost(
         )
     assert all(r.status_code == 200 for r in responses)
     assert count_events(database) == 300
-    assert app.ingest.stats["written"] == 300
-    assert app.ingest.stats["batches"] < 300  # group commit happened
+    assert app.ingest.stats["stored"] == 300
+    writer = app.ingest.writer
+    assert writer is not None and writer.stats["records"] == 300
+    assert writer.stats["commits"] < 300  # group commit happened
 
 
 @pytest.mark.asyncio
@@ -269,7 +272,7 @@ async def test_the_viewer_cookie_is_found_by_its_exact_name_in_any_cookie_header
     codec = app.runtime.codec
     viewer = codec.mint_viewer_token(user_id)
     pixel = f"/t/o/{codec.mint_open_token(copy_id)}.gif"
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 50000))
+    transport = httpx.ASGITransport(app=stored_before_answer(app), client=("203.0.113.9", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://mb.test") as c:
         # A look-alike name is not our cookie.
         await c.get(

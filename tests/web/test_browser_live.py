@@ -134,8 +134,10 @@ async def test_the_mail_tab_shows_an_open_live(server: dict[str, Any]) -> None:
             await expect(tip).to_contain_text("Opened 1 time")
             await expect(tip).to_contain_text("ann@example.org")
             await expect(tip).to_contain_text("opened")
-            await expect(tip.locator("time")).to_have_text(
-                re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
+            # The live row is in the same format as a rendered page: relative, exact on hover.
+            await expect(tip.locator("time")).to_have_text(re.compile(r"^(just now|\d+ min ago)$"))
+            await expect(tip.locator("time")).to_have_attribute(
+                "title", re.compile(r"^\w{3} \d+ \w{3} \d{4}, \d\d:\d\d:\d\d UTC$")
             )
             assert "bob@example.com" not in await tip.inner_text()
             await expect(row.locator('li[data-address="ann@example.org"]')).to_have_class(
@@ -165,8 +167,14 @@ async def test_the_mail_tab_shows_an_open_live(server: dict[str, Any]) -> None:
             )
             await page.screenshot(path=str(SCREENSHOTS / "mailbeacon-mail-body.png"))
 
-            # The Sales Assistant has the notification.
+            # The bell's dropdown has the notification, and "See all" leads to the Sales
+            # Assistant, which has it too.
             await bell.click()
+            await expect(
+                page.locator("#mb-bell-panel").get_by_text("ann@example.org opened “Our pricing”")
+            ).to_be_visible()
+            await page.locator("#mb-bell-panel").get_by_role("link", name="See all").click()
+            await expect(page).to_have_url(re.compile(r"/assistant$"))
             await expect(page.get_by_text("ann@example.org opened “Our pricing”")).to_be_visible()
             await page.screenshot(path=str(SCREENSHOTS / "mailbeacon-assistant.png"))
         finally:

@@ -127,7 +127,7 @@ async def test_plain_text_drafts_keep_their_format_on_error(
         body_text="Hi Ann,\nsee https://example.com/",
     )
     assert r.status_code == 422
-    assert "add at least one recipient" in r.text
+    assert "Add at least one recipient." in r.text
     assert 'value="text" checked' in r.text
     assert textarea(r.text, "body_text") == "Hi Ann,\nsee https://example.com/"
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
-from mailbeacon.models import User, WebhookScope
+from mailbeacon.kit.clock import utcnow
+from mailbeacon.models import DeliveryStatus, User, WebhookDelivery, WebhookScope
 from mailbeacon.runtime import Runtime
 from mailbeacon.webhooks.events import SUBSCRIBABLE
 from mailbeacon.webhooks.schemas import EndpointIn
@@ -68,3 +71,25 @@ def add_endpoint(
 def count(database: Database, table: str) -> int:
     with database.engine.connect() as conn:
         return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() or 0)
+
+
+@pytest.fixture
+def patient(settings: Settings) -> Iterator[Runtime]:
+    """A runtime whose retries wait a minute, so that "not due yet" holds however slow
+    the machine is: tests move a retry's time to now (``make_due``) instead of waiting."""
+    runtime = Runtime.from_settings(settings.model_copy(update={"WEBHOOK_BACKOFF_SECONDS": 60}))
+    yield runtime
+    runtime.database.dispose()
+
+
+def make_due(runtime: Runtime, endpoint_id: int) -> None:
+    """The retries of an endpoint's open deliveries fall due now (time passes)."""
+    with runtime.database.unit_of_work() as s:
+        s.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.endpoint_id == endpoint_id,
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+            )
+            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )

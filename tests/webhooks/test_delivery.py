@@ -29,7 +29,7 @@ from mailbeacon.webhooks.service import webhook_service
 from tests.factories.accounts import make_demo_sender
 from tests.factories.hits import SCANNER, hit
 from tests.factories.mail import send_mail
-from tests.webhooks.conftest import add_endpoint, count
+from tests.webhooks.conftest import add_endpoint, count, make_due
 from tests.webhooks.receiver import receiver
 
 pytestmark = pytest.mark.asyncio
@@ -124,8 +124,9 @@ async def test_every_open_is_posted_only_to_endpoints_that_ask_for_it(runtime: R
 
 
 async def test_a_receiver_that_is_down_gets_the_event_exactly_once_when_it_is_back(
-    runtime: Runtime,
+    patient: Runtime,
 ) -> None:
+    runtime = patient
     uid = make_demo_sender(runtime.database)
     copy_id = send_mail(runtime.database, runtime, uid).copies["ann@example.org"]
     async with receiver(started=False) as r:
@@ -136,15 +137,16 @@ async def test_a_receiver_that_is_down_gets_the_event_exactly_once_when_it_is_ba
         [down] = deliveries(runtime, endpoint_id)
         assert down.status == DeliveryStatus.PENDING and down.attempts == 1
         assert down.response_status is None and "Could not connect" in down.last_error
-        assert down.next_attempt_at is not None and down.next_attempt_at > down.last_attempt_at
+        assert down.last_attempt_at is not None and down.next_attempt_at is not None
+        assert down.next_attempt_at - down.last_attempt_at >= timedelta(seconds=50)
         assert await worker.run_once() == 0  # not due yet: backing off
-        await asyncio.sleep(0.2)
+        make_due(runtime, endpoint_id)
         assert await worker.run_once() == 1  # still down
         await r.up()
-        await asyncio.sleep(0.4)
+        make_due(runtime, endpoint_id)
         assert await worker.run_once() == 1
-        await asyncio.sleep(0.4)
-        assert await worker.run_once() == 0
+        make_due(runtime, endpoint_id)
+        assert await worker.run_once() == 0  # delivered: nothing left to post
     [request] = r.app.requests
     assert request.verified(secret)["type"] == "copy.opened"
     [done] = deliveries(runtime, endpoint_id)
@@ -154,18 +156,19 @@ async def test_a_receiver_that_is_down_gets_the_event_exactly_once_when_it_is_ba
 
 
 async def test_every_retry_carries_the_same_webhook_id_and_a_fresh_signature(
-    runtime: Runtime,
+    patient: Runtime,
 ) -> None:
+    runtime = patient
     uid = make_demo_sender(runtime.database)
     copy_id = send_mail(runtime.database, runtime, uid).copies["ann@example.org"]
     async with receiver() as r:
         r.app.answers = [500, 503]
-        _, secret = add_endpoint(runtime, uid, r.url, ["copy.opened"])
+        endpoint_id, secret = add_endpoint(runtime, uid, r.url, ["copy.opened"])
         runtime.write_batch([hit(copy_id, at=time.time() - 60)], replay=False)
         worker = runtime.make_webhook_worker()
         for _ in range(3):
             await worker.run_once()
-            await asyncio.sleep(0.25)
+            make_due(runtime, endpoint_id)
     assert len(r.app.requests) == 3
     assert len(set(r.app.ids())) == 1
     for request in r.app.requests:
@@ -173,13 +176,14 @@ async def test_every_retry_carries_the_same_webhook_id_and_a_fresh_signature(
 
 
 async def test_an_emails_events_arrive_in_order_even_when_the_first_must_be_retried(
-    runtime: Runtime,
+    patient: Runtime,
 ) -> None:
+    runtime = patient
     uid = make_demo_sender(runtime.database)
     copy_id = send_mail(runtime.database, runtime, uid).copies["ann@example.org"]
     async with receiver() as r:
         r.app.answers = [500]
-        _, secret = add_endpoint(runtime, uid, r.url, ["copy.opened", "link.clicked"])
+        endpoint_id, secret = add_endpoint(runtime, uid, r.url, ["copy.opened", "link.clicked"])
         now = time.time()
         runtime.write_batch(
             [hit(copy_id, at=now - 60), hit(copy_id, "click", at=now - 30, position=0)],
@@ -189,7 +193,7 @@ async def test_an_emails_events_arrive_in_order_even_when_the_first_must_be_retr
         # The click is due at once too, but waits while the open before it is retried.
         assert await worker.run_once() == 1
         assert [q.verified(secret)["type"] for q in r.app.requests] == ["copy.opened"]
-        await asyncio.sleep(0.3)
+        make_due(runtime, endpoint_id)
         assert await worker.run_once() == 2
     types = [q.verified(secret)["type"] for q in r.app.requests]
     assert types == ["copy.opened", "copy.opened", "link.clicked"]
@@ -227,7 +231,8 @@ async def test_a_receiver_answering_410_is_disabled_and_its_owner_told(runtime: 
         assert r.url in note.title and "410" in note.title
 
 
-async def test_a_receiver_failing_for_a_day_is_disabled(runtime: Runtime) -> None:
+async def test_a_receiver_failing_for_a_day_is_disabled(patient: Runtime) -> None:
+    runtime = patient
     uid = make_demo_sender(runtime.database)
     copy_id = send_mail(runtime.database, runtime, uid).copies["ann@example.org"]
     async with receiver() as r:
@@ -243,7 +248,7 @@ async def test_a_receiver_failing_for_a_day_is_disabled(runtime: Runtime) -> Non
                 .where(WebhookEndpoint.id == endpoint_id)
                 .values(failing_since=utcnow() - timedelta(hours=24, minutes=1))
             )
-        await asyncio.sleep(0.2)
+        make_due(runtime, endpoint_id)
         await worker.run_once()
     disabled = endpoint(runtime, endpoint_id)
     assert not disabled.enabled and "for a day" in disabled.disabled_reason

@@ -43,6 +43,7 @@ def resolve_viewer(request: Request, session: Session, *, touch: bool = True) ->
             email=user.email,
             name=user.display_name,
             scopes=frozenset(token.scope_set),
+            time_zone=user.time_zone,
         )
     found = account_service.session_user(session, request.cookies.get(SESSION_COOKIE))
     if found is None:
@@ -56,6 +57,7 @@ def resolve_viewer(request: Request, session: Session, *, touch: bool = True) ->
         email=user.email,
         name=user.display_name,
         scopes=ALL_SCOPES,
+        time_zone=user.time_zone,
     )
 
 

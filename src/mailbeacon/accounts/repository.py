@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from mailbeacon.models import (
     ApiToken,
+    Invitation,
     MailboxConnection,
     Organisation,
     SignInAttempt,
@@ -21,6 +22,10 @@ from mailbeacon.models import (
 
 def count_users(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(User)) or 0)
+
+
+def any_user(session: Session) -> bool:
+    return session.scalar(select(User.id).limit(1)) is not None
 
 
 def has_members(session: Session, organisation_id: int) -> bool:
@@ -152,3 +157,48 @@ def sync_state(session: Session, mailbox_id: int) -> SyncState | None:
     return session.scalars(
         select(SyncState).where(SyncState.mailbox_connection_id == mailbox_id)
     ).one_or_none()
+
+
+def get_invitation(session: Session, token_hash: str) -> Invitation | None:
+    return session.scalars(
+        select(Invitation).where(Invitation.token_hash == token_hash)
+    ).one_or_none()
+
+
+def claim_invitation(session: Session, token_hash: str, now: datetime) -> bool:
+    """Mark an unused, unexpired invitation used; False if there is none to claim."""
+    done = session.execute(
+        update(Invitation)
+        .where(
+            Invitation.token_hash == token_hash,
+            Invitation.used_at.is_(None),
+            Invitation.expires_at > now,
+        )
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(done.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def pending_invitations(
+    session: Session, organisation_id: int, now: datetime
+) -> Sequence[Invitation]:
+    return session.scalars(
+        select(Invitation)
+        .where(
+            Invitation.organisation_id == organisation_id,
+            Invitation.used_at.is_(None),
+            Invitation.expires_at > now,
+        )
+        .order_by(Invitation.created_at.desc(), Invitation.id.desc())
+    ).all()
+
+
+def delete_invitation(session: Session, organisation_id: int, invitation_id: int) -> None:
+    session.execute(
+        delete(Invitation).where(
+            Invitation.id == invitation_id,
+            Invitation.organisation_id == organisation_id,
+            Invitation.used_at.is_(None),
+        )
+    )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import zoneinfo
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import ValidationError
@@ -34,12 +36,13 @@ from mailbeacon.config import DEMO_SMTP_HOST
 from mailbeacon.kit.addresses import parse_address
 from mailbeacon.kit.clock import as_utc, utcnow
 from mailbeacon.kit.credentials import CredentialBox
-from mailbeacon.kit.errors import Conflict, DomainError, InvalidInput, NotFound
+from mailbeacon.kit.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from mailbeacon.kit.net import is_loopback_host
 from mailbeacon.kit.netpolicy import AddressPolicy, AddressRefused, HostNotFound, vet_host
 from mailbeacon.kit.validation import field_errors
 from mailbeacon.models import (
     ApiToken,
+    Invitation,
     MailboxConnection,
     Organisation,
     Security,
@@ -50,6 +53,8 @@ from mailbeacon.models import (
 from mailbeacon.models.account import TokenScope
 
 DEFAULT_ORGANISATION = "My organisation"
+# How long an invitation link can be used (once).
+INVITATION_LIFETIME = timedelta(days=7)
 # The longest an API token may be minted for (about five years).
 MAX_TOKEN_DAYS = 5 * 366
 
@@ -75,6 +80,20 @@ class TooManyAttempts(SignInRefused):
             when = f"{math.ceil(seconds / 60)} minutes"
         super().__init__(f"Too many attempts, try again in {when}.")
         self.retry_after = seconds
+
+
+class FirstUserExists(Conflict):
+    """The first-run page was used after a user exists: sign-in is the way in."""
+
+
+class InvitationInvalid(NotFound):
+    """An invitation link that is unknown, used or expired."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This invitation link is not valid any more: it was used, it expired "
+            "or it was withdrawn. Ask for a new one."
+        )
 
 
 class NoMailboxConnection(Conflict):
@@ -310,6 +329,21 @@ def _pre_check_reader(session: Session) -> Iterator[Session]:
         yield reader
 
 
+def _valid_email(email: str) -> str:
+    try:
+        return validate_email(
+            email, check_deliverability=False, globally_deliverable=False
+        ).normalized.lower()
+    except EmailNotValidError as exc:
+        raise InvalidInput({"email": [str(exc)]}) from exc
+
+
+@cache
+def available_time_zones() -> frozenset[str]:
+    """The IANA zone names this machine knows (tzdata), read once."""
+    return frozenset(zoneinfo.available_timezones())
+
+
 def normalise_email(email: str) -> str:
     return email.strip().lower()
 
@@ -342,20 +376,25 @@ def _retry_after(
 class AccountService:
     # -- users ---------------------------------------------------------------
 
-    def create_user(self, session: Session, data: NewUser, *, admin: bool = False) -> User:
-        """Add a user, in the named organisation (made if new) or the first one there is.
+    def create_user(
+        self,
+        session: Session,
+        data: NewUser,
+        *,
+        admin: bool = False,
+        password_hash: str | None = None,
+        organisation: Organisation | None = None,
+    ) -> User:
+        """Add a user, in ``organisation``, else the named one (made if new), else the
+        first one there is.
 
         The first user of an organisation is its admin; ``admin`` makes another one too.
+        ``password_hash`` is ``data.password`` hashed beforehand (see ``hash_new_password``).
         """
-        try:
-            email = validate_email(
-                data.email, check_deliverability=False, globally_deliverable=False
-            ).normalized.lower()
-        except EmailNotValidError as exc:
-            raise InvalidInput({"email": [str(exc)]}) from exc
+        email = _valid_email(data.email)
         if repository.get_user_by_email(session, email) is not None:
             raise InvalidInput({"email": [f"There is already a user with the email {email}."]})
-        org = (
+        org = organisation or (
             repository.get_organisation_by_name(session, data.organisation)
             if data.organisation
             else repository.get_first_organisation(session)
@@ -370,7 +409,7 @@ class AccountService:
             email=email,
             role=UserRole.ADMIN if admin or first else UserRole.MEMBER,
             display_name=data.name,
-            password_hash=hash_password(data.password),
+            password_hash=password_hash or hash_password(data.password),
             is_active=True,
             open_tracking_enabled=True,
             link_tracking_enabled=True,
@@ -382,12 +421,116 @@ class AccountService:
         session.flush()
         return user
 
+    def hash_new_password(self, data: NewUser) -> str:
+        """The checked password's hash, made before a unit of work takes the write lock."""
+        return hash_password(data.password)
+
+    def create_first_user(self, session: Session, data: NewUser, password_hash: str) -> User:
+        """Create the server's first user, the admin of a new organisation, while no user
+        exists (the first-run page); raises FirstUserExists once one does.
+
+        Racing requests create at most one: on PostgreSQL an advisory lock queues them
+        before the check; on SQLite the caller's unit of work holds the write lock from
+        its start (``unit_of_work(immediate=True)``), which serialises them the same way.
+        """
+        if session.get_bind().dialect.name == "postgresql":
+            repository.lock_attempt_keys(session, [_lock_id("first-user")])
+        if repository.count_users(session) > 0:
+            raise FirstUserExists("An account exists already: sign in.")
+        return self.create_user(session, data, admin=True, password_hash=password_hash)
+
+    # -- invitations ---------------------------------------------------------
+
+    def create_invitation(
+        self, session: Session, admin: User, email: str, now: datetime | None = None
+    ) -> tuple[Invitation, str]:
+        """Invite a colleague to the admin's organisation; the link's token is returned
+        once, only its hash is kept."""
+        if not admin.is_admin:
+            raise Forbidden("Only an admin of the organisation can invite colleagues.")
+        address = _valid_email(email)
+        if repository.get_user_by_email(session, address) is not None:
+            raise InvalidInput({"email": [f"There is already a user with the email {address}."]})
+        now = now or utcnow()
+        token = new_secret()
+        invitation = Invitation(
+            organisation_id=admin.organisation_id,
+            invited_by_id=admin.id,
+            email=address,
+            token_hash=hash_token(token),
+            created_at=now,
+            expires_at=now + INVITATION_LIFETIME,
+        )
+        session.add(invitation)
+        session.flush()
+        return invitation, token
+
+    def pending_invitations(
+        self, session: Session, admin: User, now: datetime | None = None
+    ) -> Sequence[Invitation]:
+        """The admin's organisation's invitations not used and not expired, newest first."""
+        return repository.pending_invitations(session, admin.organisation_id, now or utcnow())
+
+    def revoke_invitation(self, session: Session, admin: User, invitation_id: int) -> None:
+        """Withdraw an unused invitation of the admin's organisation."""
+        if not admin.is_admin:
+            raise Forbidden("Only an admin of the organisation can withdraw invitations.")
+        repository.delete_invitation(session, admin.organisation_id, invitation_id)
+
+    def invitation_for(
+        self, session: Session, token: str, now: datetime | None = None
+    ) -> Invitation:
+        """The invitation a link's token opens; InvitationInvalid if it is unknown, used
+        or expired (which of them is not said)."""
+        found = repository.get_invitation(session, hash_token(token)) if len(token) <= 200 else None
+        if (
+            found is None
+            or found.used_at is not None
+            or as_utc(found.expires_at) <= (now or utcnow())
+        ):
+            raise InvitationInvalid()
+        return found
+
+    def accept_invitation(
+        self,
+        session: Session,
+        token: str,
+        data: NewUser,
+        password_hash: str,
+        now: datetime | None = None,
+    ) -> User:
+        """Join the inviting organisation as a member, with the invited email.
+
+        The claim is one conditional UPDATE (unused and unexpired), so two requests
+        with the same link create at most one user.
+        """
+        now = now or utcnow()
+        if len(token) > 200 or not repository.claim_invitation(session, hash_token(token), now):
+            raise InvitationInvalid()
+        invitation = repository.get_invitation(session, hash_token(token))
+        assert invitation is not None
+        org = repository.get_organisation(session, invitation.organisation_id)
+        if org is None:
+            raise InvitationInvalid()
+        joined = data.model_copy(update={"email": invitation.email, "organisation": ""})
+        return self.create_user(session, joined, password_hash=password_hash, organisation=org)
+
+    # -- preferences -----------------------------------------------------------
+
+    def save_time_zone(self, session: Session, user: User, zone: str) -> None:
+        """The IANA zone the user's pages show times in."""
+        zone = zone.strip()
+        if zone not in available_time_zones():
+            raise InvalidInput({"time_zone": ["Choose a time zone from the list."]})
+        user.time_zone = zone
+
     def organisation_name(self, session: Session, user: User) -> str:
         org = repository.get_organisation(session, user.organisation_id)
         return org.name if org else ""
 
     def has_users(self, session: Session) -> bool:
-        return repository.count_users(session) > 0
+        """Whether anyone can sign in yet (else the web app opens on its first account)."""
+        return repository.any_user(session)
 
     # -- sign-in and sessions --------------------------------------------------
 
@@ -445,6 +588,11 @@ class AccountService:
         if password_needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
         repository.forget_failures(session, account_key)
+        return self.start_session(session, user, now)
+
+    def start_session(self, session: Session, user: User, now: datetime | None = None) -> SignedIn:
+        """Open a browser session for a user whose password was just checked or chosen."""
+        now = now or utcnow()
         repository.delete_expired_sessions(session, user.id, now)
         token, csrf = new_secret(), new_secret()
         record = UserSession(

@@ -62,6 +62,10 @@ NOTICES = {
     "tracking": "Tracking options saved.",
     "revoked": "The API token was revoked.",
     "signed-out": "You are signed out.",
+    "exists": "An account exists already: sign in.",
+    "welcome": "Welcome! To try mailbeacon at once, use the demo mailbox below: what you "
+    "send lands in the Demo inbox, where you open it as a recipient would. Connect your "
+    "own mailbox whenever you like.",
 }
 
 SECURITY_CHOICES = [
@@ -140,10 +144,13 @@ def _sign_in_page(
 
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_form(
-    request: Request, viewer: OptionalViewer, next: str = "", notice: str = ""
+    request: Request, session: DbSession, viewer: OptionalViewer, next: str = "", notice: str = ""
 ) -> Response:
     if viewer is not None:
         return RedirectResponse(safe_next(next), status_code=303)
+    if not account_service.has_users(session):
+        # A fresh server opens on its first account (accounts.joining).
+        return RedirectResponse("/create-account", status_code=303)
     return _sign_in_page(request, next_url=safe_next(next, ""), notice=NOTICES.get(notice, ""))
 
 

@@ -102,8 +102,9 @@ def _validate(addr: str) -> ValidatedEmail:
         raise ValueError(reason[:1].lower() + reason[1:]) from exc
 
 
-def parse_address_list(entries: list[str], field_name: str) -> ParsedList:
-    """Every address of a field, with one message per invalid piece (named after the field)."""
+def parse_address_list(entries: list[str]) -> ParsedList:
+    """Every address of a field, with one message per invalid piece: a sentence that
+    reads on its own beside the field (it does not repeat the field's name)."""
     result = ParsedList()
     for entry in entries:
         # Pasted lists may span lines; a line break is never part of an address.
@@ -112,5 +113,5 @@ def parse_address_list(entries: list[str], field_name: str) -> ParsedList:
             try:
                 result.addresses.append(parse_address(piece))
             except ValueError as exc:
-                result.errors.append(f"{field_name}: '{piece}' is not a valid address ({exc})")
+                result.errors.append(f"“{piece}” is not a valid address: {exc}.")
     return result

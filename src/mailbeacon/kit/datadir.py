@@ -1,4 +1,4 @@
-"""The data folder: database, secrets and spool of one installation."""
+"""The data folder: database, secrets and hit journal of one installation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SECRETS_FILE = "secrets.json"
 
 
 # The data folder holds the database (email bodies, addresses), the token and
-# credential keys and the spool: no other local user may read any of it.
+# credential keys and the hit journal: no other local user may read any of it.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
@@ -45,7 +45,7 @@ def make_private(path: Path) -> None:
 def _narrow(path: Path, mode: int) -> None:
     try:
         info = path.lstat()
-    except FileNotFoundError:  # removed meanwhile (a spool segment replayed)
+    except FileNotFoundError:  # removed meanwhile (a journal segment consumed)
         return
     if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
         return

@@ -54,3 +54,24 @@ def text_document(body_text: str, *, clickable_urls: bool = False) -> str:
         last = match.end()
     pieces.append(html.escape(body_text[last:]))
     return _HEAD + "<pre>" + "".join(pieces) + "</pre>" + _TAIL
+
+
+_BLOCK_TAG = re.compile(r"<(?:p|div|br|li|tr|h[1-6]|blockquote|table|hr)\b", re.IGNORECASE)
+_IMAGE_TAG = re.compile(r"<img\b", re.IGNORECASE)
+_NON_TEXT = re.compile(r"<(style|head|script)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+
+
+def estimated_frame_height(document: str) -> int:
+    """About how tall (CSS pixels) a frame must be to show a document without scrolling.
+
+    The frame runs no script and is not same-origin (see the module's docstring),
+    so the page cannot measure what it shows: this estimates from the document's
+    blocks, text and images, within bounds, and the page lets the reader resize it.
+    """
+    text = html.unescape(_NON_TEXT.sub(" ", document))
+    # In a plain-text body (one <pre>) every line break is a line; in HTML most are markup.
+    breaks = text.count("\n") if "<pre>" in document else text.count("\n") // 4
+    blocks = len(_BLOCK_TAG.findall(document)) + breaks
+    lines = max(blocks, 1) + len(" ".join(text.split())) // 80
+    estimate = 40 + lines * 30 + len(_IMAGE_TAG.findall(document)) * 160
+    return max(140, min(estimate, 1200))

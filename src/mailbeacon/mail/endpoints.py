@@ -13,8 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from mailbeacon.config import Settings
 from mailbeacon.kit.ids import RowId
 from mailbeacon.mail import export, reading
+from mailbeacon.mail.attachments import AttachmentFile
 from mailbeacon.mail.ports import ConsentPolicy, Instrumenter, TrackedLinks
 from mailbeacon.mail.schemas import (
     Draft,
@@ -60,7 +62,10 @@ def send_message(
 ) -> MailDetailOut:
     """Plan the send and answer 202 at once; the outbox worker delivers in the background.
 
-    The answer is the email as ``GET /api/mail/{id}`` shows it (every copy ``queued``).
+    Files go in ``attachments``, base64-encoded, together at most the server's
+    ``MAX_ATTACHMENT_BYTES`` (20 MB by default); an empty file or too much is refused
+    (422, under ``errors.attachments``). The answer is the email as
+    ``GET /api/mail/{id}`` shows it (every copy ``queued``).
     """
     user = viewer.user
     open_tracking, link_tracking = message_service.resolve_switches(
@@ -75,6 +80,7 @@ def send_message(
         body_text=body.body_text,
         open_tracking=open_tracking,
         link_tracking=link_tracking,
+        attachments=[AttachmentFile(a.filename, a.content_type, a.data) for a in body.attachments],
     )
     message = message_service.plan_send(
         session,
@@ -82,6 +88,7 @@ def send_message(
         draft,
         instrumenter=provided(request, Instrumenter),
         consent=provided(request, ConsentPolicy),
+        attachment_limit=provided(request, Settings).MAX_ATTACHMENT_BYTES,
     )
     response.headers["location"] = f"/api/mail/{message.id}"
     return reading.mail_detail(session, user.id, message.id, links=provided(request, TrackedLinks))

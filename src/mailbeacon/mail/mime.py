@@ -15,7 +15,10 @@ piece, and a test holds the two to the same result.
 HTML email goes out as ``multipart/alternative`` with the plain-text part first
 and the HTML part last (RFC 2046 section 5.1.4: the last part is the preferred
 one). Both parts are UTF-8 and quoted-printable, which keeps lines short (RFC
-5322 section 2.1.1) whatever the author pasted.
+5322 section 2.1.1) whatever the author pasted. With attachments, that body is the
+first part of a ``multipart/mixed`` (RFC 2046 section 5.1.3) and each file follows
+as a base64 part with ``Content-Disposition: attachment`` (RFC 2183), its name
+encoded by the ``email`` package as RFC 2231 parameters when it is not ASCII.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -34,11 +38,13 @@ from mailbeacon.kit.header_text import header_text_problem, phrase_words, unstru
 from mailbeacon.kit.html_tokens import REST, START, TEXT, attributes, html_tokens, strip_markup
 from mailbeacon.kit.text_urls import DROPPABLE, find_text_urls, is_text_url, trim_text_url
 from mailbeacon.kit.urls import normalise_url, web_destination
+from mailbeacon.mail.attachments import AttachmentFile
 
 # The multipart boundary starts with "=_": quoted-printable output can never
 # contain that pair ("=" is always followed by two hex digits or a line end),
 # so no body can collide with it (RFC 2045 section 6.7, RFC 2046 section 5.1.1).
 _BOUNDARY_PREFIX = "=_mb_"
+_ALTERNATIVE_PREFIX = "=_alt"
 # Where the bodies go in a template; a random part per template, so that no subject or
 # address can hold one (letters and digits pass quoted-printable unchanged).
 _TEXT_MARK = "MAILBEACONTEXTBODYMARK"
@@ -235,22 +241,46 @@ def encode_body(body: str) -> bytes:
     return encoded
 
 
-def _mime_body(*, html: str | None, text: str | None, boundary: str | None) -> EmailMessage:
+def _mime_body(
+    *,
+    html: str | None,
+    text: str | None,
+    boundary: str | None,
+    attachments: Sequence[AttachmentFile] = (),
+) -> EmailMessage:
     """The MIME structure and bodies, with no visible headers: multipart/alternative with
-    HTML, text/plain without."""
+    HTML, text/plain without; inside a multipart/mixed with the files after it."""
+    boundary = boundary or _BOUNDARY_PREFIX + secrets.token_hex(12)
     msg = EmailMessage(policy=SMTP)
     msg.set_content(_normal_lines(text or ""), subtype="plain", cte="quoted-printable")
     if html is not None:
         msg.add_alternative(_normal_lines(html), subtype="html", cte="quoted-printable")
-        for part in msg.iter_parts():
-            # add_alternative copies MIME-Version into the part; only the top needs it.
+        # Inside a multipart/mixed the alternative has a boundary of its own, derived
+        # from the outer one so that the same call gives the same octets; neither is a
+        # prefix of the other (RFC 2046 section 5.1.1).
+        msg.set_boundary(_ALTERNATIVE_PREFIX + boundary if attachments else boundary)
+    if attachments:
+        for file in attachments:
+            maintype, _, subtype = file.content_type.partition("/")
+            msg.add_attachment(
+                file.data, maintype=maintype, subtype=subtype, filename=file.filename
+            )
+        msg.set_boundary(boundary)
+    for part in msg.walk():
+        if part is not msg:
+            # add_alternative and add_attachment copy MIME-Version into the parts; only
+            # the top needs it.
             del part["MIME-Version"]
-        msg.set_boundary(boundary or _BOUNDARY_PREFIX + secrets.token_hex(12))
     return msg
 
 
 def build_copy_message(
-    headers: VisibleHeaders, *, html: str | None, text: str | None, boundary: str | None = None
+    headers: VisibleHeaders,
+    *,
+    html: str | None,
+    text: str | None,
+    boundary: str | None = None,
+    attachments: Sequence[AttachmentFile] = (),
 ) -> bytes:
     """One copy in one piece, as octets: our header block, then the MIME structure and
     bodies as the ``email`` package writes them, checked as a whole.
@@ -259,7 +289,7 @@ def build_copy_message(
     exactly the ones written here.
     """
     visible = header_block(headers)
-    body = _mime_body(html=html, text=text, boundary=boundary)
+    body = _mime_body(html=html, text=text, boundary=boundary, attachments=attachments)
     raw = visible + body.as_bytes()
     _check_copy(raw, visible, body)
     return raw
@@ -273,12 +303,24 @@ class CopyTemplate:
         self.has_html = has_html
 
     @classmethod
-    def build(cls, headers: VisibleHeaders, *, has_html: bool) -> CopyTemplate:
-        """The template of a message's copies; raises :class:`MalformedHeaders` if its
-        headers cannot be written one field per header (nothing is sent then)."""
+    def build(
+        cls,
+        headers: VisibleHeaders,
+        *,
+        has_html: bool,
+        attachments: Sequence[AttachmentFile] = (),
+    ) -> CopyTemplate:
+        """The template of a message's copies, its files encoded once for all of them;
+        raises :class:`MalformedHeaders` if its headers cannot be written one field per
+        header (nothing is sent then)."""
         nonce = secrets.token_hex(8).upper()
         text_mark, html_mark = _TEXT_MARK + nonce, _HTML_MARK + nonce
-        raw = build_copy_message(headers, html=html_mark if has_html else None, text=text_mark)
+        raw = build_copy_message(
+            headers,
+            html=html_mark if has_html else None,
+            text=text_mark,
+            attachments=attachments,
+        )
         marks = [text_mark, html_mark] if has_html else [text_mark]
         segments: list[bytes] = []
         rest = raw

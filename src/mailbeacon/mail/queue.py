@@ -35,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailbeacon.kit.clock import as_utc
+from mailbeacon.mail import attachments
+from mailbeacon.mail.attachments import AttachmentFile
 from mailbeacon.mail.events import CopyOutcome, DeliveryObserver, MessageSettled
 from mailbeacon.models import (
     Contact,
@@ -97,6 +99,7 @@ class SendContext:
     smtp_password_encrypted: str
     # The built-in demo mailbox (loopback): the address policy allows it for this one.
     is_demo: bool = False
+    attachments: tuple[AttachmentFile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +331,8 @@ class SendQueue:
                 smtp_username=row[12] or "",
                 smtp_password_encrypted=row[13] or "",
                 is_demo=bool(row[14]),
+                # Read once per message and pass, in the round's own transaction.
+                attachments=tuple(attachments.files_of(self.conn, row[0])),
             )
         return contexts
 

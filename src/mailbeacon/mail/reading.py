@@ -16,18 +16,33 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, and_, func, or_, select, tuple_, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from mailbeacon.kit import frames
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.kit.cursors import decode_cursor, encode_cursor
+from mailbeacon.kit.display import display_name, names_in_headers
 from mailbeacon.kit.errors import NotFound
 from mailbeacon.kit.sanitize import sanitize_email_html
+from mailbeacon.mail import attachments
 from mailbeacon.mail.ports import TrackedLinks
 from mailbeacon.mail.schemas import (
+    AttachmentOut,
     BounceOut,
     EventOut,
     EventPageOut,
@@ -46,6 +61,7 @@ from mailbeacon.mail.schemas import (
 )
 from mailbeacon.mail.wording import judged
 from mailbeacon.models import (
+    Contact,
     CopyStatus,
     EventKind,
     EventLabel,
@@ -65,6 +81,7 @@ _Row = Any
 
 _messages = cast(Table, Message.__table__)
 _copies = cast(Table, RecipientCopy.__table__)
+_contacts = cast(Table, Contact.__table__)
 _events = cast(Table, TrackingEvent.__table__)
 _links = cast(Table, MessageLink.__table__)
 _link_stats = cast(Table, LinkClickStat.__table__)
@@ -77,6 +94,16 @@ TIMELINE_PAGE = 200
 MAX_SEARCH_CHARS = 200
 # A search matching more emails than this walks the newest emails instead (_Search).
 SEARCH_CANDIDATES = 1000
+# Matches of SQLite's trigram index (every user's emails) beyond which a search is taken
+# for a common term, found faster by walking the newest emails.
+TRIGRAM_CANDIDATES = 5000
+# The FTS5 table migration a3d5f7b9c1e2 creates where SQLite has the trigram tokenizer.
+_HAS_TRIGRAM_INDEX = text(
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages_search'"
+)
+_TRIGRAM_MATCHES = text(
+    "SELECT rowid FROM messages_search WHERE messages_search MATCH :phrase LIMIT :n"
+)
 # Replies shown per email (a mailing list gone wrong must not make a page of megabytes).
 MAX_REPLIES = 200
 
@@ -132,9 +159,24 @@ class _Search:
     """
 
     def __init__(self, q: str, dialect: str) -> None:
-        escaped = q.lower().replace("/", "//").replace("%", "/%").replace("_", "/_")
+        self.q = q.lower()
+        escaped = self.q.replace("/", "//").replace("%", "/%").replace("_", "/_")
         self.pattern = f"%{escaped}%"
         self.postgres = dialect == "postgresql"
+
+    def trigram_phrase(self) -> str | None:
+        """The search as one FTS5 phrase (SQLite's trigram index), or None if it is too
+        short to have a trigram.
+
+        Inside double quotes FTS5 reads every character literally (a quote is written
+        twice), so operators (``NEAR``, ``*``, ``-``, ``AND``) are text like any other.
+        The trigram tokenizer folds case at least as widely as LIKE does (Unicode, not
+        only ASCII), so the phrase finds every row the LIKE matches, and maybe more;
+        the LIKE then decides.
+        """
+        if self.postgres or len(self.q) < 3:
+            return None
+        return '"' + self.q.replace('"', '""') + '"'
 
     def _like(self, column: Any) -> ColumnElement[bool]:
         target = func.lower(column) if self.postgres else column
@@ -165,15 +207,37 @@ def _search_candidates(session: Session, user_id: int, search: _Search) -> list[
     """
     m = _messages.c
     mine = (m.user_id == user_id, m.is_preview.is_(False))
-    found = set(
-        session.scalars(select(m.id).where(*mine, search.headers()).limit(SEARCH_CANDIDATES + 1))
-    )
+    indexed = _trigram_matches(session, search)
+    if indexed is None:
+        found = set(
+            session.scalars(
+                select(m.id).where(*mine, search.headers()).limit(SEARCH_CANDIDATES + 1)
+            )
+        )
+    else:
+        # Looked up by primary key alone and kept here if the user's: given the user too,
+        # SQLite walks all of that user's emails on their index instead.
+        rows = session.execute(
+            select(m.id, m.user_id, m.is_preview).where(m.id.in_(indexed), search.headers())
+        )
+        found = {row.id for row in rows if row.user_id == user_id and not row.is_preview}
     if len(found) > SEARCH_CANDIDATES:
         return None
     # Bcc copies of anyone's emails: the page query keeps only the user's own, and
     # joining the user's emails here would look up every one of them.
     found.update(session.scalars(search.bcc().limit(SEARCH_CANDIDATES + 1)))
     return None if len(found) > SEARCH_CANDIDATES else sorted(found)
+
+
+def _trigram_matches(session: Session, search: _Search) -> list[int] | None:
+    """Ids of emails (anyone's) whose headers may match, from SQLite's trigram index; None
+    where it cannot narrow the search (PostgreSQL, a search under three characters, no
+    FTS5 table, or a term so common that walking the newest emails is quicker)."""
+    phrase = search.trigram_phrase()
+    if phrase is None or not session.scalar(_HAS_TRIGRAM_INDEX):
+        return None
+    ids = list(session.scalars(_TRIGRAM_MATCHES, {"phrase": phrase, "n": TRIGRAM_CANDIDATES + 1}))
+    return None if len(ids) > TRIGRAM_CANDIDATES else ids
 
 
 def _list_query(
@@ -269,7 +333,8 @@ def _copies_of(session: Session, message_ids: Sequence[int]) -> dict[int, list[_
     found: dict[int, list[_Row]] = {m: [] for m in message_ids}
     if message_ids:
         for row in session.execute(
-            select(_copies)
+            select(_copies, _contacts.c.name.label("contact_name"))
+            .outerjoin(_contacts, _contacts.c.id == _copies.c.contact_id)
             .where(_copies.c.message_id.in_(message_ids))
             .order_by(_copies.c.message_id, _copies.c.id)
         ):
@@ -292,17 +357,31 @@ def _event_columns() -> tuple[Any, ...]:
         _links.c.text,
         _copies.c.status.label("copy_status"),
         _events.c.possibly_forwarded,
+        _contacts.c.name.label("contact_name"),
+        _messages.c.to_header,
+        _messages.c.cc_header,
     )
 
 
 def _with_names(query: Select[Any]) -> Select[Any]:
-    return query.join(_copies, _copies.c.id == _events.c.copy_id).outerjoin(
-        _links,
-        and_(
-            _links.c.message_id == _events.c.message_id,
-            _links.c.position == _events.c.link_position,
-        ),
+    return (
+        query.join(_copies, _copies.c.id == _events.c.copy_id)
+        .join(_messages, _messages.c.id == _events.c.message_id)
+        .outerjoin(_contacts, _contacts.c.id == _copies.c.contact_id)
+        .outerjoin(
+            _links,
+            and_(
+                _links.c.message_id == _events.c.message_id,
+                _links.c.position == _events.c.link_position,
+            ),
+        )
     )
+
+
+@lru_cache(maxsize=256)
+def _header_names(to_header: str, cc_header: str) -> dict[str, str]:
+    """Names as written in an email's To and Cc (every event of an email reads the same)."""
+    return names_in_headers(to_header, cc_header)
 
 
 def _event_total(r: _Row) -> int:
@@ -356,6 +435,9 @@ def _event_out(row: _Row) -> EventOut:
         reason=row.reason,
         copy_id=row.copy_id,
         recipient=row.address,
+        recipient_name=display_name(
+            row.address, _header_names(row.to_header, row.cc_header), row.contact_name
+        ),
         link_position=row.link_position,
         link_url=row.url,
         link_text=row.text,
@@ -376,10 +458,11 @@ def _icon(tracked: bool, count: int, events: list[EventOut], kind: str) -> IconO
     )
 
 
-def _recipient_out(c: _Row) -> RecipientOut:
+def _recipient_out(c: _Row, names: dict[str, str]) -> RecipientOut:
     return RecipientOut(
         copy_id=c.id,
         address=c.address,
+        name=display_name(c.address, names, c.contact_name),
         kind=c.kind,
         status=c.status,
         open_tracked=c.open_tracked,
@@ -405,7 +488,7 @@ def _row_out(r: _Row, copies: list[_Row], events: list[EventOut]) -> MailRowOut:
         sent_at=r.sent_at,
         to=r.to_header,
         cc=r.cc_header,
-        recipients=[_recipient_out(c) for c in copies],
+        recipients=[_recipient_out(c, _header_names(r.to_header, r.cc_header)) for c in copies],
         **figures_of(r),
         open_icon=_icon(any(c.open_tracked for c in copies), r.open_count, events, "open"),
         link_icon=_icon(any(c.links_tracked for c in copies), r.click_count, events, "click"),
@@ -461,7 +544,7 @@ def _timeline(
 
 
 def _recipient_detail(
-    copy: _Row, stats: Sequence[_Row], link_by_position: dict[int, _Row]
+    copy: _Row, stats: Sequence[_Row], link_by_position: dict[int, _Row], names: dict[str, str]
 ) -> RecipientDetailOut:
     """One recipient's copy: delivery, decision, figures, and clicks per link."""
     per_link = []
@@ -479,7 +562,7 @@ def _recipient_detail(
             )
         )
     return RecipientDetailOut(
-        **_recipient_out(copy).model_dump(),
+        **_recipient_out(copy, names).model_dump(),
         decision=copy.decision,
         decision_reason=copy.decision_reason,
         sent_at=copy.sent_at,
@@ -519,7 +602,8 @@ def mail_detail(
     timeline = _timeline(session, message.id, None, TIMELINE_PAGE)
     hover = timeline.items[:HOVER_EVENTS]
 
-    recipients = [_recipient_detail(c, stats[c.id], link_by_position) for c in copies]
+    names = _header_names(message.to_header, message.cc_header)
+    recipients = [_recipient_detail(c, stats[c.id], link_by_position, names) for c in copies]
     totals: dict[int, tuple[int, int]] = {}
     for per_copy in stats.values():
         for s in per_copy:
@@ -561,6 +645,10 @@ def mail_detail(
         reply_count=message.reply_count,
         last_reply_at=message.last_reply_at,
         sent_copy=_sent_copy(session, message.id),
+        attachments=[
+            AttachmentOut(id=a.id, filename=a.filename, content_type=a.content_type, size=a.size)
+            for a in attachments.listed(session, message.id)
+        ],
     )
 
 

@@ -7,8 +7,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import Base64Bytes, BaseModel, Field, StrictBool
 
+from mailbeacon.mail.attachments import AttachmentFile
 from mailbeacon.models import (
     CopyStatus,
     EventKind,
@@ -34,6 +35,30 @@ class Draft(BaseModel):
     body_text: str | None = None
     open_tracking: bool = True
     link_tracking: bool = True
+    # Files as uploaded; their names, types and sizes are checked when the send is planned.
+    attachments: list[AttachmentFile] = Field(default_factory=list)
+
+
+class AttachmentIn(BaseModel):
+    """A file to send with the email, its octets base64-encoded (RFC 4648 section 4)."""
+
+    filename: str = Field(max_length=1000, description="The name the recipient sees")
+    content_type: str = Field(
+        default="",
+        max_length=255,
+        description="e.g. application/pdf; empty or not a media type: guessed from the "
+        "name, else application/octet-stream",
+    )
+    data: Base64Bytes = Field(description="The file's octets, base64 (standard alphabet)")
+
+
+class AttachmentOut(BaseModel):
+    """A file sent with the email (the octets are not part of this answer)."""
+
+    id: int
+    filename: str
+    content_type: str
+    size: int = Field(description="In octets")
 
 
 class MessageIn(BaseModel):
@@ -48,6 +73,12 @@ class MessageIn(BaseModel):
     # Omitted: as in the user's last send. An option switched off in Settings is refused.
     open_tracking: bool | None = None
     link_tracking: bool | None = None
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Files sent in every copy; together at most the server's limit "
+        "(MAX_ATTACHMENT_BYTES, 20 MB unless configured otherwise)",
+    )
 
 
 class MailFilter(StrEnum):
@@ -69,6 +100,9 @@ class EventOut(BaseModel):
     reason: str = Field(description="Why it was judged so")
     copy_id: int
     recipient: str
+    recipient_name: str = Field(
+        default="", description="The recipient's name as written in To or Cc, else the contact's"
+    )
     link_position: int | None
     link_url: str | None
     link_text: str | None
@@ -132,7 +166,10 @@ class RecipientOut(FiguresOut):
     """One recipient's own copy of a sent email: its delivery and its tracking."""
 
     copy_id: int
-    address: str
+    address: str = Field(description="As sent: international domains in punycode")
+    name: str = Field(
+        default="", description="The name as written in To or Cc, else the contact's; may be empty"
+    )
     kind: RecipientKind
     status: CopyStatus = Field(description="Delivery of this copy; `bounced` once a bounce came")
     open_tracked: bool
@@ -259,6 +296,9 @@ class MailDetailOut(FiguresOut):
     last_reply_at: datetime | None
     sent_copy: SentCopyOut | None = Field(
         description="The sender's copy in the mailbox's Sent folder (null without IMAP)"
+    )
+    attachments: list[AttachmentOut] = Field(
+        default_factory=list, description="Files sent with the email, in every copy"
     )
 
 

@@ -3,15 +3,20 @@
 It carries what every recipient saw (From, To, Cc, Subject, Date and the same
 Message-ID, so mail clients thread replies under it) plus a Bcc header naming
 the Bcc recipients, which only the sender may see (RFC 5322 section 3.6.3).
-The body is the one the sender wrote: no pixel, every link as written, so
-opening it in any mail client fires nothing. Sync appends it (``SentCopySource``).
+The body is the one the sender wrote, with the same attachments: no pixel, every
+link as written, so opening it in any mail client fires nothing. Sync appends it
+(``SentCopySource``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailbeacon.mail import attachments
+from mailbeacon.mail.attachments import AttachmentFile
 from mailbeacon.mail.mime import VisibleHeaders, build_copy_message, header_block
 from mailbeacon.models import Message, RecipientCopy, RecipientKind
 
@@ -41,8 +46,11 @@ def bcc_field(addresses: list[str]) -> bytes:
     return "".join(f"{line}\r\n" for line in lines).encode("ascii")
 
 
-def build_sent_copy(message: Message, bcc: list[str]) -> bytes:
-    """The Sent-folder copy of ``message`` as RFC 5322 octets (CRLF line ends)."""
+def build_sent_copy(
+    message: Message, bcc: list[str], files: Sequence[AttachmentFile] = ()
+) -> bytes:
+    """The Sent-folder copy of ``message`` as RFC 5322 octets (CRLF line ends), with the
+    files every recipient got."""
     headers = VisibleHeaders(
         sender_name=message.sender_name,
         sender_address=message.sender_address,
@@ -52,7 +60,9 @@ def build_sent_copy(message: Message, bcc: list[str]) -> bytes:
         date=message.created_at,
         message_id=message.message_id_header,
     )
-    raw = build_copy_message(headers, html=message.body_html, text=message.body_text)
+    raw = build_copy_message(
+        headers, html=message.body_html, text=message.body_text, attachments=files
+    )
     visible = header_block(headers)
     assert raw.startswith(visible)
     # The Bcc field goes right after the fields the recipients saw, before MIME's own.
@@ -77,4 +87,4 @@ class SentCopies:
                 .order_by(RecipientCopy.id)
             )
         )
-        return build_sent_copy(message, bcc)
+        return build_sent_copy(message, bcc, attachments.files_of(session, message_id))

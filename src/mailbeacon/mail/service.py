@@ -24,7 +24,8 @@ from mailbeacon.kit.header_text import (
     header_text_problem,
     surrogate_problem,
 )
-from mailbeacon.mail import repository
+from mailbeacon.mail import attachments, repository
+from mailbeacon.mail.attachments import AttachmentFile
 from mailbeacon.mail.events import SendQueued
 from mailbeacon.mail.mime import html_to_text, new_message_id
 from mailbeacon.mail.ports import ConsentPolicy, CopyRule, Instrumenter, Untracked
@@ -47,6 +48,8 @@ MAX_SUBJECT_CHARS = 998  # RFC 5322 section 2.1.1 line limit; also the column's 
 # that once quoted-printable), which most servers refuse after the email was queued.
 MAX_BODY_BYTES = 5_000_000
 BODY_LIMIT_TEXT = f"{MAX_BODY_BYTES // 1_000_000} MB"
+# Settings.MAX_ATTACHMENT_BYTES's default, for callers that pass none (scripts, tests).
+DEFAULT_ATTACHMENT_LIMIT = 20_000_000
 
 OWN_ADDRESS = Untracked(
     TrackingDecision.OWN_ADDRESS,
@@ -150,26 +153,26 @@ class MessageService:
             )
             if broken is not None:
                 # Not echoed back: a lone surrogate cannot even be written in an answer.
-                errors[field_name] = [f"{field_name}: {broken}"]
+                errors[field_name] = [_sentence(broken)]
                 continue
-            parsed = parse_address_list(entries, field_name)
+            parsed = parse_address_list(entries)
             if parsed.errors:
                 errors[field_name] = parsed.errors
             for address in parsed.addresses:
                 problem = header_text_problem(address.name)
                 if problem is not None:
                     errors.setdefault(field_name, []).append(
-                        f"{field_name}: in the name given for {address.email}, {problem}"
+                        _sentence(f"in the name given for {address.email}, {problem}")
                     )
                     continue
                 if address.key not in seen:
                     seen.add(address.key)
                     result.append(Recipient(address, kind))
         if not errors and not result:
-            errors["to"] = ["to: add at least one recipient"]
+            errors["to"] = ["Add at least one recipient."]
         elif len(result) > MAX_RECIPIENTS:
             errors["to"] = [
-                f"to: at most {MAX_RECIPIENTS} recipients per email (this one has {len(result)})"
+                f"At most {MAX_RECIPIENTS} recipients per email (this one has {len(result)})."
             ]
         if errors:
             raise InvalidDraft(errors)
@@ -183,16 +186,20 @@ class MessageService:
         *,
         instrumenter: Instrumenter,
         consent: ConsentPolicy | None = None,
+        attachment_limit: int = DEFAULT_ATTACHMENT_LIMIT,
     ) -> Message:
         """Plan the send in the caller's unit of work; nothing leaves before it commits,
         and then the outbox worker is woken (``SendQueued``).
+
+        The draft's files are stored with the message (every copy carries them), at
+        most ``attachment_limit`` octets together.
 
         With ``consent`` (every route passes it) the organisation's policy rules each
         recipient's copy: untracked without consent or with tracking off, counted
         anonymously under an aggregate policy, and a tracked copy carries the opt-out
         footer. Raises :class:`InvalidDraft` or :class:`NoMailbox` before writing anything.
         """
-        recipients, subject, html, text = self._checked(draft)
+        recipients, subject, html, text, files = self._checked(draft, attachment_limit)
         mailbox = repository.mailbox_for_user(session, user.id)
         if mailbox is None:
             raise NoMailbox(
@@ -239,6 +246,7 @@ class MessageService:
         )
         session.add(message)
         session.flush()
+        attachments.store_files(session, message.id, files)
 
         contacts = repository.ensure_contacts(
             session, user.organisation_id, [r.address for r in recipients]
@@ -302,7 +310,7 @@ class MessageService:
             (draft.cc, RecipientKind.CC),
             (draft.bcc, RecipientKind.BCC),
         ):
-            for address in parse_address_list(entries, kind.value).addresses:
+            for address in parse_address_list(entries).addresses:
                 if address.key not in seen and len(found) < MAX_RECIPIENTS:
                     seen.add(address.key)
                     found.append(Recipient(address, kind))
@@ -337,8 +345,11 @@ class MessageService:
             out.append(RecipientTracking(email, recipient.kind, tracked, decision, reason))
         return out
 
-    def _checked(self, draft: Draft) -> tuple[list[Recipient], str, str | None, str | None]:
-        """The draft's recipients, subject and bodies, or InvalidDraft with every problem."""
+    def _checked(
+        self, draft: Draft, attachment_limit: int
+    ) -> tuple[list[Recipient], str, str | None, str | None, list[AttachmentFile]]:
+        """The draft's recipients, subject, bodies and files, or InvalidDraft with every
+        problem."""
         errors: dict[str, list[str]] = {}
         try:
             recipients = self.recipients(draft)
@@ -350,9 +361,9 @@ class MessageService:
         problem = header_text_problem(draft.subject)
         subject = draft.subject.strip()
         if problem is not None:
-            errors["subject"] = [f"subject: {problem}"]
+            errors["subject"] = [_sentence(problem)]
         elif len(subject) > MAX_SUBJECT_CHARS:
-            errors["subject"] = [f"subject: at most {MAX_SUBJECT_CHARS} characters"]
+            errors["subject"] = [f"At most {MAX_SUBJECT_CHARS} characters."]
         html = draft.body_html if draft.body_html and draft.body_html.strip() else None
         text = draft.body_text if draft.body_text and draft.body_text.strip() else None
         sizes: dict[str, int] = {}
@@ -361,19 +372,21 @@ class MessageService:
                 continue
             problem = body_text_problem(body)
             if problem is not None:
-                errors[name] = [f"{name}: {problem}"]
+                errors[name] = [_sentence(problem)]
             else:
                 sizes[name] = len(body.encode("utf-8"))
         if sum(sizes.values()) > MAX_BODY_BYTES:
             size = math.ceil(sum(sizes.values()) / 100_000) / 10  # never rounded down to 5.0
             for name in sizes:
                 errors[name] = [
-                    f"{name}: the message is too large ({size:.1f} MB); "
-                    f"it can be up to {BODY_LIMIT_TEXT}"
+                    f"The message is too large ({size:.1f} MB); it can be up to {BODY_LIMIT_TEXT}."
                 ]
+        files, problems = attachments.checked_files(draft.attachments, attachment_limit)
+        if problems:
+            errors["attachments"] = problems
         if errors:
             raise InvalidDraft(errors)
-        return recipients, subject, html, text
+        return recipients, subject, html, text, files
 
     def retry_unknown(
         self, session: Session, user: User, copy_id: int, *, message_id: int | None = None
@@ -399,6 +412,12 @@ class MessageService:
         repository.reopen_outbox_entry(session, copy.message_id, now)
         session.flush()
         after_commit(session, SendQueued(copy.message_id))
+
+
+def _sentence(reason: str) -> str:
+    """A reason as a sentence of its own, shown at its field (which it does not name)."""
+    reason = reason[:1].upper() + reason[1:]
+    return reason if reason.endswith((".", "!", "?")) else reason + "."
 
 
 def _address_keys(*addresses: str) -> set[str]:

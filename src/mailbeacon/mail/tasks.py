@@ -52,6 +52,7 @@ from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
 from mailbeacon.kit.credentials import CredentialBox
+from mailbeacon.kit.metrics import SENDS
 from mailbeacon.kit.netpolicy import mail_server_policy
 from mailbeacon.mail import queue as send_queue
 from mailbeacon.mail.events import DeliveryObserver, MessageDelivered
@@ -61,6 +62,8 @@ from mailbeacon.mail.queue import ClaimedCopy, SendContext, Settlement
 from mailbeacon.models import CopyStatus, Security
 
 log = logging.getLogger(__name__)
+# Back-off jitter from a generator of our own: the process-wide one is left alone
+# (other code, and test generators, may depend on its sequence).
 _JITTER = random.Random()
 
 RECOVER_EVERY_SECONDS = 60.0
@@ -214,6 +217,9 @@ class _Plan:
     problem: str  # why the message cannot be sent at all, if it cannot
     templates: dict[bool, CopyTemplate] = field(default_factory=dict)
 
+    def needs_template(self, copy: ClaimedCopy) -> bool:
+        return (copy.html_body is not None) not in self.templates
+
     def render(self, copy: ClaimedCopy) -> bytes:
         has_html = copy.html_body is not None
         template = self.templates.get(has_html)
@@ -228,7 +234,9 @@ class _Plan:
                 date=c.created_at,
                 message_id=c.message_id_header,
             )
-            template = self.templates[has_html] = CopyTemplate.build(headers, has_html=has_html)
+            template = self.templates[has_html] = CopyTemplate.build(
+                headers, has_html=has_html, attachments=c.attachments
+            )
         return template.render(html=copy.html_body, text=copy.text_body)
 
 
@@ -411,6 +419,7 @@ class OutboxWorker:
                         claimed = []
                     else:
                         handled += len(finished)
+                        _count_outcomes(finished)
                         # A copy put back in the queue is claimable only from the next
                         # round on (on PostgreSQL a round is one statement, one snapshot).
                         requeued = any(s.status == CopyStatus.QUEUED for s in finished)
@@ -441,6 +450,10 @@ class OutboxWorker:
         if plan.smtp is None:
             return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, plan.problem)
         try:
+            if plan.context.attachments and plan.needs_template(copy):
+                # Encoding the files takes a while (a third of a second for 20 MB): not on
+                # the event loop, which also answers the tracking edge.
+                await asyncio.to_thread(plan.render, copy)
             data = plan.render(copy)
         except MalformedHeaders as exc:
             # Never sent, and trying again would build the same bytes: fail it now.
@@ -626,4 +639,21 @@ class OutboxWorker:
                 self.delivery_observers,
             )
         self._recovered_own = True
+        if count:
+            SENDS.labels("unknown").inc(count)
         return count
+
+
+_OUTCOMES = {
+    CopyStatus.SENT: "sent",
+    CopyStatus.FAILED: "failed",
+    CopyStatus.UNKNOWN: "unknown",
+    CopyStatus.QUEUED: "retry",
+}
+
+
+def _count_outcomes(settlements: Sequence[Settlement]) -> None:
+    """Count written outcomes; a copy given back untried (worker stopping) was no attempt."""
+    for settlement in settlements:
+        if not settlement.release:
+            SENDS.labels(_OUTCOMES[settlement.status]).inc()

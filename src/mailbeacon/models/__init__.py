@@ -1,6 +1,13 @@
 """ORM models, one module per aggregate; importing this package registers them all."""
 
-from mailbeacon.models.account import ApiToken, Organisation, SignInAttempt, User, UserSession
+from mailbeacon.models.account import (
+    ApiToken,
+    Invitation,
+    Organisation,
+    SignInAttempt,
+    User,
+    UserSession,
+)
 from mailbeacon.models.base import Base
 from mailbeacon.models.contact import Contact
 from mailbeacon.models.event import EventKind, EventLabel, LinkClickStat, TrackingEvent
@@ -8,6 +15,7 @@ from mailbeacon.models.mailbox import MailboxConnection, Security
 from mailbeacon.models.message import (
     CopyStatus,
     Message,
+    MessageAttachment,
     MessageLink,
     RecipientCopy,
     RecipientKind,
@@ -55,9 +63,11 @@ __all__ = [
     "ErasedAddress",
     "EventKind",
     "EventLabel",
+    "Invitation",
     "LinkClickStat",
     "MailboxConnection",
     "Message",
+    "MessageAttachment",
     "MessageLink",
     "Notification",
     "NotificationKind",

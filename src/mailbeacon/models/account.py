@@ -59,6 +59,9 @@ class User(Base):
     last_link_tracking: Mapped[bool] = mapped_column(Boolean, default=True)
     # Minutes of quiet after which a new open notifies again (issue: notifications).
     notify_quiet_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    # An IANA zone name ("Europe/Paris") pages show times in; "" until the browser
+    # has told us (pages then show UTC).
+    time_zone: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     @property
     def is_admin(self) -> bool:
@@ -87,6 +90,26 @@ class UserSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class Invitation(Base):
+    """A one-time link an admin sends a colleague to join the organisation; only its hash
+    is kept, and it is good once, until ``expires_at``."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), index=True
+    )
+    invited_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
 
 
 class TokenScope(StrEnum):

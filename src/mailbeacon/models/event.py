@@ -48,7 +48,7 @@ class TrackingEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    # Minted by the edge; makes replay from the spool exactly-once.
+    # Minted by the edge; makes storing from the journal exactly-once.
     uid: Mapped[str] = mapped_column(String(32), unique=True)
     copy_id: Mapped[int] = mapped_column(ForeignKey("recipient_copies.id", ondelete="CASCADE"))
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from mailbeacon.db import after_commit
 from mailbeacon.kit.clock import as_utc
+from mailbeacon.kit.display import display_name, names_in_headers, unicode_address
 from mailbeacon.models import EventKind, NotificationKind
 from mailbeacon.notify import repository
 from mailbeacon.notify.live import LiveUpdate
@@ -130,7 +131,7 @@ def _click_notifications(
         if state.click_count - len(times) > 0:
             continue  # a person clicked this link of this copy before
         link = _link_name(state.text, state.url)
-        title = f"{state.address} clicked {link} in {_quoted(state.subject)}"
+        title = f"{_who(state)} clicked {link} in {_quoted(state.subject)}"
         rows.append(_row(state, NotificationKind.FIRST_CLICK, min(times), state.position, title))
     return rows
 
@@ -159,7 +160,14 @@ def _quoted(subject: str) -> str:
 
 def _open_title(state: Any, kind: NotificationKind) -> str:
     again = " again" if kind == NotificationKind.REOPEN else ""
-    return f"{state.address} opened {_quoted(state.subject)}{again}"
+    return f"{_who(state)} opened {_quoted(state.subject)}{again}"
+
+
+def _who(state: Any) -> str:
+    """The recipient as the email named them (To or Cc), else as a contact, else their
+    address with its domain in Unicode."""
+    names = names_in_headers(state.to_header or "", state.cc_header or "")
+    return display_name(state.address, names, state.contact_name) or unicode_address(state.address)
 
 
 def _link_name(text: str | None, url: str | None) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from mailbeacon.db import after_commit
 from mailbeacon.kit.clock import as_utc, utcnow
+from mailbeacon.kit.display import unicode_address
 from mailbeacon.models import NotificationKind, ReceivedKind
 from mailbeacon.notify import repository
 from mailbeacon.notify.live import LiveUpdate
@@ -52,7 +53,8 @@ class ReplyNotifier:
                 or as_utc(event.received_at) < cutoff
             ):
                 continue
-            title = reply_title(event.from_name or event.from_address, event.subject)
+            who = event.from_name or unicode_address(event.from_address)
+            title = reply_title(who, event.subject)
             rows.append(
                 {
                     "user_id": event.user_id,

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from mailbeacon.models import (
+    Contact,
     LinkClickStat,
     Message,
     MessageLink,
@@ -40,6 +41,7 @@ from mailbeacon.notify.live import CHANNEL, Wake, encode_wake
 
 _notifications = cast(Table, Notification.__table__)
 _copies = cast(Table, RecipientCopy.__table__)
+_contacts = cast(Table, Contact.__table__)
 _messages = cast(Table, Message.__table__)
 _users = cast(Table, User.__table__)
 _link_stats = cast(Table, LinkClickStat.__table__)
@@ -75,12 +77,16 @@ def open_state(conn: Connection, copy_ids: Sequence[int]) -> list[Row[Any]]:
             _copies.c.open_count,
             _copies.c.message_id,
             _messages.c.subject,
+            _messages.c.to_header,
+            _messages.c.cc_header,
+            _contacts.c.name.label("contact_name"),
             _users.c.id.label("user_id"),
             _users.c.notify_quiet_minutes,
             n.c.id.label("notification_id"),
             n.c.updated_at.label("notified_at"),
         )
         .join(_messages, _messages.c.id == _copies.c.message_id)
+        .outerjoin(_contacts, _contacts.c.id == _copies.c.contact_id)
         .join(_users, _users.c.id == _messages.c.user_id)
         .outerjoin(latest, latest.c.copy_id == _copies.c.id)
         .outerjoin(n, n.c.id == latest.c.nid)
@@ -98,6 +104,9 @@ def click_state(conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Row[
             _copies.c.address,
             _copies.c.message_id,
             _messages.c.subject,
+            _messages.c.to_header,
+            _messages.c.cc_header,
+            _contacts.c.name.label("contact_name"),
             _users.c.id.label("user_id"),
             _link_stats.c.position,
             _link_stats.c.click_count,
@@ -105,6 +114,7 @@ def click_state(conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Row[
             _links.c.text,
         )
         .join(_messages, _messages.c.id == _copies.c.message_id)
+        .outerjoin(_contacts, _contacts.c.id == _copies.c.contact_id)
         .join(_users, _users.c.id == _messages.c.user_id)
         .join(_link_stats, _link_stats.c.copy_id == _copies.c.id)
         .outerjoin(

@@ -52,16 +52,36 @@ def assistant_items(request: Request, session: DbSession, viewer: SignedInViewer
     return render(request, "notify/_items.html", {"page": page})
 
 
+# How many notifications the bell's dropdown lists; "See all" opens the rest.
+BELL_ITEMS = 6
+
+
+@router.get("/assistant/latest", response_class=HTMLResponse)
+def assistant_latest(request: Request, session: DbSession, viewer: SignedInViewer) -> Response:
+    """The bell's dropdown: the latest notifications, as HTML (static/live.js fetches it)."""
+    page = notification_service.feed(session, viewer.user, limit=BELL_ITEMS)
+    return render(request, "notify/_bell.html", {"page": page})
+
+
+def _answered(request: Request, target: str) -> Response:
+    # The bell's dropdown posts with fetch and wants no page back.
+    if request.headers.get("x-requested-with") == "fetch":
+        return Response(status_code=204)
+    return RedirectResponse(target, status_code=303)
+
+
 @router.post("/assistant/read-all")
-def read_all(session: DbSession, viewer: CheckedViewer) -> Response:
+def read_all(request: Request, session: DbSession, viewer: CheckedViewer) -> Response:
     notification_service.mark_all_read(session, viewer.user)
-    return RedirectResponse("/assistant?notice=all-read", status_code=303)
+    return _answered(request, "/assistant?notice=all-read")
 
 
 @router.post("/assistant/{notification_id}/read")
-def read_one(session: DbSession, viewer: CheckedViewer, notification_id: int) -> Response:
+def read_one(
+    request: Request, session: DbSession, viewer: CheckedViewer, notification_id: int
+) -> Response:
     notification_service.mark_read(session, viewer.user, [notification_id])
-    return RedirectResponse("/assistant", status_code=303)
+    return _answered(request, "/assistant")
 
 
 @router.post("/assistant/{notification_id}/open")

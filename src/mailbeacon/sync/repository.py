@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from mailbeacon.models import (
@@ -35,6 +36,7 @@ from mailbeacon.models import (
     Message,
     ReceivedMail,
     RecipientCopy,
+    SyncState,
     User,
 )
 
@@ -258,3 +260,19 @@ def sent_header(session: Session, message_id: int) -> tuple[str, datetime | None
     if row is None:
         return None
     return row[0], row[1] or row[2]
+
+
+def sync_health(conn: Connection) -> tuple[int, int, datetime | None]:
+    """Mailboxes whose last sync succeeded, those whose last one failed, and the latest
+    success of any (for the metrics)."""
+    states = cast(Table, SyncState.__table__)
+    failing = case((states.c.failures > 0, 1), else_=0)
+    row = conn.execute(
+        select(
+            func.count(states.c.id),
+            func.coalesce(func.sum(failing), 0),
+            func.max(states.c.last_success_at),
+        ).select_from(states.join(_mailboxes, _mailboxes.c.id == states.c.mailbox_connection_id))
+    ).one()
+    total, failed, last_success = int(row[0]), int(row[1]), row[2]
+    return total - failed, failed, last_success

@@ -73,6 +73,8 @@ from mailbeacon.sync.screening import read_header_facts, worth_reading
 from mailbeacon.sync.sent_folder import put_sent_copy
 
 log = logging.getLogger(__name__)
+# Back-off jitter from a generator of our own: the process-wide one is left alone
+# (other code, and test generators, may depend on its sequence).
 _JITTER = random.Random()
 
 T = TypeVar("T")

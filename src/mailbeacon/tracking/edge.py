@@ -2,8 +2,9 @@
 
 No framework routing, no ORM session per request. A token is verified with the
 key ring alone, so the pixel and the redirect answer even when the database is
-away; the hit is handed to the ingest queue and the answer goes out once the
-hit is durable (see ingest.py).
+away; the hit is appended to this process's journal and the answer goes out
+once it is durable there (group commit and fdatasync, see ingest.py and
+journal.py). The database is never waited for: a consumer stores the journal.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from mailbeacon.kit.metrics import HITS_ACKNOWLEDGED
 from mailbeacon.kit.net import client_address
 from mailbeacon.kit.urls import web_destination
 from mailbeacon.models.event import EventKind
@@ -83,13 +85,12 @@ class TrackingEdge:
         networks: NetworkMap,
         *,
         trusted_proxies: int = 0,
-        trust_forwarded_for: bool = False,
     ) -> None:
         self._codec = codec
         self._record = record
         self._networks = networks
-        # trust_forwarded_for is the deprecated spelling of one trusted proxy.
-        self._trusted_proxies = max(trusted_proxies, int(trust_forwarded_for))
+        # Settings.proxy_hops: TRUSTED_PROXIES, or one for the deprecated TRUST_FORWARDED_FOR.
+        self._trusted_proxies = trusted_proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,8 +152,13 @@ class TrackingEdge:
         try:
             await self._record(hit)
         except Exception:
-            # The answer must go out whatever happens to the bookkeeping.
-            log.exception("could not record hit %s", hit.uid)
+            # The answer must go out whatever happens to the bookkeeping (a full or
+            # failing disk): say loudly that this hit is lost.
+            log.critical(
+                "could not write hit %s to the journal; it is lost", hit.uid, exc_info=True
+            )
+        else:
+            HITS_ACKNOWLEDGED.labels(hit.kind.value).inc()
 
     def _hit(
         self, scope: Scope, kind: EventKind, copy_id: int, position: int | None, head: bool

@@ -1,4 +1,4 @@
-"""A hit as the edge saw it: what travels through the ingest queue and the spool."""
+"""A hit as the edge saw it: what the journal records and the pipeline stores."""
 
 from __future__ import annotations
 

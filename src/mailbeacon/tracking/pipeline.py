@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from mailbeacon.db import Database
+from mailbeacon.kit.metrics import HITS_STORED, INGEST_BATCH_HITS
 from mailbeacon.models import EventKind, EventLabel
 from mailbeacon.tracking import hit_store
 from mailbeacon.tracking.classify import HitSignals, Policy, PriorHit, Verdict, classify_hit
@@ -149,6 +150,14 @@ class HitPipeline:
         With ``replay`` set, hits whose uid is stored already are skipped: that is
         what makes replaying a journal (or spool) exactly-once.
         """
+        result = self._process(hits, replay)
+        # Counted once committed: a batch that raised stored nothing.
+        INGEST_BATCH_HITS.observe(len(hits))
+        for label, count in result.labels.items():
+            HITS_STORED.labels(label.value).inc(count)
+        return result
+
+    def _process(self, hits: Sequence[Hit], replay: bool) -> BatchResult:
         result = BatchResult()
         with self.database.unit_of_work() as session:
             conn = session.connection()

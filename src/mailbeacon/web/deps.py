@@ -17,7 +17,9 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -25,10 +27,14 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from mailbeacon import __version__
 from mailbeacon.db import Database
+from mailbeacon.kit.clock import utcnow
+from mailbeacon.kit.frames import estimated_frame_height
+from mailbeacon.kit.local_time import describe_date, describe_time, zone_named
 from mailbeacon.models import User
 from mailbeacon.models.account import TokenScope
 
@@ -36,6 +42,34 @@ T = TypeVar("T")
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 templates.env.globals["version"] = __version__
+
+# The zone of the page being rendered: macros imported into a template (``at`` in
+# mail/_tracking.html) do not see its context, so ``local_time`` reads it from here.
+_rendering_zone: ContextVar[str] = ContextVar("mailbeacon_rendering_zone", default="")
+
+
+def local_time(value: datetime | None) -> Markup:
+    """A time in the viewer's zone, relative where that reads better, exact on hover;
+    ``static/time.js`` keeps it current."""
+    if value is None:
+        return Markup("—")
+    shown = describe_time(value, zone_named(_rendering_zone.get()), utcnow())
+    return Markup('<time datetime="{}" title="{}" data-local>{}</time>').format(
+        shown.iso_utc, shown.exact, shown.text
+    )
+
+
+def local_date(value: datetime) -> Markup:
+    """The day of a time in the viewer's zone, exact on hover (never relative)."""
+    shown = describe_date(value, zone_named(_rendering_zone.get()))
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        shown.iso_utc, shown.exact, shown.text
+    )
+
+
+templates.env.globals["local_time"] = local_time
+templates.env.globals["local_date"] = local_date
+templates.env.globals["frame_height"] = estimated_frame_height
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_FIELD = "csrf_token"
@@ -77,6 +111,8 @@ class Viewer:
     name: str = ""
     # What the request may do: an API token's scopes; a browser session has them all.
     scopes: frozenset[str] = field(default_factory=frozenset)
+    # The IANA zone pages show times in ("" until the browser has said: UTC).
+    time_zone: str = ""
 
     @property
     def via_api_token(self) -> bool:
@@ -309,7 +345,11 @@ def render(
         "active": "",
     }
     values.update(context or {})
-    response: HTMLResponse = templates.TemplateResponse(
-        request, name, values, status_code=status_code, headers=headers
-    )
+    zone = _rendering_zone.set(viewer.time_zone if viewer else "")
+    try:
+        response: HTMLResponse = templates.TemplateResponse(
+            request, name, values, status_code=status_code, headers=headers
+        )
+    finally:
+        _rendering_zone.reset(zone)
     return response

@@ -31,6 +31,7 @@ from mailbeacon.config import Settings
 from mailbeacon.db import Database
 from mailbeacon.kit.clock import as_utc, utcnow
 from mailbeacon.kit.credentials import CredentialBox
+from mailbeacon.kit.metrics import WEBHOOK_DELIVERIES
 from mailbeacon.models import DeliveryStatus
 from mailbeacon.webhooks import repository
 from mailbeacon.webhooks.delivery import (
@@ -44,6 +45,8 @@ from mailbeacon.webhooks.ports import OwnerNotices
 from mailbeacon.webhooks.repository import ClaimedDelivery, Settlement
 
 log = logging.getLogger(__name__)
+# Back-off jitter from a generator of our own: the process-wide one is left alone
+# (other code, and test generators, may depend on its sequence).
 _JITTER = random.Random()
 
 MAINTAIN_EVERY_SECONDS = 60.0
@@ -175,7 +178,10 @@ class WebhookWorker:
                     done, in_flight = await asyncio.wait(
                         in_flight, return_when=asyncio.FIRST_COMPLETED
                     )
-                    await asyncio.to_thread(self._settle, [task.result() for task in done])
+                    settled = [task.result() for task in done]
+                    await asyncio.to_thread(self._settle, settled)
+                    for settlement in settled:
+                        WEBHOOK_DELIVERIES.labels(_OUTCOMES[settlement.status]).inc()
                     handled += len(done)
             except BaseException:
                 # Claims left behind are put back once their lease runs out.
@@ -283,3 +289,10 @@ class WebhookWorker:
                 log.warning("%d webhook deliveries were left mid-request: posting again", released)
             if purge:
                 repository.purge_log(conn, now - self.keep_log)
+
+
+_OUTCOMES = {
+    DeliveryStatus.DELIVERED: "delivered",
+    DeliveryStatus.PENDING: "retry",
+    DeliveryStatus.FAILED: "failed",
+}

@@ -20,6 +20,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from mailbeacon.kit import frames
 from mailbeacon.mail import repository
+from mailbeacon.mail.attachments import AttachmentFile, clean_content_type, clean_filename
+from mailbeacon.mail.views.sent import attachment_response
 from mailbeacon.models import DemoMessage
 from mailbeacon.web.deps import DbSession, SignedInViewer, render
 
@@ -138,6 +140,10 @@ def demo_message(
     else:
         document = frames.text_document("(This email has no readable body.)")
     headers = [(name, _header(msg, name)) for name in ("From", "To", "Cc", "Subject", "Date")]
+    files = [
+        DemoFile(index, file.filename, file.content_type, len(file.data))
+        for index, file in enumerate(_delivered_files(msg))
+    ]
     return render(
         request,
         "mail/demo_message.html",
@@ -152,6 +158,52 @@ def demo_message(
             "has_text": text_part is not None,
             "message_id": next(iter(owned.values())),
             "notice": ANSWER_NOTICES.get(notice, ""),
+            "files": files,
         },
         headers={"content-security-policy": DEMO_MESSAGE_CSP, "referrer-policy": "no-referrer"},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DemoFile:
+    index: int
+    filename: str
+    content_type: str
+    size: int
+
+
+def _delivered_files(msg: EmailMessage) -> list[AttachmentFile]:
+    """The files of a delivered copy, as a mail client would save them."""
+    files = []
+    for part in msg.iter_attachments():
+        payload = part.get_payload(decode=True)
+        files.append(
+            AttachmentFile(
+                part.get_filename() or "attachment",
+                part.get_content_type(),
+                payload if isinstance(payload, bytes) else b"",
+            )
+        )
+    return files
+
+
+@router.get("/demo-inbox/{demo_id}/attachments/{index}")
+def demo_attachment(
+    session: DbSession, viewer: SignedInViewer, demo_id: int, index: int
+) -> Response:
+    """A file of a delivered copy, as its recipient would save it; only for its sender."""
+    demo = session.get(DemoMessage, demo_id)
+    if demo is None:
+        raise HTTPException(status_code=404)
+    msg = BytesParser(policy=email.policy.default).parsebytes(demo.raw)
+    assert isinstance(msg, EmailMessage)
+    if not repository.own_message_ids(session, viewer.user.id, {_header(msg, "Message-ID")} - {""}):
+        raise HTTPException(status_code=404)
+    files = _delivered_files(msg)
+    if not 0 <= index < len(files):
+        raise HTTPException(status_code=404)
+    file = files[index]
+    return attachment_response(
+        AttachmentFile(clean_filename(file.filename), clean_content_type(file.content_type, ""),
+                       file.data)
+    )  # fmt: skip

@@ -11,13 +11,18 @@ asks for images (DESIGN: "No false self-opens").
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from mailbeacon.kit import frames
+from mailbeacon.kit.clock import utcnow
 from mailbeacon.kit.cursors import InvalidCursor
-from mailbeacon.mail import reading
+from mailbeacon.kit.display import unicode_address
+from mailbeacon.kit.local_time import zone_named
+from mailbeacon.mail import attachments, charts, reading
+from mailbeacon.mail.attachments import AttachmentFile
 from mailbeacon.mail.ports import TrackedLinks
 from mailbeacon.mail.schemas import MailFilter
 from mailbeacon.mail.service import CannotRetry, message_service
@@ -86,11 +91,18 @@ def mail_tab(
         )
     except InvalidCursor:
         page = reading.mail_page(session, viewer.user.id, mail_filter=chosen, q=q)
+    # The last 30 days whatever the filter or search: the figures the list sits in.
+    rates = (
+        None
+        if before or after
+        else charts.recent_rates(session, viewer.user.id, utcnow(), zone_named(viewer.time_zone))
+    )
     return render(
         request,
         "mail/tab.html",
         {
             "active": "mail",
+            "rates": rates,
             "page": page,
             "filter": chosen.value if chosen else "",
             "filters": FILTER_LABELS,
@@ -143,6 +155,22 @@ def mail_detail(
         links=provided(request, TrackedLinks),
         remote_images=images,
     )
+    chart = charts.activity_chart(
+        session,
+        detail.id,
+        detail.sent_at or detail.created_at,
+        [
+            charts.ChartRecipient(
+                copy_id=r.copy_id,
+                name=r.name or unicode_address(r.address),
+                opens=r.open_count,
+                clicks=r.click_count,
+                machine=r.machine_event_count,
+            )
+            for r in detail.recipients
+        ],
+        zone_named(viewer.time_zone),
+    )
     timeline = older.items if older is not None else detail.timeline
     older_cursor = older.older_cursor if older is not None else detail.timeline_older_cursor
     # Without images, nothing may load but this site's own static files (the
@@ -168,9 +196,44 @@ def mail_detail(
                 r.id: frames.html_document(r.body_html) for r in replies if r.body_html is not None
             },
             "notice": NOTICES.get(notice, ""),
+            "chart": chart,
         },
         headers={"content-security-policy": csp, "referrer-policy": "no-referrer"},
     )
+
+
+@router.get("/mail/{message_id}/attachments/{attachment_id}")
+def attachment_download(
+    session: DbSession, viewer: SignedInViewer, message_id: int, attachment_id: int
+) -> Response:
+    """One file of the user's own email, as a download: never shown in the page."""
+    file = attachments.file_of_sender(session, viewer.user.id, message_id, attachment_id)
+    if file is None:
+        raise HTTPException(status_code=404)
+    return attachment_response(file)
+
+
+def attachment_response(file: AttachmentFile) -> Response:
+    """A file as a download: saved, never displayed, sniffed or run by the browser."""
+    return Response(
+        file.data,
+        media_type=file.content_type,
+        headers={
+            # RFC 6266 with RFC 8187's filename* for names that are not ASCII.
+            "content-disposition": "attachment; "
+            + _ascii_filename(file.filename)
+            + "; filename*=UTF-8''"
+            + quote(file.filename, safe=""),
+            "x-content-type-options": "nosniff",
+            "content-security-policy": "default-src 'none'; sandbox",
+        },
+    )
+
+
+def _ascii_filename(name: str) -> str:
+    fallback = "".join(ch if ch.isascii() and ch.isprintable() and ch not in '"\\' else "_"
+                       for ch in name)  # fmt: skip
+    return f'filename="{fallback}"'
 
 
 @router.post("/mail/{message_id}/copies/{copy_id}/retry")

@@ -181,6 +181,125 @@
     if (valueOf("to") || valueOf("cc") || valueOf("bcc")) ask();
   }
 
+  // Attachments: each chosen file with its size, and the total against the limit, so a
+  // file too big or empty is caught here, before the files would have to be chosen again.
+  var files = document.getElementById("attachments");
+  var fileList = document.getElementById("attachment-list");
+  var fileProblem = "";
+  function sizeText(n) {
+    if (n < 1000) return n + (n === 1 ? " byte" : " bytes");
+    if (n < 1000000) return Math.ceil(n / 1000) + " KB";
+    var tenths = Math.ceil(n / 100000);
+    return (tenths % 10 ? (tenths / 10).toFixed(1) : String(tenths / 10)) + " MB";
+  }
+  function checkFiles() {
+    if (!files || !fileList) return;
+    var limit = Number(files.getAttribute("data-limit"));
+    var most = Number(files.getAttribute("data-max-files"));
+    var chosen = Array.prototype.slice.call(files.files || []);
+    var total = 0;
+    var empty = [];
+    fileList.replaceChildren.apply(fileList, chosen.map(function (f) {
+      total += f.size;
+      if (!f.size) empty.push("“" + f.name + "”");
+      var li = document.createElement("li");
+      li.textContent = f.name + " · " + sizeText(f.size) + (f.type ? " · " + f.type : "");
+      return li;
+    }));
+    fileList.hidden = chosen.length === 0;
+    fileProblem = "";
+    if (empty.length) {
+      fileProblem = empty.join(", ") + (empty.length === 1 ? " is" : " are") + " empty (0 bytes): choose another file.";
+    } else if (chosen.length > most) {
+      fileProblem = "An email can carry at most " + most + " files.";
+    } else if (total > limit) {
+      fileProblem = "The attachments come to " + sizeText(total) + "; an email can carry at most " +
+        files.getAttribute("data-limit-text") + " of files.";
+    }
+    var shown = document.getElementById("attachments-check");
+    if (fileProblem) {
+      if (!shown) {
+        shown = document.createElement("p");
+        shown.id = "attachments-check";
+        shown.className = "field-error";
+        shown.setAttribute("role", "alert");
+        files.parentNode.insertBefore(shown, files);
+        files.setAttribute("aria-describedby", (files.getAttribute("aria-describedby") || "") + " attachments-check");
+      }
+      shown.textContent = fileProblem;
+      files.setAttribute("aria-invalid", "true");
+    } else if (shown) {
+      shown.remove();
+      files.setAttribute("aria-describedby", (files.getAttribute("aria-describedby") || "").replace(" attachments-check", ""));
+      files.removeAttribute("aria-invalid");
+    }
+  }
+  if (files) {
+    files.addEventListener("change", checkFiles);
+    form.addEventListener("submit", function (event) {
+      checkFiles();
+      if (fileProblem) {
+        event.preventDefault();
+        files.focus();
+      }
+    });
+  }
+
+  // An email without a subject or a message is usually a slip: ask before sending, in a
+  // dialog (the server asks the same through the form when JavaScript is off).
+  var dialog = document.getElementById("send-confirm");
+  var confirmed = false;
+  function missingParts() {
+    var missing = [];
+    var subject = form.querySelector('[name="subject"]');
+    if (subject && !subject.value.trim()) missing.push("subject");
+    var text = form.querySelector('input[name="body_format"]:checked');
+    var empty;
+    if (text && text.value === "text") {
+      empty = !document.getElementById("body_text").value.trim();
+    } else {
+      // The editor's own submit handler has copied its content into the field by now.
+      var doc = new DOMParser().parseFromString(source ? source.value : "", "text/html");
+      empty = !doc.body.textContent.trim() && !doc.querySelector("img");
+    }
+    if (empty) missing.push("message");
+    return missing;
+  }
+  if (dialog && typeof dialog.showModal === "function") {
+    form.addEventListener("submit", function (event) {
+      if (event.defaultPrevented || confirmed) return;
+      if (event.submitter && event.submitter.name === "send_anyway") return;
+      var missing = missingParts();
+      if (!missing.length) return;
+      event.preventDefault();
+      document.getElementById("send-confirm-question").textContent =
+        missing.length === 2 ? "This email has no subject and no message. Send it anyway?"
+          : "This email has no " + missing[0] + ". Send it anyway?";
+      dialog.showModal();
+      dialog.querySelector('[data-answer="edit"]').focus();
+    });
+    dialog.addEventListener("click", function (event) {
+      var answer = event.target.closest("[data-answer]");
+      if (!answer) return;
+      dialog.close();
+      if (answer.getAttribute("data-answer") === "send") {
+        confirmed = true;
+        var flag = document.createElement("input");
+        flag.type = "hidden";
+        flag.name = "send_anyway";
+        flag.value = "true";
+        form.appendChild(flag);
+        if (form.requestSubmit) form.requestSubmit(); else form.submit();
+      } else {
+        var first = form.querySelector('[name="subject"]');
+        if (first && !first.value.trim()) first.focus();
+        else if (editor && !editor.hidden) editor.focus();
+      }
+    });
+  }
+
+  var check = document.getElementById("send-check");
   var summary = document.getElementById("error-summary");
   if (summary) summary.focus();
+  else if (check) check.focus();
 })();

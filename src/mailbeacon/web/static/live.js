@@ -74,6 +74,56 @@
     }).catch(function () {});
   }
 
+  // The bell's dropdown: the latest notifications, "Mark read" and "See all". A plain
+  // click on the bell opens it; the link itself still leads to the feed (new tab, no JS).
+  var panel = document.getElementById("mb-bell-panel");
+  var csrf = document.querySelector('meta[name="csrf-token"]');
+
+  function panelOpen() { return panel && !panel.hidden; }
+
+  function loadPanel() {
+    return fetchHtml("/assistant/latest").then(function (html) {
+      panel.replaceChildren(fragment(html));
+      var head = panel.querySelector("[data-unread]");
+      if (head) { unread = Number(head.getAttribute("data-unread")); showCount(unread); }
+    }).catch(function () {});
+  }
+
+  function setPanel(open) {
+    if (!panel) return;
+    panel.hidden = !open;
+    bell.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) loadPanel();
+  }
+
+  if (panel) {
+    // With this script the bell opens a dropdown rather than going somewhere.
+    bell.setAttribute("role", "button");
+    bell.setAttribute("aria-expanded", "false");
+    bell.setAttribute("aria-controls", "mb-bell-panel");
+    bell.addEventListener("click", function (event) {
+      if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+      event.preventDefault();
+      setPanel(!panelOpen());
+    });
+    document.addEventListener("click", function (event) {
+      if (panelOpen() && !panel.contains(event.target) && !bell.contains(event.target)) setPanel(false);
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "Escape" && panelOpen()) { setPanel(false); bell.focus(); }
+    });
+    // "Mark read" and "Mark all read" in the dropdown stay in it.
+    panel.addEventListener("submit", function (event) {
+      var form = event.target;
+      if (!form.hasAttribute("data-bell-action") || !csrf) return;
+      event.preventDefault();
+      fetch(form.action, {
+        method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)),
+        headers: { "x-csrf-token": csrf.getAttribute("content"), "x-requested-with": "fetch" }
+      }).then(function () { return loadPanel(); }).catch(function () {});
+    });
+  }
+
   var source = new EventSource("/api/notifications/stream");
   source.onmessage = function (event) {
     var data;
@@ -83,6 +133,7 @@
       showCount(data.count);
       unread = data.count;
       if (changed) refreshFeed();
+      if (changed && panelOpen()) loadPanel();
     } else if (data.type === "activity") {
       refreshRows(data.message_ids);
       noteDetail(data.message_ids);
