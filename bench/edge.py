@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -132,6 +133,45 @@ def run_wrk(
     return figures
 
 
+def prepare(work: Path, database_url: str, copies: int, **env: str) -> tuple[Any, list[int]]:
+    """A migrated database in ``work`` (or at ``database_url``) with one preview email of
+    ``copies`` recipient copies; the settings are exported to the environment, where the
+    servers started next read them. Returns the runtime and the copies' ids."""
+    os.environ.update(
+        {
+            "MAILBEACON_DATA_DIR": str(work / "data"),
+            "MAILBEACON_TOO_FAST_SECONDS": "0",
+            **({"MAILBEACON_DATABASE_URL": database_url} if database_url else {}),
+            **env,
+        }
+    )
+    from mailbeacon.config import Settings
+    from mailbeacon.migrate import upgrade
+    from mailbeacon.models import CopyStatus, Message, RecipientCopy
+    from mailbeacon.runtime import Runtime
+
+    settings = Settings()
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url())
+    runtime = Runtime.from_settings(settings)
+    with runtime.database.unit_of_work() as s:
+        message = Message(subject="bench", body_html="<p>x</p>", is_preview=True)
+        s.add(message)
+        s.flush()
+        rows = [
+            RecipientCopy(
+                message_id=message.id,
+                address=f"r{i}@example.org",
+                decision="tracked",
+                status=CopyStatus.PREVIEW,
+            )
+            for i in range(copies)
+        ]
+        s.add_all(rows)
+        s.flush()
+        return runtime, [c.id for c in rows]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,42 +186,10 @@ def main() -> int:
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light")
 
     work = Path(tempfile.mkdtemp(prefix="mb-bench-"))
-    env = {
-        **os.environ,
-        "MAILBEACON_DATA_DIR": str(work / "data"),
-        "MAILBEACON_TOO_FAST_SECONDS": "0",
-    }
-    if args.database_url:
-        env["MAILBEACON_DATABASE_URL"] = args.database_url
-    os.environ.update(env)
-
-    from mailbeacon.config import Settings
-    from mailbeacon.migrate import upgrade
-    from mailbeacon.models import CopyStatus, Message, RecipientCopy
-    from mailbeacon.runtime import Runtime
+    runtime, ids = prepare(work, args.database_url, args.copies)
     from mailbeacon.tracking.edge import PIXEL_GIF
     from mailbeacon.tracking.repository import count_events
 
-    settings = Settings()
-    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url())
-    runtime = Runtime.from_settings(settings)
-    with runtime.database.unit_of_work() as s:
-        message = Message(subject="bench", body_html="<p>x</p>", is_preview=True)
-        s.add(message)
-        s.flush()
-        copies = [
-            RecipientCopy(
-                message_id=message.id,
-                address=f"r{i}@example.org",
-                decision="tracked",
-                status=CopyStatus.PREVIEW,
-            )
-            for i in range(args.copies)
-        ]
-        s.add_all(copies)
-        s.flush()
-        ids = [c.id for c in copies]
     with runtime.database.engine.connect() as conn:
         before = count_events(conn)
     pixel_paths = [f"/t/o/{runtime.codec.mint_open_token(i)}.gif" for i in ids]
@@ -200,7 +208,6 @@ def main() -> int:
             "--log-level",
             "info",
         ],
-        env=env,
         cwd=ROOT,
     )
     nginx_dir = work / "nginx"

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge import NGINX_CONF, free_port, run_wrk, wait_http
+from edge import NGINX_CONF, free_port, prepare, run_wrk, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -119,44 +119,16 @@ def main() -> int:
         os.sched_setaffinity(0, {wrk_cpu})
 
     work = Path(tempfile.mkdtemp(prefix="mb-bench-servers-"))
-    env = {
-        **os.environ,
-        "MAILBEACON_DATA_DIR": str(work / "data"),
-        "MAILBEACON_TOO_FAST_SECONDS": "0",
-        "MAILBEACON_DEMO_SMTP_PORT": "0",
-        "MAILBEACON_MIGRATE_ON_START": "false",
-    }
-    if args.database_url:
-        env["MAILBEACON_DATABASE_URL"] = args.database_url
-    os.environ.update(env)
-
-    from mailbeacon.config import Settings
-    from mailbeacon.migrate import upgrade
-    from mailbeacon.models import CopyStatus, Message, RecipientCopy
-    from mailbeacon.runtime import Runtime
+    runtime, ids = prepare(
+        work,
+        args.database_url,
+        args.copies,
+        MAILBEACON_DEMO_SMTP_PORT="0",
+        MAILBEACON_MIGRATE_ON_START="false",
+    )
     from mailbeacon.tracking.edge import PIXEL_GIF
     from mailbeacon.tracking.repository import count_events
 
-    settings = Settings()
-    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url())
-    runtime = Runtime.from_settings(settings)
-    with runtime.database.unit_of_work() as s:
-        message = Message(subject="bench", body_html="<p>x</p>", is_preview=True)
-        s.add(message)
-        s.flush()
-        copies = [
-            RecipientCopy(
-                message_id=message.id,
-                address=f"r{i}@example.org",
-                decision="tracked",
-                status=CopyStatus.PREVIEW,
-            )
-            for i in range(args.copies)
-        ]
-        s.add_all(copies)
-        s.flush()
-        ids = [c.id for c in copies]
     paths = {
         200: [f"/t/o/{runtime.codec.mint_open_token(i)}.gif" for i in ids],
         302: [
@@ -192,7 +164,6 @@ def main() -> int:
                 before = count_events(conn)
             proc = subprocess.Popen(
                 pinned(server_command(name, port, nginx_dir), server_cpu),
-                env=env,
                 cwd=work,
             )
             answered = 0

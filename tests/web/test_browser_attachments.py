@@ -20,6 +20,7 @@ from tests.web.test_browser_send import (
     PASSWORD,
     cli,
     server,
+    sign_in_with_demo_mailbox,
 )
 
 __all__ = ["server"]  # the fixture, used by name
@@ -70,13 +71,7 @@ async def test_a_file_chosen_in_compose_reaches_the_demo_inbox_intact(
         page = await context.new_page()
         page.set_default_timeout(15_000)
         try:
-            await page.goto(base + "/sign-in")
-            await page.get_by_label("Email").fill("sally@example.com")
-            await page.get_by_label("Password").fill(PASSWORD)
-            await page.get_by_role("button", name="Sign in").click()
-            await page.goto(base + "/settings/email-sync")
-            await page.get_by_role("button", name="Use the demo mailbox").click()
-            await expect(page.get_by_text("You now send through the demo mailbox")).to_be_visible()
+            await sign_in_with_demo_mailbox(page, base)
 
             await page.goto(base + "/compose")
             await page.get_by_label("To", exact=True).fill("ann@example.org")

@@ -23,6 +23,7 @@ from tests.web.test_browser_send import (
     SCREENSHOTS,
     cli,
     server,
+    sign_in_with_demo_mailbox,
 )
 
 __all__ = ["server"]  # the fixture: `mailbeacon serve` on free ports
@@ -64,14 +65,7 @@ async def test_the_mail_tab_shows_an_open_live(server: dict[str, Any]) -> None:
         page = await context.new_page()
         page.set_default_timeout(15_000)
         try:
-            await page.goto(base + "/sign-in")
-            await page.get_by_label("Email").fill("sally@example.com")
-            await page.get_by_label("Password").fill(PASSWORD)
-            await page.get_by_role("button", name="Sign in").click()
-            await expect(page).to_have_url(f"{base}/compose")
-            await page.goto(base + "/settings/email-sync")
-            await page.get_by_role("button", name="Use the demo mailbox").click()
-            await expect(page.get_by_text("You now send through the demo mailbox")).to_be_visible()
+            await sign_in_with_demo_mailbox(page, base)
 
             # Send to Ann and Bob (through the JSON API, as this browser's session).
             csrf = await page.locator('meta[name="csrf-token"]').get_attribute("content")

@@ -21,6 +21,7 @@ from tests.web.test_browser_send import (
     SCREENSHOTS,
     cli,
     server,
+    sign_in_with_demo_mailbox,
     wait_for,
 )
 
@@ -46,14 +47,7 @@ async def _signed_in_page(browser: Any, base: str) -> Any:
     )
     page = await context.new_page()
     page.set_default_timeout(15_000)
-    await page.goto(base + "/sign-in")
-    await page.get_by_label("Email").fill("sally@example.com")
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(f"{base}/compose")
-    await page.goto(base + "/settings/email-sync")
-    await page.get_by_role("button", name="Use the demo mailbox").click()
-    await page.get_by_text("You now send through the demo mailbox").wait_for()
+    await sign_in_with_demo_mailbox(page, base)
     return page
 
 

@@ -23,6 +23,7 @@ from tests.web.test_browser_send import (
     SCREENSHOTS,
     cli,
     server,
+    sign_in_with_demo_mailbox,
 )
 
 __all__ = ["server"]  # the fixture: `mailbeacon serve` on free ports
@@ -63,14 +64,7 @@ async def test_a_reply_from_the_demo_inbox_shows_on_the_mail_tab_live(
         page = await context.new_page()
         page.set_default_timeout(15_000)
         try:
-            await page.goto(base + "/sign-in")
-            await page.get_by_label("Email").fill("sally@example.com")
-            await page.get_by_label("Password").fill(PASSWORD)
-            await page.get_by_role("button", name="Sign in").click()
-            await expect(page).to_have_url(f"{base}/compose")
-            await page.goto(base + "/settings/email-sync")
-            await page.get_by_role("button", name="Use the demo mailbox").click()
-            await expect(page.get_by_text("You now send through the demo mailbox")).to_be_visible()
+            await sign_in_with_demo_mailbox(page, base)
 
             csrf = await page.locator('meta[name="csrf-token"]').get_attribute("content")
             assert csrf

@@ -55,6 +55,18 @@ pytestmark = [
 ]
 
 
+async def sign_in_with_demo_mailbox(page: Any, base: str, email: str = "sally@example.com") -> None:
+    """Sign in (with ``PASSWORD``) and switch to the demo mailbox, as a person would."""
+    await page.goto(base + "/sign-in")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(f"{base}/compose")
+    await page.goto(base + "/settings/email-sync")
+    await page.get_by_role("button", name="Use the demo mailbox").click()
+    await page.get_by_text("You now send through the demo mailbox").wait_for()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

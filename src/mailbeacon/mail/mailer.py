@@ -44,6 +44,7 @@ from mailbeacon.kit.netpolicy import (
     connect_vetted_async,
     vet_host_async,
 )
+from mailbeacon.kit.tls_errors import not_a_mail_server, ssl_cause, tls_failure_reason
 from mailbeacon.models.mailbox import Security
 
 log = logging.getLogger(__name__)
@@ -133,38 +134,10 @@ _PLAIN_REMOTE = (
 )
 
 
-def _not_a_mail_server(where: str, security: Security) -> str:
-    hint = (
-        ""
-        if security == Security.TLS
-        else "; if the port expects implicit TLS (usually 465), choose TLS"
+def _no_smtp_answer(where: str, settings: SmtpSettings) -> str:
+    return not_a_mail_server(
+        where, implicit_tls=settings.security == Security.TLS, usual_tls_port=465
     )
-    return f"{where} did not answer as a mail server{hint}."
-
-
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _tls_reason(exc: BaseException, *, after_starttls: bool = False) -> str:
-    """A fixed explanation of a failed handshake; OpenSSL's text stays out of it."""
-    cause = _ssl_cause(exc)
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        if cause.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-            return "the server's certificate is for another host name"
-        if cause.verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-            return "the server's certificate has expired"
-        return "the server's certificate is not signed by an authority this machine trusts"
-    if after_starttls:
-        return "the TLS handshake after STARTTLS did not complete"
-    # Garbage where a handshake was expected and no answer at all read the same:
-    # which one it was would tell a non-TLS service from a silent one.
-    return "the TLS handshake did not complete; this port may expect STARTTLS or no encryption"
 
 
 def _failed_in_handshake(exc: BaseException) -> bool:
@@ -174,7 +147,7 @@ def _failed_in_handshake(exc: BaseException) -> bool:
     TimeoutError of the handshake, and from its own SMTPException when reading
     the greeting failed.
     """
-    if _ssl_cause(exc) is not None:
+    if ssl_cause(exc) is not None:
         return True
     return (
         isinstance(exc, aiosmtplib.SMTPConnectError)
@@ -223,8 +196,12 @@ def _session_refused(exc: BaseException, settings: SmtpSettings, where: str) -> 
             "connect", f"{where} refused the session{_code(exc)}.", temporary=exc.code < 500
         )
     if settings.security == Security.TLS and _failed_in_handshake(exc):
-        return SmtpStageError("tls", f"{where}: {_tls_reason(exc)}.", temporary=False)
-    return SmtpStageError("connect", _not_a_mail_server(where, settings.security), temporary=True)
+        return SmtpStageError("tls", f"{where}: {tls_failure_reason(exc)}.", temporary=False)
+    return SmtpStageError(
+        "connect",
+        _no_smtp_answer(where, settings),
+        temporary=True,
+    )
 
 
 async def open_smtp(settings: SmtpSettings) -> aiosmtplib.SMTP:
@@ -270,14 +247,18 @@ async def _ehlo(smtp: aiosmtplib.SMTP, settings: SmtpSettings, where: str) -> No
     except aiosmtplib.SMTPResponseException as exc:
         if not _code(exc):
             raise SmtpStageError(
-                "connect", _not_a_mail_server(where, settings.security), temporary=True
+                "connect",
+                _no_smtp_answer(where, settings),
+                temporary=True,
             ) from exc
         raise SmtpStageError(
             "connect", f"{where} did not accept EHLO{_code(exc)}.", temporary=True
         ) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise SmtpStageError(
-            "connect", _not_a_mail_server(where, settings.security), temporary=True
+            "connect",
+            _no_smtp_answer(where, settings),
+            temporary=True,
         ) from exc
 
 
@@ -297,7 +278,7 @@ async def _starttls(smtp: aiosmtplib.SMTP, settings: SmtpSettings, where: str) -
         ) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise SmtpStageError(
-            "tls", f"{where}: {_tls_reason(exc, after_starttls=True)}.", temporary=False
+            "tls", f"{where}: {tls_failure_reason(exc, after_starttls=True)}.", temporary=False
         ) from exc
 
 

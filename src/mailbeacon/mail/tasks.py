@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import secrets
 import socket
 import time
@@ -54,6 +53,7 @@ from mailbeacon.kit.clock import utcnow
 from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.kit.metrics import SENDS
 from mailbeacon.kit.netpolicy import mail_server_policy
+from mailbeacon.kit.workers import backoff_seconds, wake_from_any_thread
 from mailbeacon.mail import queue as send_queue
 from mailbeacon.mail.events import DeliveryObserver, MessageDelivered
 from mailbeacon.mail.mailer import Delivery, Mailer, Outcome, SmtpMailer, SmtpSettings
@@ -62,9 +62,6 @@ from mailbeacon.mail.queue import ClaimedCopy, SendContext, Settlement
 from mailbeacon.models import CopyStatus, Security
 
 log = logging.getLogger(__name__)
-# Back-off jitter from a generator of our own: the process-wide one is left alone
-# (other code, and test generators, may depend on its sequence).
-_JITTER = random.Random()
 
 RECOVER_EVERY_SECONDS = 60.0
 IDLE_CONNECTION_SECONDS = 30.0
@@ -331,16 +328,7 @@ class OutboxWorker:
         Safe from any thread: sync request handlers call it from the threadpool, and
         ``asyncio.Event`` may only be touched from its loop's own thread.
         """
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop:
-            self._wake.set()
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-            loop.call_soon_threadsafe(self._wake.set)
+        wake_from_any_thread(self._loop, self._wake)
 
     async def run_once(self) -> int:
         """Deliver every copy due now (retries that fall due meanwhile too); return how many."""
@@ -518,10 +506,7 @@ class OutboxWorker:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next try: doubling from the base, capped, with 10% jitter."""
-        if self.backoff_seconds <= 0:
-            return 0.0
-        delay = min(self.backoff_seconds * 2.0 ** max(attempts - 1, 0), BACKOFF_CAP_SECONDS)
-        return float(delay * _JITTER.uniform(0.9, 1.1))
+        return backoff_seconds(self.backoff_seconds, attempts, BACKOFF_CAP_SECONDS)
 
     # -- database work (runs in a thread)
 

@@ -44,6 +44,7 @@ from mailbeacon.kit.netpolicy import (
     connect_vetted,
     vet_host,
 )
+from mailbeacon.kit.tls_errors import not_a_mail_server, ssl_cause, tls_failure_reason
 from mailbeacon.models.mailbox import Security
 from mailbeacon.sync.imap_responses import any_change, as_text, as_utc, header_item
 
@@ -254,39 +255,6 @@ def _where(settings: ImapSettings) -> str:
     return f"{settings.host}:{settings.port}"
 
 
-def _tls_reason(exc: BaseException) -> str:
-    """A fixed explanation of a failed handshake; OpenSSL's own text stays in the log."""
-    cause = _ssl_cause(exc)
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        code = cause.verify_code
-        if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-            return "the server's certificate is for another host name"
-        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-            return "the server's certificate has expired"
-        return "the server's certificate is not signed by an authority this machine trusts"
-    # Garbage where a handshake was expected and no answer at all read the same:
-    # which one it was would tell a non-TLS service from a silent one.
-    return "the TLS handshake did not complete; this port may expect STARTTLS or no encryption"
-
-
-def _not_an_imap_server(where: str, security: Security) -> str:
-    hint = (
-        ""
-        if security == Security.TLS
-        else "; if the port expects implicit TLS (usually 993), choose TLS"
-    )
-    return f"{where} did not answer as a mail server{hint}."
-
-
-def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _response_code(exc: BaseException) -> str:
     """The RFC 5530 response code in brackets, if the server gave one."""
     found = re.search(r"\[([A-Z-]+)", str(exc))
@@ -386,11 +354,15 @@ def open_mailbox(settings: ImapSettings) -> ImapMailbox:
             f"Could not connect to {where}: nothing answered, or the connection was refused."
         ) from exc
     except _HandshakeFailed as exc:
-        raise TlsFailed(f"{where}: {_tls_reason(exc)}.") from exc
+        raise TlsFailed(f"{where}: {tls_failure_reason(exc)}.") from exc
     except (OSError, IMAPClientError) as exc:
         # Connected, but no IMAP greeting: silence, another service's banner and a
         # connection closed at once all read the same.
-        raise CannotConnect(_not_an_imap_server(where, settings.security)) from exc
+        raise CannotConnect(
+            not_a_mail_server(
+                where, implicit_tls=settings.security == Security.TLS, usual_tls_port=993
+            )
+        ) from exc
     try:
         client.normalise_times = False
         if settings.security == Security.STARTTLS:
@@ -409,12 +381,12 @@ def _starttls(client: IMAPClient, context: ssl.SSLContext, where: str) -> None:
     except CapabilityError as exc:
         raise TlsFailed(f"{where} does not offer STARTTLS; try TLS (usually port 993).") from exc
     except ssl.SSLError as exc:
-        raise TlsFailed(f"{where}: {_tls_reason(exc)}.") from exc
+        raise TlsFailed(f"{where}: {tls_failure_reason(exc)}.") from exc
     except (OSError, IMAPClientAbortError) as exc:
         raise TlsFailed(f"{where} closed the connection during STARTTLS.") from exc
     except IMAPClientError as exc:
-        cause = _ssl_cause(exc)
-        reason = _tls_reason(cause) if cause is not None else "the server refused STARTTLS"
+        cause = ssl_cause(exc)
+        reason = tls_failure_reason(cause) if cause is not None else "the server refused STARTTLS"
         raise TlsFailed(f"{where}: {reason}.") from exc
 
 

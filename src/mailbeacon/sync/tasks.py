@@ -39,7 +39,6 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import secrets
 import socket
 import ssl
@@ -55,6 +54,7 @@ from mailbeacon.db import Database
 from mailbeacon.kit.clock import as_utc, utcnow
 from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.kit.netpolicy import AddressPolicy, mail_server_policy
+from mailbeacon.kit.workers import backoff_seconds, wake_from_any_thread
 from mailbeacon.models import SentCopyStatus, SyncState
 from mailbeacon.sync import claims, repository
 from mailbeacon.sync.access import MailboxAccess, load_access
@@ -73,9 +73,6 @@ from mailbeacon.sync.screening import read_header_facts, worth_reading
 from mailbeacon.sync.sent_folder import put_sent_copy
 
 log = logging.getLogger(__name__)
-# Back-off jitter from a generator of our own: the process-wide one is left alone
-# (other code, and test generators, may depend on its sequence).
-_JITTER = random.Random()
 
 T = TypeVar("T")
 
@@ -199,16 +196,7 @@ class SyncWorker:
 
     def wake(self) -> None:
         """Look for due work now (a message was delivered); safe from any thread."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop:
-            self._wake.set()
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-            loop.call_soon_threadsafe(self._wake.set)
+        wake_from_any_thread(self._loop, self._wake)
 
     async def run_once(self) -> SyncStats:
         """One pass over every due mailbox and Sent copy, without staying connected."""
@@ -540,10 +528,7 @@ class SyncWorker:
 
     def backoff(self, failures: int) -> float:
         """Seconds before the next try: doubling from the base, capped, with 10% jitter."""
-        if self.backoff_seconds <= 0:
-            return 0.0
-        delay = min(self.backoff_seconds * 2.0 ** max(failures - 1, 0), BACKOFF_CAP_SECONDS)
-        return float(delay * _JITTER.uniform(0.9, 1.1))
+        return backoff_seconds(self.backoff_seconds, failures, BACKOFF_CAP_SECONDS)
 
     def _count(self, **counts: int) -> None:
         with self._stats_lock:

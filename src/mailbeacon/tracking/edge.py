@@ -91,6 +91,8 @@ class TrackingEdge:
         self._networks = networks
         # Settings.proxy_hops: TRUSTED_PROXIES, or one for the deprecated TRUST_FORWARDED_FOR.
         self._trusted_proxies = trusted_proxies
+        # One counter per kind, looked up once: labels() takes a lock on every call.
+        self._acknowledged = {kind: HITS_ACKNOWLEDGED.labels(kind.value) for kind in EventKind}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,7 +160,7 @@ class TrackingEdge:
                 "could not write hit %s to the journal; it is lost", hit.uid, exc_info=True
             )
         else:
-            HITS_ACKNOWLEDGED.labels(hit.kind.value).inc()
+            self._acknowledged[hit.kind].inc()
 
     def _hit(
         self, scope: Scope, kind: EventKind, copy_id: int, position: int | None, head: bool

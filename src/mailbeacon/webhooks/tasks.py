@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 import socket
 import ssl
@@ -32,6 +31,7 @@ from mailbeacon.db import Database
 from mailbeacon.kit.clock import as_utc, utcnow
 from mailbeacon.kit.credentials import CredentialBox
 from mailbeacon.kit.metrics import WEBHOOK_DELIVERIES
+from mailbeacon.kit.workers import backoff_seconds, wake_from_any_thread
 from mailbeacon.models import DeliveryStatus
 from mailbeacon.webhooks import repository
 from mailbeacon.webhooks.delivery import (
@@ -45,9 +45,6 @@ from mailbeacon.webhooks.ports import OwnerNotices
 from mailbeacon.webhooks.repository import ClaimedDelivery, Settlement
 
 log = logging.getLogger(__name__)
-# Back-off jitter from a generator of our own: the process-wide one is left alone
-# (other code, and test generators, may depend on its sequence).
-_JITTER = random.Random()
 
 MAINTAIN_EVERY_SECONDS = 60.0
 PURGE_EVERY_SECONDS = 3600.0
@@ -123,16 +120,7 @@ class WebhookWorker:
 
     def wake(self) -> None:
         """Look for due deliveries now instead of at the next poll; safe from any thread."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop:
-            self._wake.set()
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-            loop.call_soon_threadsafe(self._wake.set)
+        wake_from_any_thread(self._loop, self._wake)
 
     async def run_once(self) -> int:
         """Deliver every delivery due now (retries falling due meanwhile too); return how
@@ -236,10 +224,7 @@ class WebhookWorker:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next try: doubling from the base, capped, with 10% jitter."""
-        if self.backoff_seconds <= 0:
-            return 0.0
-        delay = min(self.backoff_seconds * 2.0 ** max(attempts - 1, 0), self.backoff_cap)
-        return float(delay * _JITTER.uniform(0.9, 1.1))
+        return backoff_seconds(self.backoff_seconds, attempts, self.backoff_cap)
 
     # -- database work (runs in a thread)
 
