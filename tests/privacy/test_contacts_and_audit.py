@@ -3,15 +3,16 @@ of rejected lines, and an audit entry for each kind of view and each change."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from mailbeacon.asgi import MailbeaconApp
-from mailbeacon.models import AuditEntry, User
+from mailbeacon.models import AuditEntry, Organisation, User
 from tests.client import csrf_of
 from tests.factories.hits import hit, record
 from tests.factories.privacy import copies_of, record_consent
@@ -187,3 +188,29 @@ async def test_every_kind_of_view_and_change_is_audited(
     assert (await admin.get("/api/audit/export")).text == exported.text
     assert (await member.get("/api/audit")).status_code == 403
     assert (await member.get("/settings/audit.csv")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "path", [f"/api/contacts/{ANN}", f"/api/contacts/{ANN}/events", f"/contacts/{ANN}/timeline"]
+)
+async def test_an_audited_view_waits_for_another_writer_instead_of_failing(
+    app: MailbeaconApp, admin: httpx.AsyncClient, path: str
+) -> None:
+    """A view that records who looked writes: it must begin with the write lock. Begun as a
+    read, its snapshot goes stale when another writer commits meanwhile, and SQLite refuses
+    the audit entry at once (503) where waiting for the lock would have served it."""
+    db = app.runtime.database
+    with db.sessions() as s:
+        alice = s.scalar(select(User.id).where(User.email == "alice@example.com"))
+    assert alice is not None
+    record_consent(db, app.runtime, alice, ANN)
+    before = len(actions(app))
+    with db.writer_engine.connect() as other:
+        other.execute(select(1))  # BEGIN IMMEDIATE: another writer holds the lock
+        request = asyncio.create_task(admin.get(path))
+        await asyncio.sleep(0.5)  # the view has begun (and, read first, taken its snapshot)
+        other.execute(insert(Organisation).values(name="Meanwhile Ltd"))
+        other.commit()
+        r = await request
+    assert r.status_code == 200, r.text
+    assert len(actions(app)) == before + 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from mailbeacon.kit.cursors import decode_cursor, encode_cursor
@@ -34,7 +34,14 @@ from mailbeacon.privacy.schemas import (
     PolicyOut,
     storable,
 )
-from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, Viewer, provided
+from mailbeacon.web.deps import (
+    CheckedViewer,
+    DbSession,
+    SignedInViewer,
+    Viewer,
+    provided,
+    writing_unit,
+)
 from mailbeacon.web.routing import ApiRoute
 
 router = APIRouter(prefix="/api", tags=["privacy"], route_class=ApiRoute)
@@ -107,7 +114,12 @@ def import_consents(
     )
 
 
-@router.get("/contacts/{address}", response_model=ContactDetailOut, responses=_NOT_FOUND)
+@router.get(
+    "/contacts/{address}",
+    response_model=ContactDetailOut,
+    responses=_NOT_FOUND,
+    dependencies=[Depends(writing_unit)],
+)
 def get_contact(
     request: Request, session: DbSession, viewer: SignedInViewer, address: str
 ) -> ContactDetailOut:
@@ -117,7 +129,12 @@ def get_contact(
     )
 
 
-@router.get("/contacts/{address}/events", response_model=ContactEventsOut, responses=_NOT_FOUND)
+@router.get(
+    "/contacts/{address}/events",
+    response_model=ContactEventsOut,
+    responses=_NOT_FOUND,
+    dependencies=[Depends(writing_unit)],
+)
 def contact_events(
     request: Request,
     session: DbSession,
@@ -145,7 +162,11 @@ def put_consent(
     return contacts.contact_out(found)
 
 
-@router.get("/contacts/{address}/export", responses={**_NOT_FOUND, **_ADMIN})
+@router.get(
+    "/contacts/{address}/export",
+    responses={**_NOT_FOUND, **_ADMIN},
+    dependencies=[Depends(writing_unit)],
+)
 def export_contact(
     request: Request, session: DbSession, viewer: SignedInViewer, address: str
 ) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -23,7 +23,15 @@ from mailbeacon.privacy import audit, consent, contacts, erasure, policy
 from mailbeacon.privacy.audit import Action, Actor, Channel
 from mailbeacon.privacy.keys import PrivacyKeys
 from mailbeacon.privacy.schemas import ConsentIn, PolicyIn
-from mailbeacon.web.deps import CheckedViewer, DbSession, SignedInViewer, Viewer, provided, render
+from mailbeacon.web.deps import (
+    CheckedViewer,
+    DbSession,
+    SignedInViewer,
+    Viewer,
+    provided,
+    render,
+    writing_unit,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -165,14 +173,20 @@ async def import_consents(
     )
 
 
-@router.get("/contacts/{address}", response_class=HTMLResponse)
+@router.get(
+    "/contacts/{address}", response_class=HTMLResponse, dependencies=[Depends(writing_unit)]
+)
 def contact_detail(
     request: Request, session: DbSession, viewer: SignedInViewer, address: str, notice: str = ""
 ) -> Response:
     return _contact_page(request, session, viewer, address, notice=notice)
 
 
-@router.get("/contacts/{address}/timeline", response_class=HTMLResponse)
+@router.get(
+    "/contacts/{address}/timeline",
+    response_class=HTMLResponse,
+    dependencies=[Depends(writing_unit)],
+)
 def contact_timeline(
     request: Request, session: DbSession, viewer: SignedInViewer, address: str, before: str = ""
 ) -> Response:
@@ -215,7 +229,7 @@ def record_consent(
     )
 
 
-@router.get("/contacts/{address}/export")
+@router.get("/contacts/{address}/export", dependencies=[Depends(writing_unit)])
 def export_contact(
     request: Request, session: DbSession, viewer: SignedInViewer, address: str
 ) -> Response:

@@ -208,13 +208,20 @@ def deferred_unit(request: Request) -> None:
     request.state.deferred_unit = True
 
 
+def writing_unit(request: Request) -> None:
+    """Route marker (list it in the route's ``dependencies``): this GET writes (an audited
+    view records who looked), so its unit of work begins with the write lock like any
+    other write: a read snapshot upgraded to a write fails at once on SQLite when another
+    writer committed meanwhile."""
+    request.state.writing_unit = True
+
+
 def db_session(request: Request) -> Iterator[Session]:
     """One unit of work per request: committed when the handler returns (before the
     response goes out), rolled back when it raises."""
     database = provided(request, Database)
-    immediate = request.method not in SAFE_METHODS and not getattr(
-        request.state, "deferred_unit", False
-    )
+    writes = request.method not in SAFE_METHODS or getattr(request.state, "writing_unit", False)
+    immediate = writes and not getattr(request.state, "deferred_unit", False)
     with database.unit_of_work(immediate=immediate) as session:
         yield session
 
