@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from mailbeacon.accounts.security import SESSION_COOKIE
 from mailbeacon.accounts.service import account_service
 from mailbeacon.db import Database
-from mailbeacon.web.deps import ALL_SCOPES, SAFE_METHODS, Viewer, provided
+from mailbeacon.web.deps import ALL_SCOPES, Viewer, provided, unit_writes
 
 
 def resolve_viewer(request: Request, session: Session, *, touch: bool = True) -> Viewer | None:
@@ -62,7 +62,8 @@ def resolve_viewer(request: Request, session: Session, *, touch: bool = True) ->
 
 
 def _touch(request: Request, session: Session, write: Callable[[Session], None]) -> None:
-    if request.method not in SAFE_METHODS:
+    # A unit that holds the write lock already would wait on a second one: use it.
+    if unit_writes(request):
         write(session)
         return
     with provided(request, Database).unit_of_work() as own:

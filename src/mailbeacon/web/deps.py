@@ -216,12 +216,18 @@ def writing_unit(request: Request) -> None:
     request.state.writing_unit = True
 
 
+def unit_writes(request: Request) -> bool:
+    """Whether the request's unit of work may write: any method but the safe ones, and
+    a safe one marked ``writing_unit``. What else writes for the request (refreshing
+    "last used") goes into that unit then, and into a short one of its own otherwise."""
+    return request.method not in SAFE_METHODS or getattr(request.state, "writing_unit", False)
+
+
 def db_session(request: Request) -> Iterator[Session]:
     """One unit of work per request: committed when the handler returns (before the
     response goes out), rolled back when it raises."""
     database = provided(request, Database)
-    writes = request.method not in SAFE_METHODS or getattr(request.state, "writing_unit", False)
-    immediate = writes and not getattr(request.state, "deferred_unit", False)
+    immediate = unit_writes(request) and not getattr(request.state, "deferred_unit", False)
     with database.unit_of_work(immediate=immediate) as session:
         yield session
 
