@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from mailbeacon.models.event import EventKind, EventLabel
 from mailbeacon.tracking.agents import AgentClass, AgentKind, Certainty, identify_agent
@@ -37,6 +38,8 @@ __all__ = [
     "Verdict",
     "classify_hit",
     "explain_hit",
+    "judge_request",
+    "judge_timing",
 ]
 
 # The reason column holds 300 characters.
@@ -149,10 +152,12 @@ def _verb(kind: EventKind | str) -> str:
     return "Clicked" if kind == EventKind.CLICK else "Opened"
 
 
-def _machine_verdict(signals: HitSignals, agent: AgentClass) -> Verdict | None:
+def _machine_verdict(
+    kind: EventKind | str, network: str | None, agent: AgentClass
+) -> Verdict | None:
     """Scanner / link preview / Apple MPP from the agent and the network, or None."""
-    is_click = signals.kind == EventKind.CLICK
-    role = _network_role(signals.network)
+    is_click = kind == EventKind.CLICK
+    role = _network_role(network)
 
     # The agent naming itself is the most specific evidence there is.
     if agent.kind is AgentKind.LINK_PREVIEW:
@@ -178,7 +183,7 @@ def _machine_verdict(signals: HitSignals, agent: AgentClass) -> Verdict | None:
                 " check, not a click",
                 Certainty.MEDIUM,
             )
-        if role is not None and signals.network != agent.operator:
+        if role is not None and network != agent.operator:
             return _verdict(
                 EventLabel.SCANNER,
                 f"Claims to be the {agent.name} but came from {role.display}'s network:"
@@ -235,15 +240,15 @@ def _apple_verdict(agent: AgentClass, is_click: bool, from_apple: bool) -> Verdi
     return None
 
 
-def _person_verdict(signals: HitSignals, agent: AgentClass) -> Verdict:
+def _person_verdict(kind: EventKind | str, network: str | None, agent: AgentClass) -> Verdict:
     """The tentative verdict for a hit nothing marked as a machine: human or image proxy."""
     if agent.kind is AgentKind.IMAGE_PROXY:
         # Only an address inside the operator's own published network confirms it.
-        confirmed = agent.operator is not None and signals.network == agent.operator
+        confirmed = agent.operator is not None and network == agent.operator
         certainty = Certainty.HIGH if confirmed else Certainty.MEDIUM
         return _verdict(EventLabel.IMAGE_PROXY, agent.detail, certainty)
-    role = _network_role(signals.network)
-    verb = _verb(signals.kind)
+    role = _network_role(network)
+    verb = _verb(kind)
     if role is not None and role.role is _Role.APPLE:
         return _verdict(
             EventLabel.HUMAN,
@@ -334,19 +339,49 @@ def classify_hit(
        burst explains a whole series while a duplicate explains one repeat.
     6. ``image_proxy``, then ``human``.
     """
-    if signals.viewer_is_sender:
+    verdict, final = judge_request(
+        signals.kind,
+        signals.user_agent,
+        signals.network,
+        signals.is_head,
+        signals.prefetch_hint,
+        signals.viewer_is_sender,
+    )
+    if final:
+        return verdict
+    return judge_timing(verdict, signals, prior, policy)
+
+
+@lru_cache(maxsize=4096)
+def judge_request(
+    kind: EventKind | str,
+    user_agent: str,
+    network: str | None,
+    is_head: bool,
+    prefetch_hint: str | None,
+    viewer_is_sender: bool,
+) -> tuple[Verdict, bool]:
+    """Rules 1-4 and 6 of :func:`classify_hit`: the verdict from the request alone, and
+    whether it is final (no timing evidence may override it).
+
+    A pure function of a handful of values that repeat from hit to hit (most hits
+    come from a few agents and networks), so it is cached: the consumer labels a
+    batch of thousands with a few dozen calls that do the work.
+    """
+    verb = _verb(kind)
+    if viewer_is_sender:
         return _verdict(
             EventLabel.SELF,
-            f"{_verb(signals.kind)} in your own signed-in browser: not counted for the recipient",
+            f"{verb} in your own signed-in browser: not counted for the recipient",
             Certainty.HIGH,
-        )
-    if signals.is_head:
+        ), True
+    if is_head:
         return _verdict(
             EventLabel.PREFETCH,
             "An HTTP HEAD request: software checked that the link works without loading it",
             Certainty.HIGH,
-        )
-    hint = (signals.prefetch_hint or "").strip()
+        ), True
+    hint = (prefetch_hint or "").strip()
     if hint and _PREFETCH_HINT.search(hint.lower()):
         shown = _HINT_TEXT.sub("", hint)[:60]
         return _verdict(
@@ -354,16 +389,21 @@ def classify_hit(
             f"Fetched ahead of time ({shown}): the app or browser loaded it before anyone"
             " looked at it",
             Certainty.HIGH,
-        )
-    agent = identify_agent(signals.user_agent)
+        ), True
+    agent = identify_agent(user_agent)
     if agent.kind is AgentKind.PREFETCHER:
-        return _verdict(EventLabel.PREFETCH, agent.detail, agent.certainty)
-
-    machine = _machine_verdict(signals, agent)
+        return _verdict(EventLabel.PREFETCH, agent.detail, agent.certainty), True
+    machine = _machine_verdict(kind, network, agent)
     if machine is not None:
-        return machine
+        return machine, True
+    return _person_verdict(kind, network, agent), False
 
-    tentative = _person_verdict(signals, agent)
+
+def judge_timing(
+    tentative: Verdict, signals: HitSignals, prior: Sequence[PriorHit], policy: Policy
+) -> Verdict:
+    """Rule 5 of :func:`classify_hit`: a hit that would count (``tentative``, not final)
+    overridden by its timing, if the timing says so."""
     after = signals.seconds_after_send
     if after is not None and after < policy.too_fast_seconds:
         return _verdict(

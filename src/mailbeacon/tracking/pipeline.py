@@ -35,7 +35,14 @@ from mailbeacon.db import Database
 from mailbeacon.kit.metrics import HITS_STORED, INGEST_BATCH_HITS
 from mailbeacon.models import EventKind, EventLabel
 from mailbeacon.tracking import hit_store
-from mailbeacon.tracking.classify import HitSignals, Policy, PriorHit, Verdict, classify_hit
+from mailbeacon.tracking.classify import (
+    HitSignals,
+    Policy,
+    PriorHit,
+    Verdict,
+    judge_request,
+    judge_timing,
+)
 from mailbeacon.tracking.events import BatchResult, HitGate, HitObserver, StoredEvent, Treatment
 from mailbeacon.tracking.hit_store import CopyContext, RecentEvent
 from mailbeacon.tracking.hits import Hit
@@ -92,39 +99,45 @@ def classify_batch(
         if copy is None:
             unknown += 1
             continue
-        after_send = (
-            None
-            if copy.sent_at is None or copy.via_demo_mailbox
-            else hit.occurred_at - copy.sent_at.timestamp()
-        )
         key = source_key(hit.ip_prefix, hit.user_agent)
         by_sender = hit.viewer_user_id is not None and hit.viewer_user_id == copy.sender_id
-        signals = HitSignals(
-            kind=hit.kind,
-            user_agent=hit.user_agent,
-            network=hit.network,
-            is_head=hit.is_head,
-            prefetch_hint=hit.prefetch_hint,
-            seconds_after_send=after_send,
-            viewer_is_sender=by_sender,
-            link_position=hit.link_position,
-            source_key=key,
+        # What classify_hit does, in its two parts: the request's verdict is cached
+        # (hits repeat a few agents and networks), and the copy's history is read
+        # only for a hit whose verdict timing may still change.
+        verdict, final = judge_request(
+            hit.kind, hit.user_agent, hit.network, hit.is_head, hit.prefetch_hint, by_sender
         )
-        history = [
-            PriorHit(
-                kind=p.kind,
-                link_position=p.link_position,
-                source_key=p.source,
-                seconds_before=hit.occurred_at - p.at,
-                label=p.label,
+        earlier = prior[hit.copy_id]
+        if not final:
+            after_send = (
+                None
+                if copy.sent_at is None or copy.via_demo_mailbox
+                else hit.occurred_at - copy.sent_at.timestamp()
             )
-            for p in prior[hit.copy_id]
-            if p.at <= hit.occurred_at
-        ]
-        verdict = classify_hit(signals, history, policy)
-        prior[hit.copy_id].append(
-            _Prior(hit.occurred_at, hit.kind, hit.link_position, key, verdict.label)
-        )
+            signals = HitSignals(
+                kind=hit.kind,
+                user_agent=hit.user_agent,
+                network=hit.network,
+                is_head=hit.is_head,
+                prefetch_hint=hit.prefetch_hint,
+                seconds_after_send=after_send,
+                viewer_is_sender=by_sender,
+                link_position=hit.link_position,
+                source_key=key,
+            )
+            history = [
+                PriorHit(
+                    kind=p.kind,
+                    link_position=p.link_position,
+                    source_key=p.source,
+                    seconds_before=hit.occurred_at - p.at,
+                    label=p.label,
+                )
+                for p in earlier
+                if p.at <= hit.occurred_at
+            ]
+            verdict = judge_timing(verdict, signals, history, policy)
+        earlier.append(_Prior(hit.occurred_at, hit.kind, hit.link_position, key, verdict.label))
         out.append(ClassifiedHit(hit, copy, verdict))
     return out, unknown
 
