@@ -9,9 +9,10 @@ The scanner is a pair of regular expressions that follow the tokenizer of the HT
 Standard (section 13.2.5) as far as structure goes: where a tag ends (a quoted attribute value
 may hold ``>`` or ``<``), which attribute is ``href`` (the first of duplicate names wins), what
 a comment is, and that ``script``, ``style``, ``textarea``, ``title`` and the other raw-text
-elements hold text, not tags. Ordinary tags are passed over inside the regex engine, so Python
-only sees the constructs that matter: link tags, comments that Outlook reads
-(``<!--[if mso]> ... <![endif]-->``), raw-text elements and ``</body>``.
+elements hold text, not tags. Ordinary tags, and raw-text elements with their content, are
+passed over inside the regex engine, so Python only sees the constructs that matter: link
+tags, comments that Outlook reads (``<!--[if mso]> ... <![endif]-->``), ``</body>``, and a
+raw-text element or an image where visible content is looked for, or one left open to the end.
 
 Known simplifications, all outside what email HTML contains: SVG and MathML foreign content
 (where ``<style>`` is not raw text and ``<![CDATA[`` is a section) is read as HTML, and the
@@ -61,17 +62,38 @@ def _names(*words: str) -> str:
     return "(?:" + "|".join(_ci(w) for w in sorted(words, key=len, reverse=True)) + ")" + _NAME_END
 
 
-def _other_names(words: tuple[str, ...], prefix: str) -> str:
-    """The first letter of any tag name that is none of ``words`` and does not start with
-    ``prefix``. Dispatching on that letter first keeps the common ``td``, ``div`` or ``span``
-    from being tried against every special name in turn."""
+def _class_chars(c: str) -> str:
+    """``c`` in any ASCII case, for a character class."""
+    return c.lower() + c.upper() if c.isalpha() else re.escape(c)
+
+
+def _other_starts(words: tuple[str, ...], prefix: str) -> list[str]:
+    """Alternatives that together match the start of any tag name that is none of ``words``
+    and does not start with ``prefix``: its first character or two, `_TAIL` reading the rest.
+
+    The scanner makes each an alternative of its own, next to the other constructs: sre tries
+    an alternative only if its first character fits, while a nested group of alternatives
+    costs as much as a short tag. A letter that starts no special name settles it at once;
+    so does a second character that continues none (``td``, ``tr``, ``span``, ``table``);
+    only the rest (``p``, ``template``) take a look-ahead.
+    """
     rests: dict[str, list[str]] = {}
+    seconds: dict[str, str] = {}
     for word in (*words, prefix):
         end = _NAME_END if word != prefix else ""
         rests.setdefault(word[0], []).append(_ci(word[1:]) + end if word[1:] else _DELIM)
+        second = word[1:2]
+        if second and second not in seconds.get(word[0], ""):
+            seconds[word[0]] = seconds.get(word[0], "") + second
     plain = "".join(c + c.upper() for c in string.ascii_lowercase if c not in rests)
-    special = [f"{_ci(c)}(?!{'|'.join(r)})" for c, r in rests.items()]
-    return "(?:" + "|".join([f"[{plain}]", *special]) + ")"
+    # The second character may be neither a quote nor "=": `_TAIL` reads those in a name.
+    fast = [
+        f"{_ci(c)}[^{''.join(_class_chars(x) for x in seconds.get(c, ''))}"
+        r"""\t\n\f\r />"'=]"""
+        for c in rests
+    ]
+    slow = [f"{_ci(c)}(?!{'|'.join(r)})" for c, r in rests.items()]
+    return [f"[{plain}]", *fast, *slow]
 
 
 # The attribute grammar of the tokenizer's attribute states, exactly. Every quantifier is
@@ -88,12 +110,14 @@ _EXACT_ATTRS = (
 # right after `name=`, and an unquoted value holds no quote or "=". Anything else (`a= "x"`,
 # `a=b="c"`, `"x"="y"`, a quote inside a name) falls through to the exact grammar.
 _FAST_ATTRS = (
-    r"""[^"'>=]*+(?:(?:=(?<=[^\t\n\f\r /="'<>]=)(?:"[^"]*+"|'[^']*+')"""
+    r"""[^"'>=]*+(?:(?:="(?<=[^\t\n\f\r /="'<>]=")[^"]*+"|='(?<=[^\t\n\f\r /="'<>]=')[^']*+'"""
     r"""|=[^"'>=\t\n\f\r ]++(?=[\t\n\f\r >])|=(?=>))[^"'>=]*+)*+>"""
 )
-# From the second character of a tag name to the end of the tag.
+# From the second character of a tag name to the end of the tag. Both readings end at the
+# same ">", so the group need not be atomic where nothing after it can fail (sre pays for an
+# atomic group on every tag); `_raw_element` makes it so, as a look-ahead follows there.
 _TAIL = (
-    rf"""(?>[^\t\n\f\r />"'=]*+(?=[\t\n\f\r />]){_FAST_ATTRS}"""
+    rf"""(?:[^\t\n\f\r />"'=]*+(?:>|[\t\n\f\r /]{_FAST_ATTRS})"""
     rf"|[^\t\n\f\r />]*+{_EXACT_ATTRS})"
 )
 
@@ -148,25 +172,42 @@ _PLAIN_VML = rf"""
     (?=[^<>hH]*+(?:[hH](?![rR][eE][fF])[^<>hH]*+)*+>){_PLAIN_ATTRS}"""
 
 
+def _raw_element(name: str) -> str:
+    """A raw-text element whose end tag follows somewhere: its start tag and its content, up
+    to that end tag. Without an end tag it fails (having read to the end of input once), and
+    the step reports it, so that the scan can stop there."""
+    end = rf"/{_ci(name)}{_DELIM}"
+    return rf"{_ci(name)}{_NAME_END}(?>{_TAIL})[^<]*+(?:<(?!{end})[^<]*+)*+(?=<{end})"
+
+
 def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
     """One step of the scan: pass over everything uninteresting, then report one thing.
 
     In visible mode, text is passed over only while it is blank and images are reported, so
     that the first visible content ends the step. Without ``links`` (past MAX_LINK_SITES),
     link tags and conditional comments are passed over like any other tag or comment.
+    Raw-text elements are passed over with their content, except those that show something
+    in visible mode and one that runs to the end of input: every step costs a trip through
+    Python, and email heads hold several ``style`` elements.
     """
     stop_tags: tuple[str, ...] = (*_RAW_TEXT, "plaintext")
     if links:
         stop_tags += _LINK_TAGS
     if visible_mode:
         stop_tags += _VISIBLE_TAGS
-        text = rf"[{INVISIBLE_CHARS}]++|{_INVISIBLE_ENTITY}"
+        # Text as runs of blanks and single blank entities, written as one run before the
+        # first construct and one after each (unrolled: a trip round the loop per construct
+        # rather than two).
+        blank = rf"[{INVISIBLE_CHARS}]*+"
+        entity = rf"{_INVISIBLE_ENTITY}|"
         lone_lt = ""
         visible = rf"| (?P<vis>[^<]|<(?![a-zA-Z!/?])|<{_names(*_VISIBLE_TAGS)})"
     else:
-        text = r"[^<]++"
-        lone_lt = r"(?![a-zA-Z!/?]) |"  # a "<" that starts nothing is text
+        blank = r"[^<]*+"
+        entity = ""
+        lone_lt = r"| (?![a-zA-Z!/?])"  # a "<" that starts nothing is text
         visible = ""
+    passed_raw = [n for n in _RAW_TEXT if not (visible_mode and n in _VISIBLE_TAGS)]
     if links:
         link_tags = rf"{_PLAIN_LINK} | {_PLAIN_VML}"
         comment = r"--(?!\[[iI][fF])"
@@ -179,17 +220,21 @@ def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
         comment = "--"
         reported = "(?!)"
     return re.compile(
-        rf"""(?:
-            {text}
-          | <(?:
-                {lone_lt}
-                /(?:(?!{_names("body")})[a-zA-Z]{_TAIL}|(?![a-zA-Z])[^>]*+>)
-              | {_other_names(stop_tags, "v:")}{_TAIL}
+        rf"""{blank}
+        (?:(?:
+            {entity}
+            <(?:
+                /[ac-zAC-Z]{_TAIL}
+              | {"|".join(f"{start}{_TAIL}" for start in _other_starts(stop_tags, "v:"))}
+              | /[bB](?!{_ci("ody")}{_NAME_END}){_TAIL}
+              | /(?![a-zA-Z])[^>]*+>
               | {link_tags}
               | !(?:{comment}(?>>|->|{_COMMENT_TEXT}--!?>)|(?!--)[^>]*+>)
               | \?[^>]*+>
+              | {"|".join(map(_raw_element, passed_raw))}
+              {lone_lt}
             )
-        )*+
+        ){blank})*+
         (?:
             {reported}
           {visible}
@@ -206,6 +251,8 @@ _SCAN_VISIBLE = _scanner(visible_mode=True)
 _SCAN_REST = _scanner(visible_mode=False, links=False)
 _SCAN_VISIBLE_REST = _scanner(visible_mode=True, links=False)
 _RAW_END = {name: re.compile(rf"</{_ci(name)}{_DELIM}") for name in _RAW_TEXT}
+# Where a tag that the scanner reports as a link could start.
+_LINK_OPENING = re.compile(rf"<(?:{_names(*_LINK_TAGS)}|{_ci('v:')})")
 
 # Inside a link tag already matched: its first attribute named "href", the others passed
 # over inside the regex engine (the tokenizer drops later duplicates of an attribute, so
@@ -223,7 +270,6 @@ _ATTR = re.compile(
     r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"""
     r"""(?P<value>"[^"]*+"?|'[^']*+'?|[^\t\n\f\r >"'][^\t\n\f\r >]*+)?)?+"""
 )
-_MARKER_HINT = re.compile(_ci(NOTRACK_ATTRIBUTE))
 _WEB_SCHEME = re.compile(r"https?://", re.IGNORECASE)
 
 
@@ -310,6 +356,10 @@ def scan_html(html: str, *, stop_at_visible: bool = False) -> HtmlScan:
 
 def _scan_conditional(html: str, start: int, stop: int, scan: HtmlScan) -> None:
     """Collect the links in a conditional comment's body, markup only Outlook reads."""
+    # Most of them only open or close a table for Outlook: without a link tag's opening
+    # anywhere in the body, even in a value, there is nothing to read.
+    if _LINK_OPENING.search(html, start, stop) is None:
+        return
     pos = start
     while len(scan.links) < MAX_LINK_SITES:
         m = _SCAN_LINKS.match(html, pos, stop)
@@ -332,7 +382,10 @@ def _scan_conditional(html: str, start: int, stop: int, scan: HtmlScan) -> None:
 
 def _read_link_tag(html: str, m: re.Match[str], scan: HtmlScan) -> None:
     attrs_start, attrs_end = m.start("lattrs"), m.end("lattrs") - 1  # without the ">"
-    if _MARKER_HINT.search(html, attrs_start, attrs_end) is None:
+    # Lower-casing finds the marker in any ASCII case several times faster than a regex
+    # search. A non-ASCII character that lower-cases to ASCII (the Kelvin sign) can only
+    # raise a false alarm, which costs the slower reading below, not a different answer.
+    if NOTRACK_ATTRIBUTE not in html[attrs_start:attrs_end].lower():
         href = _HREF.match(html, attrs_start, attrs_end)
         if href is None or href.start("value") < 0:
             return  # no href, or an empty first one

@@ -193,6 +193,12 @@ def is_empty_body(html: str | None, text: str | None) -> bool:
     return html is None or not scan_html(html, stop_at_visible=True).visible
 
 
+def _holds_open_prefix(html: str, base: str) -> bool:
+    """Whether ``html`` holds the start of an open URL under ``base``, as written or escaped."""
+    escaped = _attribute_base(base)
+    return f"{base}{OPEN_PATH}" in html or (escaped != base and f"{escaped}{OPEN_PATH}" in html)
+
+
 class _Plan:
     """Positions of the trackable destinations, and the sites that lead to each."""
 
@@ -236,8 +242,12 @@ class _Plan:
                 self.text_urls.append(found)
         self.over_limit = over_limit
         self.links = [TrackedLink(p, url, texts[p]) for url, p in self.positions.items()]
-        # Only a body that holds our open path at all can hold a copy's pixel already.
-        self.has_open_path = html is not None and OPEN_PATH in html
+        # Only a body that holds our open URL's prefix at all can hold a copy's pixel
+        # already. The whole prefix, not just the path: a long needle is found several
+        # times faster than "/t/o/", whose characters fill every HTML document.
+        self.has_open_path = (
+            html is not None and base is not None and _holds_open_prefix(html, base)
+        )
 
 
 # A message goes out as one copy per recipient, all with the same bodies: the scan and the
