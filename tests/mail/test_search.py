@@ -1,8 +1,10 @@
 """The Mail tab's search through its indexes: the same results as a scan, whatever is typed.
 
-SQLite finds candidates through an FTS5 trigram table and PostgreSQL through pg_trgm
-(migration a3d5f7b9c1e2); both re-check with the LIKE the scan uses. Each search
-here runs both ways and must find the same emails.
+SQLite finds candidates through an FTS5 trigram table (migration a3d5f7b9c1e2) and
+re-checks them with the LIKE the scan uses; PostgreSQL matches the same LIKE on a
+lowered copy of the searched text, kept by a trigger and indexed with pg_trgm
+(migration d6a8c0e2f4b5). Each search here runs both ways and must find the same
+emails.
 """
 
 from __future__ import annotations
@@ -154,8 +156,11 @@ def test_the_indexes_are_in_place(database: Database) -> None:
             "messages_search_delete",
         } <= triggers
     else:
-        indexes = {i["name"] for i in inspect(database.engine).get_indexes("messages")}
-        assert "messages_search_trgm" in indexes
+        indexes = {i["name"] for i in inspect(database.engine).get_indexes("messages_search_text")}
+        assert "messages_search_text_trgm" in indexes
+        # Moved from messages by d6a8c0e2f4b5: nothing searches that expression any more.
+        on_messages = {i["name"] for i in inspect(database.engine).get_indexes("messages")}
+        assert "messages_search_trgm" not in on_messages
 
 
 @pytest.mark.parametrize("q", SEARCHES)
@@ -188,6 +193,73 @@ def test_what_both_backends_find(database: Database, sally: int) -> None:
     assert found("nothing at all") == set()
     assert len(found("@example.org")) == 6
     assert found("zz") == set()
+    # Two characters: no trigram, so a scan (of the lowered copy on PostgreSQL).
+    assert found("50") == {"back\\slash / and 50/50"}  # not the other user's email
+    assert found("ÖL") == {"Grüße aus Köln"}
+    assert found("+t") == {"x* marks -the spot"}  # Cc
+    assert found("_d") == {"100% off_sale"}  # To, and an underscore, not any character
+
+
+def _pages(database: Database, user_id: int, q: str, limit: int) -> list[str]:
+    """Every page of a search, newest first, following the older cursor."""
+    subjects: list[str] = []
+    before = None
+    with database.sessions() as s:
+        while True:
+            page = mail_page(s, user_id, q=q, before=before, limit=limit)
+            subjects += [item.subject for item in page.items]
+            if page.older_cursor is None:
+                return subjects
+            before = page.older_cursor
+
+
+@pytest.mark.parametrize("q", ["@e", "e", "o"])
+def test_short_searches_page_newest_first_like_a_scan(
+    database: Database, sally: int, q: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    newest_first = [subject for subject, _, _ in reversed(EMAILS)]
+    expected = [s for s in newest_first if s in _scanned(database, sally, q, monkeypatch)]
+    assert len(expected) >= 7  # enough for three pages of three
+    assert _pages(database, sally, q, limit=3) == expected
+
+
+def test_postgresql_search_text_follows_the_emails(database: Database, sally: int) -> None:
+    """The trigger keeps messages_search_text equal to what the search matched on
+    messages before it (d6a8c0e2f4b5): inserts, updates of the searched columns, of the
+    owner and of preview, and deletes."""
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    with database.unit_of_work() as s:
+        other = make_user(s, "uma@example.com").id
+        s.execute(update(Message).where(Message.subject == "plain").values(subject="Plain AGAIN"))
+        s.execute(update(Message).where(Message.subject == "ÉTÉ en fête").values(user_id=other))
+        s.execute(
+            update(Message).where(Message.subject == "NEAR the station").values(is_preview=True)
+        )
+        s.execute(update(Message).values(open_count=Message.open_count + 1))
+        s.execute(delete(Message).where(Message.subject == "Grüße aus Köln"))
+    with database.engine.connect() as conn:
+        copied = set(
+            conn.execute(
+                text(
+                    "SELECT message_id, user_id, is_preview, search_text FROM messages_search_text"
+                )
+            ).all()
+        )
+        expected = set(
+            conn.execute(
+                text(
+                    "SELECT id, user_id, is_preview,"
+                    " lower(subject || ' ' || to_header || ' ' || cc_header) FROM messages"
+                )
+            ).all()
+        )
+    assert copied == expected
+    assert len(copied) == len(EMAILS)  # ten of hers, one of Tom's, one deleted
+    assert _subjects(database, sally, "again") == {"Plain AGAIN"}
+    assert _subjects(database, sally, "fê") == set()  # Uma's now
+    assert _subjects(database, other, "fê") == {"ÉTÉ en fête"}
+    assert _subjects(database, sally, "station") == set()  # a preview
 
 
 def test_a_deleted_email_leaves_the_index(database: Database, sally: int) -> None:
@@ -225,11 +297,15 @@ def fresh_url(db_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 def _indexed(database: Database) -> list[int] | None:
-    """The emails SQLite's trigram table finds for "figures"; on PostgreSQL, whether the
-    trigram index exists (as a list of nothing, or None)."""
+    """The emails SQLite's trigram table finds for "figures"; on PostgreSQL, whether a
+    trigram index exists, on messages (a3d5f7b9c1e2) or on messages_search_text
+    (d6a8c0e2f4b5), as a list of nothing, or None."""
     if not database.is_sqlite:
-        names = {i["name"] for i in inspect(database.engine).get_indexes("messages")}
-        return [] if "messages_search_trgm" in names else None
+        inspector = inspect(database.engine)
+        names = {i["name"] for i in inspector.get_indexes("messages")}
+        if "messages_search_text" in inspector.get_table_names():
+            names |= {i["name"] for i in inspector.get_indexes("messages_search_text")}
+        return [] if names & {"messages_search_trgm", "messages_search_text_trgm"} else None
     if "messages_search" not in inspect(database.engine).get_table_names():
         return None
     with database.engine.connect() as conn:
@@ -265,3 +341,50 @@ def test_the_migration_indexes_emails_already_there(fresh_url: str) -> None:
         assert _indexed(database) == ([message_id] if database.is_sqlite else [])
     finally:
         database.dispose()
+
+
+def test_the_search_text_migration_copies_emails_already_there(fresh_url: str) -> None:
+    upgrade(fresh_url, "c5f7b9d1e3a4")
+    database = Database(fresh_url)
+    try:
+        with database.unit_of_work() as s:
+            user_id = make_user(s).id
+            s.execute(
+                insert(Message).values(
+                    user_id=user_id, subject="Ünal's Q3", to_header="ann@example.org", cc_header=""
+                )
+            )
+        for _ in range(2):  # up, down, and up again
+            upgrade(fresh_url)
+            assert _subjects(database, user_id, "q3") == {"Ünal's Q3"}
+            assert _subjects(database, user_id, "ann@") == {"Ünal's Q3"}
+            command.downgrade(alembic_config(fresh_url), "c5f7b9d1e3a4")
+            names = set(inspect(database.engine).get_table_names())
+            assert "messages_search_text" not in names
+            if not database.is_sqlite:
+                # The trigram index is back on messages, where a3d5f7b9c1e2 put it.
+                assert _indexed(database) == []
+    finally:
+        database.dispose()
+
+
+def test_postgresql_plans_each_search_for_what_is_typed(database: Database, sally: int) -> None:
+    """psycopg prepares a statement run five times on a connection; PostgreSQL would then
+    plan every search alike (the trigram index, which reads all of itself for two
+    characters). The search asks for a plan of its own each time."""
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    with database.sessions() as s:
+        s.execute(text("DEALLOCATE ALL"))
+        for q in ["hello"] * 12 + ["zz", "example"]:
+            mail_page(s, sally, q=q)
+            s.commit()
+        plans = s.execute(
+            text(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%FROM messages_search_text%'"
+            )
+        ).one()
+        assert mail_page(s, sally, q="zz").items == []
+    assert plans.generic_plans == 0
+    assert plans.custom_plans > 5  # prepared, and planned anew each time
