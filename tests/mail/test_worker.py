@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from mailbeacon.db import Database
@@ -249,18 +249,8 @@ async def test_a_claim_takes_at_most_its_limit(database: Database, runtime: Runt
     assert all(c.attempts == 1 for c in by_address.values() if c.claimed_by)
 
 
-async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
-    database: Database, runtime: Runtime, sink: SmtpPeer, tmp_path: Path
-) -> None:
-    handler: SinkHandler = sink.handler
-    handler.stall = True
-    message_id = plan_send(
-        database,
-        runtime,
-        sink.port,
-        to=["ann@example.org"],
-        bcc=["bob@example.org", "carl@example.org"],
-    )
+async def kill_worker_process_when_stalled(runtime: Runtime, handler: SinkHandler) -> None:
+    """Run `mailbeacon worker` (one lane) until the sink stalls a DATA, then SIGKILL it."""
     env = dict(
         os.environ,
         MAILBEACON_DATABASE_URL=runtime.database.url,
@@ -285,6 +275,21 @@ async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
+
+
+async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
+    database: Database, runtime: Runtime, sink: SmtpPeer, tmp_path: Path
+) -> None:
+    handler: SinkHandler = sink.handler
+    handler.stall = True
+    message_id = plan_send(
+        database,
+        runtime,
+        sink.port,
+        to=["ann@example.org"],
+        bcc=["bob@example.org", "carl@example.org"],
+    )
+    await kill_worker_process_when_stalled(runtime, handler)
     assert [r.rcpt_tos for r in handler.accepted] == [["ann@example.org"]]
     assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENDING
 
@@ -310,6 +315,116 @@ async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
     assert await runtime.make_outbox_worker().run_once() == 0
     with database.sessions() as s:
         assert s.scalars(select(OutboxEntry.completed_at)).one() is not None
+
+
+async def test_a_worker_killed_mid_send_of_a_reserved_copy_sends_nothing_twice(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite the worker reserves bob and carl with ann's claim, then starts bob
+    # and settles ann in a commit that does not wait for the disk; killed while bob's
+    # DATA is unanswered, it leaves ann sent, bob in doubt and carl still reserved.
+    handler: SinkHandler = sink.handler
+    answer = handler.handle_DATA
+
+    async def stall_bob(server: Any, session: Any, envelope: Any) -> str:
+        handler.stall = envelope.rcpt_tos == ["bob@example.org"]
+        return await answer(server, session, envelope)
+
+    monkeypatch.setattr(handler, "handle_DATA", stall_bob)
+    message_id = plan_send(
+        database,
+        runtime,
+        sink.port,
+        to=["ann@example.org"],
+        bcc=["bob@example.org", "carl@example.org"],
+    )
+    await kill_worker_process_when_stalled(runtime, handler)
+    by_address = copies(database, message_id)
+    assert by_address["ann@example.org"].status == CopyStatus.SENT
+    assert by_address["bob@example.org"].status == CopyStatus.SENDING
+    carl = by_address["carl@example.org"]
+    assert carl.status == CopyStatus.QUEUED and carl.attempts == 0
+    assert (carl.claimed_by is not None) == database.is_sqlite
+
+    handler.stall = False
+    monkeypatch.setattr(handler, "handle_DATA", answer)
+    worker = runtime.make_outbox_worker()
+    for _ in range(100):
+        if await worker.recover_orphans():
+            break
+        await asyncio.sleep(0.05)
+    assert await worker.run_once() == 1
+
+    by_address = copies(database, message_id)
+    assert by_address["ann@example.org"].status == CopyStatus.SENT
+    assert by_address["bob@example.org"].status == CopyStatus.UNKNOWN
+    assert by_address["carl@example.org"].status == CopyStatus.SENT
+    assert by_address["carl@example.org"].attempts == 1
+    counts = Counter(r for rec in handler.accepted for r in rec.rcpt_tos)
+    assert counts == {"ann@example.org": 1, "bob@example.org": 1, "carl@example.org": 1}
+    assert await runtime.make_outbox_worker().run_once() == 0
+
+
+@pytest.mark.parametrize("died_in", ["this boot", "another boot", "unrecorded"])
+async def test_reservations_of_a_dead_worker_go_back_only_if_no_commit_was_lost(
+    database: Database, runtime: Runtime, sink: SmtpPeer, died_in: str
+) -> None:
+    # A reservation's start may have been committed without waiting for the disk
+    # (SQLite). Only a worker known to have died in this boot of the machine lost
+    # no commit; on PostgreSQL no worker is vouched for, and nothing is reserved.
+    from mailbeacon.kit.clock import utcnow
+    from mailbeacon.mail.tasks import Presence, machine_boot_id
+
+    message_id = plan_send(
+        database, runtime, sink.port, to=["ann@example.org"], bcc=["bob@example.org"]
+    )
+    with database.unit_of_work() as s:
+        s.execute(
+            update(RecipientCopy)
+            .where(RecipientCopy.message_id == message_id)
+            .values(claimed_by="gone:1:abcd", claimed_at=utcnow())
+        )
+    lock = Presence(database, "gone:1:abcd")
+    if died_in != "unrecorded" and lock._dir is not None:
+        lock._dir.mkdir(parents=True, exist_ok=True)
+        boot = machine_boot_id() if died_in == "this boot" else b"another-boot"
+        lock._lock_path("gone:1:abcd").write_bytes(boot or b"")
+    worker = runtime.make_outbox_worker()
+    back = database.is_sqlite and died_in == "this boot" and machine_boot_id() is not None
+    assert await worker.recover_orphans() == (0 if back else 2)
+    assert await worker.run_once() == (2 if back else 0)
+    statuses = {c.status for c in copies(database, message_id).values()}
+    assert statuses == {CopyStatus.SENT if back else CopyStatus.UNKNOWN}
+    assert len(sink.handler.accepted) == (2 if back else 0)
+
+
+async def test_stopping_gives_back_reserved_copies_untried(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailbeacon.mail.tasks as tasks
+
+    monkeypatch.setattr(tasks, "STOP_GRACE_SECONDS", 0.2)
+    handler: SinkHandler = sink.handler
+    handler.stall = True
+    message_id = plan_send(
+        database,
+        runtime,
+        sink.port,
+        to=["ann@example.org"],
+        bcc=["bob@example.org", "carl@example.org"],
+    )
+    worker = runtime.make_outbox_worker(poll_seconds=0.05, concurrency=1)
+    await worker.start()
+    await asyncio.wait_for(handler.stalled.wait(), 10)
+    await worker.stop()
+    by_address = copies(database, message_id)
+    assert by_address["ann@example.org"].status == CopyStatus.UNKNOWN
+    for address in ("bob@example.org", "carl@example.org"):
+        copy = by_address[address]
+        assert (copy.status, copy.claimed_by, copy.attempts) == (CopyStatus.QUEUED, None, 0)
+    handler.stall = False
+    handler.release.set()
+    assert await runtime.make_outbox_worker().run_once() == 2
 
 
 async def test_a_live_worker_is_not_declared_dead(

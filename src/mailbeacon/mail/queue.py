@@ -6,6 +6,13 @@ disjoint sets without waiting on each other. On SQLite the claim runs in a
 transaction begun ``IMMEDIATE``, which holds the database's single write lock
 from the start, and the ``UPDATE`` re-checks ``status = 'queued'``; no other
 writer can slip in between choosing and claiming.
+
+A copy may also be *reserved*: still ``queued``, but with ``claimed_by`` set, so
+no other worker claims it. Reserving commits durably; starting a reserved copy
+(``queued`` -> ``sending``, ``attempts + 1``) need not wait for the disk, because
+a reserved copy whose owner died is put back in the queue only when its owner's
+unflushed commits cannot have been lost (see ``tasks.Presence``), and becomes
+``unknown`` otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from sqlalchemy import (
     CursorResult,
     Table,
     TextClause,
+    and_,
     bindparam,
     exists,
     func,
@@ -33,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.mail import attachments
@@ -112,6 +121,20 @@ class Settlement:
     reply: str
     next_attempt_at: datetime | None = None
     release: bool = False  # never tried (worker stopping): give the attempt back
+    # False for a reserved copy never started: it only goes back to the queue.
+    started: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What one round of the worker got: copies claimed to send now, which of the
+    reserved copies it asked to start did start, copies reserved for later, and the
+    send context of each message new to the pass."""
+
+    claimed: list[ClaimedCopy]
+    started: set[int]
+    reserved: list[ClaimedCopy]
+    contexts: dict[int, SendContext]
 
 
 # ------------------------------------------------------------------ the send path
@@ -126,18 +149,46 @@ class Settlement:
 
 # Served in due order, which the (status, next_attempt_at) index yields as it is:
 # no sort of the whole queue per claim. Planning sets next_attempt_at, so new copies
-# queue in the order they were planned.
+# queue in the order they were planned. The re-checks outside the subquery are
+# written `+status` so that SQLite finds the rows to update by id, not by walking
+# every queued copy in the index (a unary plus keeps a column off its indexes).
 _CLAIM_SQLITE = (
     "UPDATE recipient_copies"
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
     " attempts = attempts + 1"
     " WHERE id IN (SELECT id FROM recipient_copies"
-    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+    " WHERE status = 'queued' AND claimed_by IS NULL"
+    " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
     " ORDER BY next_attempt_at LIMIT :limit)"
-    " AND status = 'queued'"
+    " AND +status = 'queued' AND +claimed_by IS NULL"
     " RETURNING id, message_id, address, html_body, text_body, attempts"
 )
-# A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
+# Reserved copies come back with the attempt that starting them will count.
+_RESERVE_SQLITE = (
+    "UPDATE recipient_copies SET claimed_by = :worker, claimed_at = :now"
+    " WHERE id IN (SELECT id FROM recipient_copies"
+    " WHERE status = 'queued' AND claimed_by IS NULL"
+    " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+    " ORDER BY next_attempt_at LIMIT :limit)"
+    " AND +status = 'queued' AND +claimed_by IS NULL"
+    " RETURNING id, message_id, address, html_body, text_body, attempts + 1"
+)
+# A reserved copy found already `sending` under this worker was started by a round
+# whose answer was lost (the lane never began it): it starts now, counted once.
+_START_SQLITE = (
+    "UPDATE recipient_copies SET status = 'sending', claimed_at = :now,"
+    " attempts = attempts + (status = 'queued')"
+    " WHERE id IN ({ids}) AND claimed_by = :worker AND status IN ('queued', 'sending')"
+    " RETURNING id"
+)
+_UNRESERVE = (
+    "UPDATE recipient_copies SET claimed_by = NULL, claimed_at = NULL"
+    " WHERE id = :copy_id AND claimed_by = :worker AND status = 'queued'"
+)
+# PostgreSQL workers never reserve (see ``SendQueue.round``), so their claims need
+# not skip reserved copies; asked to, the planner misjudges how many queued copies
+# have no ``claimed_by`` and sorts the whole queue instead of reading the index in
+# order. A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
 # rescan the subquery, and each rescan skips the rows the earlier ones locked: the
 # UPDATE would then claim more rows than the LIMIT.
 _CLAIM_POSTGRESQL = (
@@ -224,6 +275,7 @@ _STATEMENTS = {
     "started": _MESSAGE_STARTED,
     "context": _CONTEXT,
     "round": _ROUND_POSTGRESQL,
+    "unreserve": _UNRESERVE,
 }
 _TYPED = {"now": _TS, "next": _TS}
 
@@ -240,11 +292,24 @@ _SQL = {name: _statement(sql) for name, sql in _STATEMENTS.items()}
 
 
 class SendQueue:
-    """The claim and settle statements of one worker, on one dedicated connection."""
+    """The claim and settle statements of one worker, on one dedicated connection.
+
+    On SQLite the send path's statements go straight to sqlite3's connection, inside
+    the transaction SQLAlchemy began: SQLAlchemy's execution layer costs several times
+    the Python time of the SQL itself, time taken from the event loop (the worker's
+    database thread holds the GIL meanwhile), and sqlite3 keeps each statement
+    prepared. PostgreSQL's round is one statement whose time is the server's commit;
+    it stays on SQLAlchemy, whose error handling keeps values out of the server's
+    error text (``db._redact_server_detail``).
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._sqlite = conn.dialect.name == "sqlite"
+        dialect = conn.dialect
+        self._sqlite = dialect.name == "sqlite"
+        self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+        # Timestamps as the ORM writes them (on SQLite, its text format).
+        self._bind_ts = _TS.dialect_impl(dialect).bind_processor(dialect) or as_utc
 
     def round(
         self,
@@ -255,28 +320,77 @@ class SendQueue:
         *,
         messages_started: set[int],
         known_messages: Container[int],
-    ) -> tuple[list[ClaimedCopy], dict[int, SendContext]]:
-        """Settle finished copies and claim up to ``limit`` more, in one transaction.
+        start: Sequence[int] = (),
+        reserve: int = 0,
+    ) -> Round:
+        """Settle finished copies, start reserved ones (``start``), claim up to ``limit``
+        more and reserve up to ``reserve`` more, in one transaction.
 
-        Also returns the send context of each claimed copy's message not in
-        ``known_messages``. On SQLite the transaction begins with the write lock
-        (the connection's ``sqlite_immediate`` option); on PostgreSQL the round is
-        one statement, run in autocommit.
+        Also returns the send context of each claimed or reserved copy's message not in
+        ``known_messages``. On SQLite the transaction begins with the write lock (the
+        connection's ``sqlite_immediate`` option) and waits for the disk only if it
+        claims or reserves: outcomes and starts can be lost only with the machine,
+        which ``tasks.Presence`` tells the recovering worker. On PostgreSQL the round
+        is one statement, run in autocommit, always durable; it neither starts nor
+        reserves (the server's crash cannot be told apart from a worker's without a
+        table that a crash empties).
         """
         # Copies are settled in id order, the order the hit pipeline locks them in:
         # two transactions that take row locks in one order cannot deadlock.
         settlements = sorted(settlements, key=lambda s: s.copy_id)
-        with self.conn.begin():
-            if self._sqlite:
-                self._settle(worker_id, now, settlements, messages_started)
-                claimed = self._claim(worker_id, now, limit)
-            else:
+        if not self._sqlite:
+            assert not start and not reserve, "PostgreSQL rounds neither start nor reserve"
+            with self.conn.begin():
+                unstarted = [s for s in settlements if not s.started]
+                if unstarted:
+                    self._settle(worker_id, now, unstarted, messages_started)
                 claimed = self._round_postgresql(
-                    worker_id, now, settlements, limit, messages_started
+                    worker_id, now, [s for s in settlements if s.started], limit, messages_started
                 )
-            missing = {c.message_id for c in claimed if c.message_id not in known_messages}
-            contexts = self.contexts(missing)
-        return claimed, contexts
+                contexts = self._contexts_for(claimed, known_messages)
+            return Round(claimed, set(), [], contexts)
+        raw = self._driver()
+        durable = limit > 0 or reserve > 0
+        try:
+            if not durable:
+                # WAL without a sync at commit: lost only if the machine stops.
+                self._run(raw, "PRAGMA synchronous=NORMAL")
+            with self.conn.begin():
+                self._settle(worker_id, now, settlements, messages_started)
+                started = self._start(raw, worker_id, now, start)
+                claimed = self._claim(worker_id, now, limit)
+                reserved = self._reserve(raw, worker_id, now, reserve)
+                contexts = self._contexts_for([*claimed, *reserved], known_messages)
+        finally:
+            if not durable:
+                self._run(raw, "PRAGMA synchronous=FULL")
+        return Round(claimed, started, reserved, contexts)
+
+    def _contexts_for(
+        self, copies: Iterable[ClaimedCopy], known_messages: Container[int]
+    ) -> dict[int, SendContext]:
+        missing = {c.message_id for c in copies if c.message_id not in known_messages}
+        return self.contexts(missing) if missing else {}
+
+    def _driver(self) -> Any:
+        """The driver's own connection under this SQLAlchemy connection."""
+        return self.conn.connection.driver_connection
+
+    def _run(self, raw: Any, sql: str, params: Any = None, *, many: bool = False) -> Any:
+        """Run one statement on the driver's connection; its errors as SQLAlchemy's."""
+        try:
+            if many:
+                return raw.executemany(sql, params)
+            return raw.execute(sql, params) if params is not None else raw.execute(sql)
+        except self._dbapi_error as exc:
+            raise DBAPIError.instance(
+                sql,
+                None,
+                exc,
+                self._dbapi_error,
+                hide_parameters=True,
+                dialect=self.conn.dialect,
+            ) from exc
 
     def _round_postgresql(
         self,
@@ -353,9 +467,30 @@ class SendQueue:
     def _claim(self, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
         if limit <= 0:
             return []
-        statement = _SQL["claim_sqlite" if self._sqlite else "claim_postgresql"]
-        rows = self.conn.execute(statement, {"worker": worker_id, "now": now, "limit": limit})
+        params = {"worker": worker_id, "now": now, "limit": limit}
+        if self._sqlite:
+            params["now"] = self._bind_ts(now)
+            rows = self._run(self._driver(), _CLAIM_SQLITE, params).fetchall()
+        else:
+            rows = self.conn.execute(_SQL["claim_postgresql"], params).all()
         return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
+
+    def _reserve(self, raw: Any, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
+        if limit <= 0:
+            return []
+        params = {"worker": worker_id, "now": self._bind_ts(now), "limit": limit}
+        rows = self._run(raw, _RESERVE_SQLITE, params).fetchall()
+        return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
+
+    def _start(self, raw: Any, worker_id: str, now: datetime, copy_ids: Sequence[int]) -> set[int]:
+        """Start reserved copies; return the ids of those still reserved by this worker
+        (all of them, unless a message was deleted meanwhile)."""
+        if not copy_ids:
+            return set()
+        params: dict[str, object] = {"worker": worker_id, "now": self._bind_ts(now)}
+        params.update({f"i{n}": copy_id for n, copy_id in enumerate(copy_ids)})
+        sql = _START_SQLITE.format(ids=", ".join(f":i{n}" for n in range(len(copy_ids))))
+        return {row[0] for row in self._run(raw, sql, params).fetchall()}
 
     def _settle(
         self,
@@ -370,38 +505,57 @@ class SendQueue:
         ``unknown`` while we were sending (our presence looked lost) still becomes
         ``sent`` when we know it was: the truth is better than the doubt.
         ``messages_started`` names the messages already dated, to spare the statement.
+        A reserved copy never started only goes back to the queue.
         """
         if not settlements:
             return
+        ts = self._bind_ts(now) if self._sqlite else now
         sent: list[dict[str, object]] = []
         ended: list[dict[str, object]] = []
         retry: list[dict[str, object]] = []
+        unreserve: list[dict[str, object]] = []
         for s in settlements:
             row: dict[str, object] = {
                 "copy_id": s.copy_id,
                 "worker": worker_id,
                 "reply": s.reply[:REPLY_MAX],
             }
-            if s.status == CopyStatus.SENT:
-                sent.append(row | {"now": now})
+            if not s.started:
+                unreserve.append({"copy_id": s.copy_id, "worker": worker_id})
+            elif s.status == CopyStatus.SENT:
+                sent.append(row | {"now": ts})
             elif s.status == CopyStatus.QUEUED:
-                retry.append(row | {"next": s.next_attempt_at or now, "giveback": int(s.release)})
+                next_at = s.next_attempt_at or now
+                retry.append(
+                    row
+                    | {
+                        "next": self._bind_ts(next_at) if self._sqlite else next_at,
+                        "giveback": int(s.release),
+                    }
+                )
             else:
                 ended.append(row | {"status": str(s.status)})
+        started: set[int] = set()
         if sent:
-            self.conn.execute(_SQL["sent"], sent)
             started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
             started -= messages_started or set()
-            if started:
-                self.conn.execute(
-                    _SQL["started"], [{"now": now, "message_id": m} for m in sorted(started)]
-                )
-                if messages_started is not None:
-                    messages_started.update(started)
-        if ended:
-            self.conn.execute(_SQL["ended"], ended)
-        if retry:
-            self.conn.execute(_SQL["retry"], retry)
+        batches = [
+            ("sent", sent),
+            ("started", [{"now": ts, "message_id": m} for m in sorted(started)]),
+            ("ended", ended),
+            ("retry", retry),
+            ("unreserve", unreserve),
+        ]
+        raw = self._driver() if self._sqlite else None
+        for name, params in batches:
+            if not params:
+                continue
+            if raw is not None:
+                self._run(raw, _STATEMENTS[name], params, many=True)
+            else:
+                self.conn.execute(_SQL[name], params)
+        if started and messages_started is not None:
+            messages_started.update(started)
 
 
 def _read_timestamp(value: object) -> datetime:
@@ -544,15 +698,20 @@ def queue_sent_folder_copies(conn: Connection, message_ids: Sequence[int], now: 
 
 
 def requeue_lost_claims(conn: Connection, worker_id: str, known: Collection[int]) -> int:
-    """Put back in the queue this worker's claims it never started; return how many.
+    """Put back in the queue this worker's claims and reservations it never started;
+    return how many.
 
-    ``known`` are the copies the worker has in flight or has finished: every other
-    copy in ``sending`` under its id was claimed by a round whose answer was lost,
-    so it never reached an SMTP server, and its attempt is given back.
+    ``known`` are the copies the worker has in flight, has finished or holds reserved:
+    every other copy in ``sending`` under its id was claimed by a round whose answer
+    was lost, so it never reached an SMTP server, and its attempt is given back; every
+    other copy it reserved is simply no longer reserved.
     """
-    stmt = (
+    mine = _copies.c.claimed_by == worker_id
+    if known:
+        mine = and_(mine, _copies.c.id.not_in(sorted(known)))
+    claims = (
         update(_copies)
-        .where(_copies.c.claimed_by == worker_id, _copies.c.status == CopyStatus.SENDING)
+        .where(mine, _copies.c.status == CopyStatus.SENDING)
         .values(
             status=CopyStatus.QUEUED,
             claimed_by=None,
@@ -560,21 +719,29 @@ def requeue_lost_claims(conn: Connection, worker_id: str, known: Collection[int]
             attempts=_copies.c.attempts - 1,
         )
     )
-    if known:
-        stmt = stmt.where(_copies.c.id.not_in(sorted(known)))
+    reservations = (
+        update(_copies)
+        .where(mine, _copies.c.status == CopyStatus.QUEUED)
+        .values(claimed_by=None, claimed_at=None)
+    )
     with conn.begin() if not conn.in_transaction() else contextlib.nullcontext():
-        result = conn.execute(stmt)
-    return cast(CursorResult[Any], result).rowcount
+        count = cast(CursorResult[Any], conn.execute(claims)).rowcount
+        count += cast(CursorResult[Any], conn.execute(reservations)).rowcount
+    return count
 
 
 def sending_workers(conn: Connection, exclude: str) -> list[str]:
-    """Ids of the workers that hold copies in ``sending``, other than ``exclude``."""
+    """Ids of the workers that hold copies in ``sending`` or reserved, other than ``exclude``."""
     return [
         w
         for (w,) in conn.execute(
             select(_copies.c.claimed_by)
             .distinct()
-            .where(_copies.c.status == CopyStatus.SENDING, _copies.c.claimed_by != exclude)
+            .where(
+                _copies.c.status.in_([CopyStatus.SENDING, CopyStatus.QUEUED]),
+                _copies.c.claimed_by.is_not(None),
+                _copies.c.claimed_by != exclude,
+            )
         )
         if w
     ]
@@ -587,19 +754,43 @@ def mark_orphans_unknown(
     now: datetime,
     reply: str,
     observers: Sequence[DeliveryObserver] = (),
+    commits_survived: Collection[str] = (),
 ) -> int:
-    """Copies in ``sending`` of dead workers, or claimed before the cutoff, become unknown."""
+    """Copies in ``sending`` of dead workers, or claimed before the cutoff, become unknown;
+    return how many.
+
+    A dead worker's reserved copies go back to the queue if it is one of
+    ``commits_survived`` (none of its commits can have been lost, so a copy it started
+    is no longer reserved); otherwise they may have been started by a commit the crash
+    took, and become unknown too.
+    """
     orphan = _copies.c.claimed_at < lease_cutoff
     if dead_workers:
         orphan = or_(orphan, _copies.c.claimed_by.in_(list(dead_workers)))
-    rows = conn.execute(
+    marked = conn.execute(
         update(_copies)
         .where(_copies.c.status == CopyStatus.SENDING, orphan)
         .values(status=CopyStatus.UNKNOWN, smtp_reply=reply[:REPLY_MAX])
-        .returning(_copies.c.message_id)
-    ).all()
+    )
+    count = cast(CursorResult[Any], marked).rowcount
+    survived = [w for w in dead_workers if w in commits_survived]
+    doubtful = [w for w in dead_workers if w not in commits_survived]
+    reserved = _copies.c.status == CopyStatus.QUEUED
+    if survived:
+        conn.execute(
+            update(_copies)
+            .where(reserved, _copies.c.claimed_by.in_(survived))
+            .values(claimed_by=None, claimed_at=None)
+        )
+    if doubtful:
+        marked = conn.execute(
+            update(_copies)
+            .where(reserved, _copies.c.claimed_by.in_(doubtful))
+            .values(status=CopyStatus.UNKNOWN, smtp_reply=reply[:REPLY_MAX])
+        )
+        count += cast(CursorResult[Any], marked).rowcount
     complete_outbox_entries(conn, None, now, observers)
-    return len(rows)
+    return count
 
 
 def presence_lock_key(worker_id: str) -> int:

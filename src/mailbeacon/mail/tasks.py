@@ -8,13 +8,29 @@ without the user's say (``MessageService.retry_unknown``). That is how "at most
 once per recipient per send request" survives a crash.
 
 A worker keeps up to ``SEND_CONCURRENCY`` SMTP transactions (lanes) going. A
-copy is claimed only for a lane that starts its transaction right away, never
-ahead, so after a crash exactly the copies that were in flight become
-``unknown``. The outcomes of the lanes that finished and the claims for them
-share one transaction (one commit, one fsync); lanes that finish while it is
-being written share the next: a group commit that grows by itself when commits
-are slow. When the send fails with a connection lost after DATA, the worker
-itself marks the copy ``unknown`` for the same reason (see ``mailer``).
+copy is marked ``sending`` only for a lane that starts its transaction right
+away, never ahead, so after a crash of the worker exactly the copies that were
+in flight become ``unknown``. The outcomes of the lanes that finished and the
+starts for them share one transaction; lanes that finish while it is being
+written share the next: a group commit that grows by itself when commits are
+slow. When the send fails with a connection lost after DATA, the worker itself
+marks the copy ``unknown`` for the same reason (see ``mailer``).
+
+**Not waiting for the disk per copy (SQLite).** A commit that waits for its
+fsync costs about as long as an SMTP transaction to a nearby server, and one
+stands between any two copies of a lane. So a worker on SQLite *reserves* the
+next few copies ahead (``queue``: still ``queued``, but its own), in a commit
+that waits for the disk; starting a reserved copy, and writing outcomes, then
+commit without waiting (WAL, ``synchronous=NORMAL``). Such a commit is lost only
+if the machine stops, never with the worker's process. A worker's presence file
+records the machine's boot, so the worker that finds a dead one's reservations
+knows which case it is: same boot, nothing was lost, and a copy still reserved
+was never started, so it goes back to the queue; another boot (or no record),
+and it may have been started by a commit the crash took, so it becomes
+``unknown``. Either way no copy is sent twice. A lost outcome leaves its copy in
+``sending``, which turns ``unknown`` in the same way. On PostgreSQL the server
+can restart on its own, which a worker cannot tell apart without a table that
+a crash empties, so every round there waits for the server's commit.
 
 **Telling a dead worker from a live one.** Every worker holds a lock for as long
 as its process lives: on PostgreSQL a session-level advisory lock keyed by its
@@ -37,6 +53,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -58,7 +75,7 @@ from mailbeacon.mail import queue as send_queue
 from mailbeacon.mail.events import DeliveryObserver, MessageDelivered
 from mailbeacon.mail.mailer import Delivery, Mailer, Outcome, SmtpMailer, SmtpSettings
 from mailbeacon.mail.mime import CopyTemplate, MalformedHeaders, VisibleHeaders
-from mailbeacon.mail.queue import ClaimedCopy, SendContext, Settlement
+from mailbeacon.mail.queue import ClaimedCopy, Round, SendContext, Settlement
 from mailbeacon.models import CopyStatus, Security
 
 log = logging.getLogger(__name__)
@@ -66,6 +83,10 @@ log = logging.getLogger(__name__)
 RECOVER_EVERY_SECONDS = 60.0
 IDLE_CONNECTION_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
+# Copies reserved ahead per lane, each time the reserve runs low (SQLite): a commit
+# that waits for the disk for every so many copies, and as many copies that turn
+# unknown, not queued, if the machine itself stops mid-send.
+RESERVE_PER_LANE = 4
 BACKOFF_CAP_SECONDS = 3600.0
 ORPHAN_REPLY = (
     "the worker sending this copy stopped during the SMTP transaction; the server may or "
@@ -79,11 +100,25 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def machine_boot_id() -> bytes | None:
+    """This boot of the machine (Linux gives each boot a random id); None where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
 # ------------------------------------------------------------------ presence
 
 
 class Presence:
-    """Holds "worker X is alive" for this process, and probes it for others."""
+    """Holds "worker X is alive" for this process, and probes it for others.
+
+    On SQLite the lock file also holds the machine's boot id, so that a worker found
+    dead can be known to have died in this boot: then none of its commits were lost
+    (``commits_survived``), even those that did not wait for the disk.
+    """
 
     def __init__(self, database: Database, worker_id: str) -> None:
         self.database = database
@@ -92,6 +127,14 @@ class Presence:
         self._file: IO[bytes] | None = None
         path = make_url(database.url).database if database.is_sqlite else None
         self._dir = Path(f"{path}.workers") if path and path != ":memory:" else None
+        self._boot = machine_boot_id() if self._dir is not None else None
+        # Dead workers (probed by is_alive) that lived in this boot of the machine.
+        self.commits_survived: set[str] = set()
+
+    @property
+    def vouches_for_commits(self) -> bool:
+        """Whether a dead worker's unsynced commits can be vouched for (see the class)."""
+        return self._boot is not None
 
     def _lock_path(self, worker_id: str) -> Path:
         assert self._dir is not None
@@ -104,8 +147,17 @@ class Presence:
             import fcntl
 
             self._dir.mkdir(parents=True, exist_ok=True)
-            fh = open(self._lock_path(self.worker_id), "ab")  # noqa: SIM115 (held for life)
+            fh = open(self._lock_path(self.worker_id), "a+b")  # noqa: SIM115 (held for life)
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # An earlier process with this (configured) id left the file: it is dead,
+            # and its copies are judged by the boot it lived in (see _recover_orphans).
+            fh.seek(0)
+            if self._boot is not None and fh.read() == self._boot:
+                self.commits_survived.add(self.worker_id)
+            fh.truncate(0)
+            if self._boot is not None:
+                fh.write(self._boot)
+                fh.flush()
             self._file = fh
         else:
             if self._pg is not None:
@@ -165,6 +217,8 @@ class Presence:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return True
+            if self._boot is not None and fh.read() == self._boot:
+                self.commits_survived.add(worker_id)
             with contextlib.suppress(OSError):
                 path.unlink()
             return False
@@ -271,6 +325,9 @@ class OutboxWorker:
         self.server_policy = mail_server_policy(settings)
         self.demo_policy = mail_server_policy(settings, demo=True)
         self.presence = Presence(database, self.worker_id)
+        self.reserve_ahead = (
+            RESERVE_PER_LANE * self.concurrency if self.presence.vouches_for_commits else 0
+        )
         self.pool = MailerPool(mailer_factory)
         self._credentials = credentials
         self._plans: dict[int, _Plan] = {}
@@ -279,9 +336,10 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        # Copies this worker claimed and knows of: in flight, or finished and not
-        # yet settled. Any other copy in `sending` under its id is a lost claim.
+        # Copies this worker claimed and knows of: reserved, in flight, or finished and
+        # not yet settled. Any other copy under its id is a lost claim.
         self._held: set[int] = set()
+        self._reserved: deque[ClaimedCopy] = deque()  # reserved, not started, in order
         self._claims_in_doubt = False
         self._abandoned: list[Settlement] = []
         self._queue: send_queue.SendQueue | None = None  # the pass's connection
@@ -389,14 +447,27 @@ class OutboxWorker:
         in_flight: dict[asyncio.Task[Settlement], ClaimedCopy] = {}
         # Outcomes an earlier pass could not write (database away) go first.
         finished, self._abandoned = self._abandoned, []
+        reserved = self._reserved
         requeued = False
+        dry = False  # the last reservation found fewer due copies than it asked for
         try:
             while True:
-                want = 0 if self._stopping else self.concurrency - len(in_flight)
-                if finished or want > 0:
+                if self._stopping and reserved:
+                    finished.extend(_unreserved(c) for c in reserved)
+                    reserved.clear()
+                free = 0 if self._stopping else self.concurrency - len(in_flight)
+                start = [reserved.popleft() for _ in range(min(free, len(reserved)))]
+                want = free - len(start)
+                reserve = 0
+                if not (self._stopping or dry) and len(reserved) < self.concurrency:
+                    reserve = self.reserve_ahead
+                if finished or start or want > 0 or reserve:
                     try:
-                        claimed = await asyncio.to_thread(self._settle_and_claim, finished, want)
+                        got = await asyncio.to_thread(
+                            self._settle_and_claim, finished, want, start, reserve
+                        )
                     except SQLAlchemyError:
+                        reserved.extendleft(reversed(start))
                         # The outcomes stay in memory and are written when the database
                         # answers again (by this pass, or the next one); nothing new is
                         # claimed meanwhile.
@@ -404,19 +475,24 @@ class OutboxWorker:
                             raise
                         log.exception("outbox worker cannot reach the database")
                         await asyncio.sleep(min(self.poll_seconds, 1.0))
-                        claimed = []
+                        claimed: list[ClaimedCopy] = []
                     else:
                         handled += len(finished)
                         _count_outcomes(finished)
                         # A copy put back in the queue is claimable only from the next
                         # round on (on PostgreSQL a round is one statement, one snapshot).
-                        requeued = any(s.status == CopyStatus.QUEUED for s in finished)
+                        requeued = any(
+                            s.status == CopyStatus.QUEUED and s.started for s in finished
+                        )
                         finished = []
+                        claimed = [c for c in start if c.id in got.started] + got.claimed
+                        reserved.extend(got.reserved)
+                        dry = dry or len(got.reserved) < reserve
                     for copy in claimed:
                         task = asyncio.create_task(self._deliver(copy))
                         in_flight[task] = copy
                 if not in_flight:
-                    if not finished and not (requeued and want > 0):
+                    if not finished and not reserved and not (requeued and want > 0):
                         return handled
                     requeued = False
                     continue
@@ -431,6 +507,8 @@ class OutboxWorker:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
             self._abandoned.extend(finished)
+            self._abandoned.extend(_unreserved(c) for c in reserved)
+            reserved.clear()
             raise
 
     async def _deliver(self, copy: ClaimedCopy) -> Settlement:
@@ -520,8 +598,15 @@ class OutboxWorker:
         with self.database.engine.connect() as conn:
             return send_queue.has_due_copies(conn, utcnow())
 
-    def _settle_and_claim(self, settlements: list[Settlement], want: int) -> list[ClaimedCopy]:
-        """One transaction: the outcomes of finished copies, and claims for the free lanes."""
+    def _settle_and_claim(
+        self,
+        settlements: list[Settlement],
+        want: int,
+        start: Sequence[ClaimedCopy] = (),
+        reserve: int = 0,
+    ) -> Round:
+        """One transaction: the outcomes of finished copies, starts and claims for the
+        free lanes, and reservations for the lanes' next copies."""
         # One connection for the whole pass: no pool checkout (nor PostgreSQL's
         # pre-ping) per round.
         if self._queue is None:
@@ -547,13 +632,15 @@ class OutboxWorker:
                 raise
             self._claims_in_doubt = False
         try:
-            claimed, contexts = queue.round(
+            got = queue.round(
                 self.worker_id,
                 utcnow(),
                 settlements,
                 want,
                 messages_started=self._started,
                 known_messages=self._plans,
+                start=[c.id for c in start],
+                reserve=reserve,
             )
         except SQLAlchemyError:
             self._claims_in_doubt = True
@@ -563,11 +650,14 @@ class OutboxWorker:
             queue.conn.close()
             raise
         self._held.difference_update(s.copy_id for s in settlements)
-        self._held.update(c.id for c in claimed)
+        # A reserved copy that did not start is gone (its message was deleted).
+        self._held.difference_update(c.id for c in start if c.id not in got.started)
+        self._held.update(c.id for c in got.claimed)
+        self._held.update(c.id for c in got.reserved)
         self._touched.update(s.message_id for s in settlements)
-        for message_id, context in contexts.items():
+        for message_id, context in got.contexts.items():
             self._plans[message_id] = self._plan(context)
-        return claimed
+        return got
 
     def _end_pass(self, touched: set[int]) -> None:
         """Close the send requests the pass finished, and give the connection back; once
@@ -622,6 +712,7 @@ class OutboxWorker:
                 now,
                 ORPHAN_REPLY,
                 self.delivery_observers,
+                commits_survived=self.presence.commits_survived,
             )
         self._recovered_own = True
         if count:
@@ -635,6 +726,11 @@ _OUTCOMES = {
     CopyStatus.UNKNOWN: "unknown",
     CopyStatus.QUEUED: "retry",
 }
+
+
+def _unreserved(copy: ClaimedCopy) -> Settlement:
+    """A reserved copy the worker gives back unstarted (stopping, or the pass failed)."""
+    return Settlement(copy.id, copy.message_id, CopyStatus.QUEUED, "", release=True, started=False)
 
 
 def _count_outcomes(settlements: Sequence[Settlement]) -> None:
