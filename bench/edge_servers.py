@@ -103,6 +103,12 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=5000, help="distinct recipient copies hit")
     parser.add_argument("--database-url", default="", help="default: embedded SQLite")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument(
+        "--consumer",
+        choices=("thread", "after"),
+        default="thread",
+        help="the journal consumer in the server (as serve runs it), or after each load",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -125,6 +131,7 @@ def main() -> int:
         args.copies,
         MAILBEACON_DEMO_SMTP_PORT="0",
         MAILBEACON_MIGRATE_ON_START="false",
+        MAILBEACON_RUN_INGEST="true" if args.consumer == "thread" else "false",
     )
     from mailbeacon.tracking.edge import PIXEL_GIF
     from mailbeacon.tracking.repository import count_events
@@ -151,7 +158,8 @@ def main() -> int:
     lost_total = 0
     print(
         f"backend: {runtime.database.engine.dialect.name}; {args.connections} connections; "
-        f"{args.seconds}s per load; server on CPU {server_cpu}, wrk on CPU {wrk_cpu}",
+        f"{args.seconds}s per load; server on CPU {server_cpu}, wrk on CPU {wrk_cpu}; "
+        f"consumer: {args.consumer}",
         flush=True,
     )
     for round_no in range(args.rounds):
@@ -159,7 +167,9 @@ def main() -> int:
         for name in order:
             port = free_port()
             if name == "nginx":
-                (nginx_dir / "nginx.conf").write_text(NGINX_CONF % {"dir": nginx_dir, "port": port})
+                (nginx_dir / "nginx.conf").write_text(
+                    NGINX_CONF % {"dir": nginx_dir, "port": port, "workers": 1}
+                )
             with runtime.database.engine.connect() as conn:
                 before = count_events(conn)
             proc = subprocess.Popen(
@@ -188,6 +198,10 @@ def main() -> int:
                 proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGINT)
                 proc.wait(timeout=120)
             if name != "nginx":
+                if args.consumer == "after":
+                    subprocess.run(
+                        [str(BIN / "mailbeacon"), "ingest", "--once"], cwd=ROOT, check=True
+                    )
                 with runtime.database.engine.connect() as conn:
                     stored = count_events(conn) - before
                 lost = max(0, answered - stored)

@@ -46,12 +46,21 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[in
 
 @contextmanager
 def serving(
-    env: dict[str, str], port: int, *, timeout: float = 30
+    env: dict[str, str], port: int, *, timeout: float = 30, server: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`mailbeacon serve` until the block ends; up once /healthz answers."""
+    """`mailbeacon serve` until the block ends; up once /healthz answers. ``server``: the
+    HTTP server, else the one the environment's MAILBEACON_SERVER (or the default) names."""
     log = open(Path(env["MAILBEACON_DATA_DIR"]).parent / f"serve-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(BIN), "serve", "--port", str(port), "--log-level", "warning"],
+        [
+            str(BIN),
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *(["--server", server] if server else []),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -60,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # /metrics in any worker adds up the counts of all of them.
         share_between_processes(settings.DATA_DIR / "metrics")
+    if (args.server or settings.SERVER) == "granian":
+        _serve_granian(args, host, port)
+        return 0
     uvicorn.run(
         "mailbeacon.asgi:app_factory",
         factory=True,
@@ -73,6 +76,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         date_header=False,
     )
     return 0
+
+
+def _serve_granian(args: argparse.Namespace, host: str, port: int) -> None:
+    """The same application under granian: its HTTP handling runs in Rust, outside the
+    interpreter lock (bench/edge.py and bench/edge_servers.py measure the two)."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+
+    Granian(
+        "mailbeacon.asgi:app_factory",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=args.workers,
+        loop=Loops.uvloop,
+        log_level=LogLevels("debug" if args.log_level == "trace" else args.log_level),
+        log_access=args.access_log,
+    ).serve()
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -549,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action="store_true")
+    p.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        help="the HTTP server (default: $MAILBEACON_SERVER or uvicorn)",
+    )
     p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database first")
     p.set_defaults(func=cmd_serve)
 

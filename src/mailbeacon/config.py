@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     BASE_URL: str = "http://127.0.0.1:8000"
     HOST: str = "127.0.0.1"
     PORT: int = 8000
+    # The HTTP server of `serve` (its --server): granian handles HTTP in Rust, outside
+    # the interpreter lock; bench/edge.py measures both beside nginx.
+    SERVER: Literal["uvicorn", "granian"] = "uvicorn"
     # `serve` applies the migrations when it starts (and again when a database that
     # was away comes back). Off: the operator runs `mailbeacon db upgrade`.
     MIGRATE_ON_START: bool = True

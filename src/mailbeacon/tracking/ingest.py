@@ -157,7 +157,10 @@ class Ingest:
         if writer is None:
             raise RuntimeError("ingest is not running")
         await writer.append(hit)
-        self._wake.set()
+        # Event.set takes a lock and notifies on every call: only the first hit of a
+        # pass needs to wake the consumer.
+        if not self._wake.is_set():
+            self._wake.set()
 
     async def settle(self, wait_seconds: float = 30.0) -> bool:
         """Wait until the consumer has stored every hit acknowledged before this call.
