@@ -14,8 +14,7 @@ import argparse
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import uvicorn
-
+from mailbeacon.cli import run_server
 from mailbeacon.tracking.edge import PIXEL_GIF
 
 _PIXEL = [
@@ -38,6 +37,12 @@ async def app(
     receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
     send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
 ) -> None:
+    if scope["type"] == "lifespan":
+        # Nothing to start; answered so that either server runs the app the same way.
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
     if scope["type"] != "http":
         return
     if scope["path"].startswith("/t/c/"):
@@ -54,34 +59,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
     args = parser.parse_args()
-    if args.server == "granian":
-        from granian import Granian
-        from granian.constants import Interfaces, Loops
-        from granian.log import LogLevels
-
-        # The settings cli._serve_granian passes.
-        Granian(
-            "bare_edge:app",
-            address="127.0.0.1",
-            port=args.port,
-            interface=Interfaces.ASGI,
-            workers=args.workers,
-            loop=Loops.uvloop,
-            log_level=LogLevels.warning,
-        ).serve()
-        return
-    # The settings cmd_serve passes to uvicorn.
-    uvicorn.run(
+    run_server(
+        args.server,
         "bare_edge:app",
         host="127.0.0.1",
         port=args.port,
         workers=args.workers,
         log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        lifespan="off",
+        factory=False,
     )
 
 

@@ -215,6 +215,22 @@ def fdatasync_ms(folder: Path, rounds: int = 200) -> tuple[float, float]:
     return times[len(times) // 2], times[int(len(times) * 0.99)]
 
 
+def nginx_command(work: Path, port: int, workers: int) -> list[str]:
+    """nginx serving the edge's two answers on ``port`` (its folder in ``work``)."""
+    from mailbeacon.tracking.edge import PIXEL_GIF
+
+    folder = work / "nginx"
+    if not folder.exists():
+        folder.mkdir()
+        # nginx's worker drops to an unprivileged user when started as root.
+        work.chmod(0o755)
+        folder.chmod(0o755)
+        (folder / "pixel.gif").write_bytes(PIXEL_GIF)
+    conf = folder / "nginx.conf"
+    conf.write_text(NGINX_CONF % {"dir": folder, "port": port, "workers": workers})
+    return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(folder)]
+
+
 def cpu_plan(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """taskset prefixes for the servers and for wrk (empty when not pinning)."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -226,6 +242,25 @@ def cpu_plan(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float = 120) -> None:
     proc.send_signal(sig)
     proc.wait(timeout=timeout)
+
+
+def print_figures(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Each server's line per kind of hit, beside nginx's."""
+    print(f"{'':8}{'':12}{'req/s':>10}{'p99 ms':>9}{'x nginx':>9}   other statuses, socket errors")
+    for kind in ("pixel", "click"):
+        ref = results["nginx"][kind]["RPS"]
+        for name, label in (
+            ("mailbeacon", "mailbeacon"),
+            ("nginx", "nginx"),
+            ("ceiling", "bare ASGI"),
+        ):
+            r = results[name].get(kind)
+            if r is None:
+                continue
+            print(
+                f"{kind:8}{label:12}{r['RPS']:>10.0f}{r['P99_US'] / 1000:>9.2f}"
+                f"{r['RPS'] / ref:>9.2f}   {int(r['OTHER'])}, {int(r['socket_errors'])}"
+            )
 
 
 def main() -> int:
@@ -255,7 +290,6 @@ def main() -> int:
         MAILBEACON_RUN_INGEST="true" if args.consumer == "thread" else "false",
         MAILBEACON_DEMO_SMTP_PORT="0",
     )
-    from mailbeacon.tracking.edge import PIXEL_GIF
     from mailbeacon.tracking.repository import count_events
 
     with runtime.database.engine.connect() as conn:
@@ -313,29 +347,9 @@ def main() -> int:
         drain_seconds = time.perf_counter() - started
 
     # The references, pinned alike: nginx, and the HTTP server with nothing behind it.
-    nginx_dir = work / "nginx"
-    nginx_dir.mkdir()
-    # nginx's worker drops to an unprivileged user when started as root.
-    work.chmod(0o755)
-    nginx_dir.chmod(0o755)
-    (nginx_dir / "pixel.gif").write_bytes(PIXEL_GIF)
     nport = free_port()
-    (nginx_dir / "nginx.conf").write_text(
-        NGINX_CONF % {"dir": nginx_dir, "port": nport, "workers": args.workers}
-    )
     references = [
-        (
-            "nginx",
-            [
-                *server_pin,
-                shutil.which("nginx") or "/usr/sbin/nginx",
-                "-c",
-                str(nginx_dir / "nginx.conf"),
-                "-p",
-                str(nginx_dir),
-            ],
-            signal.SIGQUIT,
-        )
+        ("nginx", [*server_pin, *nginx_command(work, nport, args.workers)], signal.SIGQUIT)
     ]
     if not args.no_ceiling:
         cport = free_port()
@@ -383,21 +397,7 @@ def main() -> int:
         f"{args.seconds}s per load; {args.workers} worker(s) each; {pinning}; "
         f"server: {args.server}; consumer: {args.consumer}"
     )
-    print(f"{'':8}{'':12}{'req/s':>10}{'p99 ms':>9}{'x nginx':>9}   other statuses, socket errors")
-    for kind in ("pixel", "click"):
-        ref = results["nginx"][kind]["RPS"]
-        for name, label in (
-            ("mailbeacon", "mailbeacon"),
-            ("nginx", "nginx"),
-            ("ceiling", "bare ASGI"),
-        ):
-            r = results[name].get(kind)
-            if r is None:
-                continue
-            print(
-                f"{kind:8}{label:12}{r['RPS']:>10.0f}{r['P99_US'] / 1000:>9.2f}"
-                f"{r['RPS'] / ref:>9.2f}   {int(r['OTHER'])}, {int(r['socket_errors'])}"
-            )
+    print_figures(results)
     print(
         f"the disk now: append + fdatasync p50 {sync_p50:.2f} ms, p99 {sync_p99:.2f} ms "
         "(every answer waits for one, and for the rest of the one in progress)"

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge import NGINX_CONF, free_port, prepare, run_wrk, wait_http
+from edge import free_port, nginx_command, prepare, run_wrk, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,7 +40,7 @@ SERVERS = ("uvicorn", "granian", "nginx")
 NGINX_PATHS = {200: "/t/o/x.gif", 302: "/t/c/x"}
 
 
-def server_command(name: str, port: int, nginx_dir: Path) -> list[str]:
+def server_command(name: str, port: int, work: Path) -> list[str]:
     if name == "uvicorn":
         # What `mailbeacon serve --server uvicorn` runs (cli.py), as a command line.
         return [
@@ -80,13 +80,7 @@ def server_command(name: str, port: int, nginx_dir: Path) -> list[str]:
             "warning",
             "mailbeacon.asgi:app_factory",
         ]
-    return [
-        shutil.which("nginx") or "/usr/sbin/nginx",
-        "-c",
-        str(nginx_dir / "nginx.conf"),
-        "-p",
-        str(nginx_dir),
-    ]
+    return nginx_command(work, port, 1)
 
 
 def pinned(command: list[str], cpu: int | None) -> list[str]:
@@ -133,7 +127,6 @@ def main() -> int:
         MAILBEACON_MIGRATE_ON_START="false",
         MAILBEACON_RUN_INGEST="true" if args.consumer == "thread" else "false",
     )
-    from mailbeacon.tracking.edge import PIXEL_GIF
     from mailbeacon.tracking.repository import count_events
 
     paths = {
@@ -143,12 +136,6 @@ def main() -> int:
             for i in ids
         ],
     }
-    nginx_dir = work / "nginx"
-    nginx_dir.mkdir()
-    # nginx's worker drops to an unprivileged user when started as root.
-    work.chmod(0o755)
-    nginx_dir.chmod(0o755)
-    (nginx_dir / "pixel.gif").write_bytes(PIXEL_GIF)
 
     wrk_args = argparse.Namespace(seconds=args.seconds, connections=args.connections)
     # results[server][kind] -> list of (rps, p99 ms), one per round
@@ -166,14 +153,10 @@ def main() -> int:
         order = SERVERS[round_no % 3 :] + SERVERS[: round_no % 3]
         for name in order:
             port = free_port()
-            if name == "nginx":
-                (nginx_dir / "nginx.conf").write_text(
-                    NGINX_CONF % {"dir": nginx_dir, "port": port, "workers": 1}
-                )
             with runtime.database.engine.connect() as conn:
                 before = count_events(conn)
             proc = subprocess.Popen(
-                pinned(server_command(name, port, nginx_dir), server_cpu),
+                pinned(server_command(name, port, work), server_cpu),
                 cwd=work,
             )
             answered = 0

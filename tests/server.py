@@ -9,9 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from sqlalchemy import select
+
+from mailbeacon.db import Database
+from mailbeacon.models import TrackingEvent
 
 BIN = Path(sys.executable).parent / "mailbeacon"
 
@@ -85,3 +91,14 @@ def serving(
 
 def server_log(env: dict[str, str], port: int) -> str:
     return (Path(env["MAILBEACON_DATA_DIR"]).parent / f"serve-{port}.log").read_text()
+
+
+def agent(i: int) -> str:
+    """A User-Agent that names request ``i``, so that each stored event names its request."""
+    return f"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.{i}"
+
+
+def stored_agents(database: Database) -> Counter[str]:
+    """How many events are stored per User-Agent."""
+    with database.sessions() as s:
+        return Counter(s.scalars(select(TrackingEvent.user_agent)))

@@ -9,9 +9,12 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailbeacon.config import Settings
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -41,8 +44,6 @@ def _runtime(settings: Settings, *, migrate: bool = True) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     settings = _settings(args)
     if args.no_migrate:
         # Read by every server process (uvicorn workers too) through Settings.
@@ -60,42 +61,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # /metrics in any worker adds up the counts of all of them.
         share_between_processes(settings.DATA_DIR / "metrics")
-    if (args.server or settings.SERVER) == "granian":
-        _serve_granian(args, host, port)
-        return 0
-    uvicorn.run(
+    run_server(
+        args.server or settings.SERVER,
         "mailbeacon.asgi:app_factory",
-        factory=True,
         host=host,
         port=port,
         workers=args.workers,
         log_level=args.log_level,
         access_log=args.access_log,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
     )
     return 0
 
 
-def _serve_granian(args: argparse.Namespace, host: str, port: int) -> None:
-    """The same application under granian: its HTTP handling runs in Rust, outside the
-    interpreter lock (bench/edge.py and bench/edge_servers.py measure the two)."""
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-    from granian.log import LogLevels
+def run_server(
+    server: str,
+    target: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    access_log: bool = False,
+    factory: bool = True,
+) -> None:
+    """Serve the ASGI app ``target`` ("module:name") as `serve` does, under uvicorn or
+    under granian, whose HTTP handling runs in Rust outside the interpreter lock
+    (bench/edge.py serves its bare reference app through here, so both run alike)."""
+    if server == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces, Loops
+        from granian.log import LogLevels
 
-    Granian(
-        "mailbeacon.asgi:app_factory",
-        address=host,
+        Granian(
+            target,
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            factory=factory,
+            workers=workers,
+            loop=Loops.uvloop,
+            log_level=LogLevels("debug" if log_level == "trace" else log_level),
+            log_access=access_log,
+        ).serve()
+        return
+    import uvicorn
+
+    uvicorn.run(
+        target,
+        factory=factory,
+        host=host,
         port=port,
-        interface=Interfaces.ASGI,
-        factory=True,
-        workers=args.workers,
-        loop=Loops.uvloop,
-        log_level=LogLevels("debug" if args.log_level == "trace" else args.log_level),
-        log_access=args.access_log,
-    ).serve()
+        workers=workers,
+        log_level=log_level,
+        access_log=access_log,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+    )
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -174,7 +196,6 @@ def cmd_instrument(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     settings = _settings(args)
     runtime = _runtime(settings)
@@ -193,10 +214,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 0
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signal()
         await worker.start()
         await hooks.start()
         print(
@@ -214,9 +232,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         runtime.database.dispose()
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _stop_on_signal() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets: how a long-running command is told to stop.
+    Call it inside the running loop."""
     import asyncio
     import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import asyncio
 
     settings = _settings(args)
     runtime = _runtime(settings)
@@ -229,10 +259,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             stored = await asyncio.to_thread(ingest.consume_once)
             print(f"mailbeacon ingest: {stored} hits read from the journal", file=sys.stderr)
             return 0
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signal()
         await ingest.start()
         print(
             f"mailbeacon ingest running (journal in {settings.journal_dir.resolve()})",
@@ -251,7 +278,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     settings = _settings(args)
     runtime = _runtime(settings)
@@ -267,10 +293,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 0 if not stats.failures else 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signal()
         await worker.start()
         print(
             f"mailbeacon sync {worker.worker_id} running (data in {settings.DATA_DIR.resolve()})",

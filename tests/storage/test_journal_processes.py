@@ -28,27 +28,18 @@ from mailbeacon.accounts.schemas import NewUser
 from mailbeacon.accounts.service import account_service
 from mailbeacon.config import Settings
 from mailbeacon.db import Database
-from mailbeacon.models import CopyStatus, DemoMessage, RecipientCopy, TrackingEvent
+from mailbeacon.models import CopyStatus, DemoMessage, RecipientCopy
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.journal import SEGMENT_SUFFIX
 from tests.factories.accounts import PASSWORD, make_user
 from tests.factories.mail import make_message, plan
-from tests.server import BIN, free_port, server_env, serving
+from tests.server import BIN, agent, free_port, server_env, serving, stored_agents
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 REQUESTS = 2000
 CONNECTIONS_PER_EDGE = 12
 RECIPIENTS = 200
-
-
-def agent(i: int) -> str:
-    return f"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.{i}"
-
-
-def stored_agents(database: Database) -> Counter[str]:
-    with database.sessions() as s:
-        return Counter(s.scalars(select(TrackingEvent.user_agent)))
 
 
 def copies_waiting(database: Database, message_id: int) -> int:

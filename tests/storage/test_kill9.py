@@ -20,30 +20,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from mailbeacon.config import Settings
-from mailbeacon.db import Database
-from mailbeacon.models import TrackingEvent
 from mailbeacon.runtime import Runtime
 from tests.factories.accounts import make_user
 from tests.factories.mail import make_message
-from tests.server import BIN, free_port, get, server_env, serving
+from tests.server import BIN, agent, free_port, get, server_env, serving, stored_agents
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
 REQUESTS = 1500
 KILL_AFTER = 300
 CONNECTIONS = 32
-
-
-def agent(i: int) -> str:
-    return f"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.{i}"
-
-
-def stored_agents(database: Database) -> Counter[str]:
-    with database.sessions() as s:
-        return Counter(s.scalars(select(TrackingEvent.user_agent)))
 
 
 def start_server(env: dict[str, str], port: int, log: Path, server: str) -> subprocess.Popen[bytes]:
