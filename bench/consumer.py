@@ -130,12 +130,14 @@ def _hits(copy_ids: list[int], count: int, start: float) -> Iterator[Hit]:
     rng = random.Random(7)
     for i in range(count):
         click = rng.random() < 0.3
+        at = start + i * (3000 / count)
         yield Hit(
-            uid=uuid.UUID(int=rng.getrandbits(128)).hex,
+            # As the edge mints them (tracking.hits.new_uid), from the fixed seed.
+            uid=f"{int(at * 1000):012x}{rng.getrandbits(80):020x}",
             kind=EventKind.CLICK if click else EventKind.OPEN,
             copy_id=rng.choice(copy_ids),
             link_position=rng.randrange(3) if click else None,
-            occurred_at=start + i * (3000 / count),
+            occurred_at=at,
             user_agent=rng.choice(AGENTS),
             ip_prefix=f"198.51.{rng.randrange(256)}.0/24",
             network=None,

@@ -19,19 +19,35 @@ never block writers (WAL).
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Engine,
+    String,
+    Text,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import NullType
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +301,23 @@ def _is_timestamp(type_: Any) -> bool:
     return isinstance(type_, DateTime) or isinstance(getattr(type_, "impl", None), DateTime)
 
 
+# Formatted timestamps by value: a batch writes each of its times several times (the
+# event, its copy's and its email's figures) and one recording time for every row.
+_TIMESTAMPS: dict[datetime, str] = {}
+_TIMESTAMPS_KEPT = 50_000
+
+
 def _sqlite_timestamp(value: datetime) -> str:
+    # Equal aware values are the same instant, which is all the text says (in UTC).
+    text = _TIMESTAMPS.get(value)
+    if text is None:
+        if len(_TIMESTAMPS) >= _TIMESTAMPS_KEPT:
+            _TIMESTAMPS.clear()
+        text = _TIMESTAMPS[value] = _format_timestamp(value)
+    return text
+
+
+def _format_timestamp(value: datetime) -> str:
     # As UTCDateTime stores it: naive values are UTC already, aware ones are turned
     # to UTC. isoformat is several times faster than strftime, and on a naive value
     # with microseconds it is exactly SQLAlchemy's SQLite storage format.
@@ -294,3 +326,52 @@ def _sqlite_timestamp(value: datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat(" ", "microseconds")
+
+
+# ------------------------------------------------------------------ a batch of ids as one parameter
+
+
+def in_list(column: Any, name: str, dialect: Dialect) -> Any:
+    """``column IN <the values of one bound parameter>``: a whole batch's ids in one
+    statement, compiled once (an IN list of literals is expanded, and compiled, again for
+    every execution, and on SQLite must be cut to stay under the parameter limit).
+
+    The parameter is one string (:func:`list_value`): an array literal on PostgreSQL,
+    a JSON array on SQLite.
+    """
+    if dialect.name == "postgresql":
+        # An untyped parameter cast straight to an array type (no length): the server
+        # reads the string as that array when planning, a constant it probes with a
+        # hash table or an index. Cast from a typed text, or to varchar(32)[], the
+        # array is computed while running and compared value by value with every row
+        # scanned: 80 s for 5,000 uids against 20,000 events, where this takes 8 ms.
+        element = Text() if isinstance(column.type, String) else BigInteger()
+        array = sql_cast(bindparam(name, type_=NullType()), postgresql.ARRAY(element))
+        return column == any_(array)
+    values = func.json_each(bindparam(name, type_=String())).table_valued("value")
+    return column.in_(select(values.c.value))
+
+
+def list_value(dialect: Dialect, values: Sequence[int | str]) -> str:
+    """The values of an :func:`in_list` parameter: integers, or strings that need no
+    quoting in either form (hit uids are hex digits)."""
+    if dialect.name == "postgresql":
+        return pg_array(values)
+    return json.dumps(list(values))
+
+
+def pg_array(values: Iterable[int | str | datetime | None]) -> str:
+    """An array literal for PostgreSQL (cast in the statement to its type).
+
+    psycopg adapts a list element by element in Python, which for the few thousand
+    values of a batch costs more than the statement; one string costs next to
+    nothing. For integers, timestamps, NULL and strings that need no quoting only.
+    """
+    return (
+        "{"
+        + ",".join(
+            "NULL" if v is None else v.isoformat() if isinstance(v, datetime) else str(v)
+            for v in values
+        )
+        + "}"
+    )

@@ -12,7 +12,8 @@ as protocols (``mail.ports``, ``accounts.service.SmtpProbe``) or observers
     journal --consumer (serve, `mailbeacon ingest`), batches--> HitPipeline:
         load -> classify -> apply
         |  gate: PrivacyGate (privacy) rules what may be kept, per copy
-        `--StoredEvent--> NotificationObserver, HitWebhooks, ForwardedOpens (same transaction)
+        |  forwarded: ForwardedOpens (privacy) marks opens before they are written
+        `--StoredEvent--> NotificationObserver, HitWebhooks (same transaction)
     plan_send --ConsentPolicy--> ConsentRules (privacy): untracked without consent
             `--LiveUpdate--> LiveBroker.publish           (after commit)
     OutboxWorker settles a message --> sent_folder_copies row (same transaction)
@@ -158,9 +159,9 @@ class Runtime:
         self.pipeline = HitPipeline(
             self.database,
             self.policy,
-            # Webhooks read the copies' figures before forwarded opens are moved out.
-            [NotificationObserver(), HitWebhooks(), ForwardedOpens()],
+            [NotificationObserver(), HitWebhooks()],
             gate=PrivacyGate(),
+            forwarded=ForwardedOpens(),
         )
         # Incoming mail, from IMAP and from the demo mailbox alike.
         self.receiver = Receiver([ReplyNotifier(), ReceivedWebhooks()])

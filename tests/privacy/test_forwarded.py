@@ -82,3 +82,41 @@ async def test_without_network_prefixes_nothing_is_marked(
     )
     with app.runtime.database.sessions() as s:
         assert not any(s.scalars(select(TrackingEvent.possibly_forwarded)))
+
+
+async def test_opens_in_one_batch_compare_with_each_other_and_marked_ones_never_count(
+    app: MailbeaconApp, admin: httpx.AsyncClient
+) -> None:
+    """Each open is judged against the copy's earlier opens in time, stored before or in
+    the same batch; a marked open is no reference for later ones; an open replayed late,
+    older than everything stored, has no earlier open and is not marked."""
+    _, copy_id = await ann_copy(app, admin)
+    t0 = hit(copy_id).occurred_at
+    minute = 60.0
+    own = hit(copy_id, ua=CHROME, ip_prefix=HOME, at=t0)
+    stranger = hit(copy_id, ua=THUNDERBIRD, ip_prefix=ELSEWHERE, at=t0 + minute)
+    # From the stranger's source again: the stranger's open was marked, so nothing
+    # earlier and unmarked is like it: marked too.
+    stranger_again = hit(copy_id, ua=THUNDERBIRD, ip_prefix=ELSEWHERE, at=t0 + 2 * minute)
+    # Her phone at the office: a network and an agent not seen yet, so marked; then her
+    # own browser at the office: an agent seen before, not marked.
+    phone = hit(copy_id, ua=IPHONE, ip_prefix=OFFICE, at=t0 + 3 * minute)
+    office = hit(copy_id, ua=CHROME, ip_prefix=OFFICE, at=t0 + 4 * minute)
+    # Out of order in the batch: the pipeline judges in time order.
+    record(app.runtime, office, stranger_again, own, phone, stranger)
+    # A later batch: the phone's open was marked, the office one was not, so the
+    # phone at the office now matches the office network.
+    phone_again = hit(copy_id, ua=IPHONE, ip_prefix=OFFICE, at=t0 + 5 * minute)
+    # Replayed late: before every stored open of the copy, so none is earlier.
+    early = hit(copy_id, ua=THUNDERBIRD, ip_prefix="192.0.2.128/25", at=t0 - 10 * minute)
+    record(app.runtime, phone_again, early)
+    with app.runtime.database.sessions() as s:
+        marked = {
+            uid
+            for uid, flag in s.execute(select(TrackingEvent.uid, TrackingEvent.possibly_forwarded))
+            if flag
+        }
+        copy = s.get(RecipientCopy, copy_id)
+        assert copy is not None
+        assert copy.forwarded_open_count == 3
+    assert marked == {stranger.uid, stranger_again.uid, phone.uid}

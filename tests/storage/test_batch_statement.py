@@ -28,3 +28,7 @@ def test_a_timestamp_is_stored_as_text_exactly_as_the_orm_stores_it(
     assert _ORM_WRITES is not None
     expected = _ORM_WRITES(_DECORATED.process_bind_param(value, sqlite.dialect()))
     assert _sqlite_timestamp(value) == expected
+    # Again, from the formatted values kept (the same instant in UTC gives the same text).
+    assert _sqlite_timestamp(value) == expected
+    if zone is not None:
+        assert _sqlite_timestamp(value.astimezone(UTC)) == expected

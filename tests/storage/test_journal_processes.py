@@ -54,6 +54,16 @@ def copies_waiting(database: Database, message_id: int) -> int:
         )
 
 
+def wait_until_running(log: Path) -> None:
+    """A consumer told to stop before it has set up its signal handlers dies of the
+    signal (-15) rather than stopping cleanly; on a loaded machine the one started
+    halfway may still be importing when the hits are all stored."""
+    deadline = time.monotonic() + 60
+    while b"mailbeacon ingest running" not in log.read_bytes():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
 def start_consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([str(BIN), "ingest"], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -160,6 +170,9 @@ async def test_two_edges_and_two_consumers_store_every_acknowledged_hit_once(
             )
             deliveries = Counter(s.scalars(select(DemoMessage.recipient)))
     finally:
+        for n, consumer in enumerate(consumers[1:], start=1):
+            if consumer.poll() is None:
+                wait_until_running(tmp_path / f"ingest-{n}.log")
         for consumer in consumers:
             if consumer.poll() is None:
                 consumer.send_signal(signal.SIGTERM)

@@ -23,6 +23,7 @@ from mailbeacon.models import (
 )
 from mailbeacon.runtime import Runtime
 from mailbeacon.tracking.edge import PIXEL_GIF, VIEWER_COOKIE
+from mailbeacon.tracking.hits import new_uid
 from tests.client import stored_before_answer
 from tests.factories.accounts import make_user
 from tests.factories.mail import make_message
@@ -86,6 +87,30 @@ async def test_pixel_answers_a_gif_and_the_open_is_stored(
     assert copy is not None and message is not None
     assert copy.open_count == 1 and copy.first_open_at == event.occurred_at
     assert message.open_count == 1 and message.last_open_at == event.occurred_at
+
+
+@pytest.mark.asyncio
+async def test_hit_uids_are_unique_and_ordered_by_time(
+    app: MailbeaconApp, database: Database
+) -> None:
+    """The uid starts with the hit's millisecond (what keeps the uid index's inserts at its
+    end); the rest is random, so hits of one millisecond still differ."""
+    _, (copy_id,), _ = seed(database)
+    token = app.runtime.codec.mint_open_token(copy_id)
+    async with client(app) as c:
+        for _ in range(5):
+            await c.get(f"/t/o/{token}.gif")
+            await asyncio.sleep(0.002)
+    with database.sessions() as s:
+        events = s.scalars(select(TrackingEvent).order_by(TrackingEvent.occurred_at)).all()
+    uids = [e.uid for e in events]
+    assert len(set(uids)) == 5 and all(len(u) == 32 for u in uids)
+    assert uids == sorted(uids)
+    for event in events:
+        # Stored to the microsecond, which may round across a millisecond.
+        assert abs(int(event.uid[:12], 16) - event.occurred_at.timestamp() * 1000) <= 1
+    assert len({u[12:] for u in uids}) == 5
+    assert new_uid(1.0) != new_uid(1.0) and new_uid(1.0)[:12] == new_uid(1.0009)[:12]
 
 
 @pytest.mark.asyncio

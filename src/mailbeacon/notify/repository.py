@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from mailbeacon.db import BatchStatement, in_list, list_value
 from mailbeacon.models import (
     Contact,
     LinkClickStat,
@@ -60,10 +61,11 @@ def open_state(conn: Connection, copy_ids: Sequence[int]) -> list[Row[Any]]:
     The latest open notification is the one with the highest id: collapsing only
     moves ``updated_at`` forward, and a newer notification always has a higher id.
     """
+    dialect = conn.dialect
     latest = (
         select(_notifications.c.copy_id, func.max(_notifications.c.id).label("nid"))
         .where(
-            _notifications.c.copy_id.in_(copy_ids),
+            in_list(_notifications.c.copy_id, "ids", dialect),
             _notifications.c.kind.in_([str(k) for k in OPEN_KINDS]),
         )
         .group_by(_notifications.c.copy_id)
@@ -90,14 +92,16 @@ def open_state(conn: Connection, copy_ids: Sequence[int]) -> list[Row[Any]]:
         .join(_users, _users.c.id == _messages.c.user_id)
         .outerjoin(latest, latest.c.copy_id == _copies.c.id)
         .outerjoin(n, n.c.id == latest.c.nid)
-        .where(_copies.c.id.in_(copy_ids), _users.c.notify_tracking.is_(True))
+        .where(in_list(_copies.c.id, "ids", dialect), _users.c.notify_tracking.is_(True))
     )
-    return list(conn.execute(query))
+    # The batch's ids as one parameter: compiled once, whatever the batch's size.
+    return list(conn.execute(query, {"ids": list_value(dialect, sorted(copy_ids))}))
 
 
 def click_state(conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Row[Any]]:
     """Per (copy, link position): the person clicks counted so far and what the link is,
     for copies whose sender wants notifications."""
+    dialect = conn.dialect
     query = (
         select(
             _copies.c.id.label("copy_id"),
@@ -123,18 +127,22 @@ def click_state(conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Row[
             & (_links.c.position == _link_stats.c.position),
         )
         .where(
-            tuple_(_copies.c.id, _link_stats.c.position).in_(list(pairs)),
+            in_list(_copies.c.id, "ids", dialect),
             _users.c.notify_tracking.is_(True),
         )
     )
-    return list(conn.execute(query))
+    wanted = set(pairs)
+    ids = sorted({copy_id for copy_id, _ in pairs})
+    rows: list[Row[Any]] = list(conn.execute(query, {"ids": list_value(dialect, ids)}))
+    return [row for row in rows if (row.copy_id, row.position) in wanted]
 
 
-def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(_notifications), rows)
-
-
+# The columns of the rows the observer builds, in its order.
+NOTIFICATION_COLUMNS = (
+    "user_id", "kind", "message_id", "copy_id", "link_position", "occurrences", "title",
+    "created_at", "updated_at", "read_at",
+)  # fmt: skip
+_INSERT = insert(_notifications).values({c: bindparam(c) for c in NOTIFICATION_COLUMNS})
 _BUMP = (
     update(_notifications)
     .where(_notifications.c.id == bindparam("n_id"))
@@ -143,14 +151,35 @@ _BUMP = (
         updated_at=bindparam("n_at", type_=_notifications.c.updated_at.type),
     )
 )
+_COMPILED: dict[tuple[str, str], tuple[BatchStatement, BatchStatement]] = {}
+
+
+def _statements(conn: Connection) -> tuple[BatchStatement, BatchStatement]:
+    """The insert and the bump, compiled once and run at driver level: a batch of hits
+    raises thousands of notifications, and SQLAlchemy's execution layer costs more
+    per row than the database."""
+    dialect = conn.dialect
+    key = (dialect.name, dialect.driver)
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = (
+            BatchStatement(_INSERT, dialect, NOTIFICATION_COLUMNS),
+            BatchStatement(_BUMP, dialect, ("n_id", "n_more", "n_at")),
+        )
+    return found
+
+
+def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        _statements(conn)[0].run(conn, [tuple(r[c] for c in NOTIFICATION_COLUMNS) for r in rows])
 
 
 def bump_notifications(conn: Connection, bumps: dict[int, tuple[int, datetime]]) -> None:
     """Add occurrences to existing notifications (repeated opens inside the quiet period)."""
     if bumps:
-        conn.execute(
-            _BUMP,
-            [{"n_id": nid, "n_more": more, "n_at": at} for nid, (more, at) in bumps.items()],
+        # In id order, as every writer of these rows goes.
+        _statements(conn)[1].run(
+            conn, [(nid, more, at) for nid, (more, at) in sorted(bumps.items())]
         )
 
 

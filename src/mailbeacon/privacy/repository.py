@@ -18,7 +18,6 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
-    bindparam,
     delete,
     func,
     insert,
@@ -31,6 +30,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 from sqlalchemy.types import String
 
+from mailbeacon.db import in_list, list_value
 from mailbeacon.models import (
     AnonymousHit,
     AuditEntry,
@@ -485,49 +485,41 @@ def gate_facts(session: Session, copy_ids: Sequence[int]) -> list[Row[Any]]:
         .outerjoin(_contacts, _contacts.c.id == c.contact_id)
         .outerjoin(_mailboxes, _mailboxes.c.id == m.mailbox_connection_id)
     )
-    rows: list[Row[Any]] = []
-    for chunk in _chunks(sorted(copy_ids)):
-        rows.extend(session.execute(query.where(c.id.in_(chunk))))
-    return rows
+    dialect = session.get_bind().dialect
+    # The batch's ids as one parameter: the query is compiled once, whatever the batch.
+    return list(
+        session.execute(
+            query.where(in_list(c.id, "ids", dialect)),
+            {"ids": list_value(dialect, sorted(copy_ids))},
+        )
+    )
 
 
 # ------------------------------------------------------------------ possibly forwarded opens
 
 
-def human_opens(session: Session, copy_ids: Sequence[int]) -> list[Row[Any]]:
-    """Every human open of some copies, oldest first."""
+def human_sources(session: Session, copy_ids: Sequence[int]) -> list[Row[Any]]:
+    """Where the stored human opens of some copies came from: each (copy, network prefix,
+    agent) once, with the time of its first open, leaving out opens marked possibly
+    forwarded.
+
+    One row per source rather than per open: a copy opened a hundred times from two
+    devices gives two rows, so the check costs the same at its hundredth open as at its
+    second.
+    """
     e = _events.c
-    rows: list[Row[Any]] = []
-    for chunk in _chunks(sorted(copy_ids)):
-        rows.extend(
-            session.execute(
-                select(
-                    e.copy_id, e.message_id, e.uid, e.ip_prefix, e.user_agent, e.possibly_forwarded
-                )
-                .where(e.copy_id.in_(chunk), e.kind == EventKind.OPEN, e.label == EventLabel.HUMAN)
-                .order_by(e.copy_id, e.occurred_at, e.id)
-            )
+    dialect = session.get_bind().dialect
+    query = (
+        select(e.copy_id, e.ip_prefix, e.user_agent, func.min(e.occurred_at).label("first_at"))
+        .where(
+            in_list(e.copy_id, "ids", dialect),
+            e.kind == EventKind.OPEN,
+            e.label == EventLabel.HUMAN,
+            e.possibly_forwarded.is_(False),
         )
-    return rows
-
-
-def mark_forwarded(
-    session: Session, uids: Sequence[str], per_copy: dict[int, int], per_message: dict[int, int]
-) -> None:
-    """Mark opens possibly forwarded and count them on their copies and emails."""
-    for chunk in _chunks(sorted(uids)):
-        session.execute(
-            update(_events).where(_events.c.uid.in_(chunk)).values(possibly_forwarded=True)
-        )
-    for table, counts in ((_copies, per_copy), (_messages, per_message)):
-        if counts:
-            # One executemany per table, in id order (as the hit writer updates rows).
-            session.connection().execute(
-                update(table)
-                .where(table.c.id == bindparam("key"))
-                .values(forwarded_open_count=table.c.forwarded_open_count + bindparam("n")),
-                [{"key": key, "n": n} for key, n in sorted(counts.items())],
-            )
+        .group_by(e.copy_id, e.ip_prefix, e.user_agent)
+    )
+    return list(session.execute(query, {"ids": list_value(dialect, sorted(copy_ids))}))
 
 
 # ------------------------------------------------------------------ retention

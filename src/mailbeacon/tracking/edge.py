@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -20,7 +19,7 @@ from mailbeacon.kit.metrics import HITS_ACKNOWLEDGED
 from mailbeacon.kit.net import client_address
 from mailbeacon.kit.urls import web_destination
 from mailbeacon.models.event import EventKind
-from mailbeacon.tracking.hits import Hit
+from mailbeacon.tracking.hits import Hit, new_uid
 from mailbeacon.tracking.networks import NetworkMap, truncate_ip
 from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
 
@@ -185,13 +184,13 @@ class TrackingEdge:
                 forwarded.append(value.decode("latin-1"))
         client = scope.get("client")
         ip = client_address(client[0] if client else None, forwarded, self._trusted_proxies)
+        now = time.time()
         return Hit(
-            # 128 random bits, as a uuid4 has, without building a UUID object per hit.
-            uid=os.urandom(16).hex(),
+            uid=new_uid(now),
             kind=kind,
             copy_id=copy_id,
             link_position=position,
-            occurred_at=time.time(),
+            occurred_at=now,
             user_agent=ua,
             ip_prefix=truncate_ip(ip) if ip else None,
             network=self._networks.lookup(ip) if ip else None,

@@ -1,15 +1,15 @@
 """What the hit pipeline hands to the rest of the product: typed stored events, and
 what it asks of it: how much of a hit it may keep.
 
-This module is the tracking domain's published interface for observers and for
-the gate. Another domain that reacts to opens and clicks (notifications, the
-privacy domain's forwarded-open marker; webhooks later) implements
-:class:`HitObserver`; the privacy domain implements :class:`HitGate`, which
-screens every batch before anything is classified or stored. Both are
-registered at the composition root. The pipeline calls every observer inside
-the transaction that stored the events, so what an observer writes (a
-notification, a webhook row) commits or rolls back with them; anything that must leave the process
-(waking a browser, a delivery) is raised with ``db.after_commit``.
+This module is the tracking domain's published interface for observers and for the gate.
+Another domain that reacts to opens and clicks (notifications, webhooks) implements
+:class:`HitObserver`; the privacy domain implements :class:`HitGate`, which screens
+every batch before anything is classified or stored, and :class:`ForwardedCheck`, which
+marks possibly forwarded opens before they are written. All are registered at the
+composition root. The pipeline calls every observer inside the transaction that stored
+the events, so what an observer writes (a notification, a webhook row) commits or rolls
+back with them; anything that must leave the process (waking a browser, a delivery) is
+raised with ``db.after_commit``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ class StoredEvent:
     reason: str
     link_position: int | None
     occurred_at: datetime
+    # Where the hit came from, as stored (the prefix is None where the organisation
+    # keeps none): what tells a possibly forwarded open from the recipient's own.
+    ip_prefix: str | None
+    user_agent: str
+    # A person's open unlike the copy's earlier ones (see :class:`ForwardedCheck`).
+    possibly_forwarded: bool = False
 
     @property
     def by_person(self) -> bool:
@@ -75,6 +81,18 @@ class HitObserver(Protocol):
 
     def on_events_stored(self, session: Session, events: Sequence[StoredEvent]) -> None:
         """Called once per batch with its events in the order they happened."""
+
+
+class ForwardedCheck(Protocol):
+    """Tells which of a batch's opens were possibly forwarded (the privacy domain's rule).
+
+    Asked before the events are written, inside the batch's transaction, so that the
+    mark goes into the event rows and the figures with everything else: no second
+    write of rows just inserted.
+    """
+
+    def possibly_forwarded(self, session: Session, events: Sequence[StoredEvent]) -> set[str]:
+        """The uids of the events (the batch, in the order they happened) to mark."""
 
 
 class Treatment(StrEnum):

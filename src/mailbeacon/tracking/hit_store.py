@@ -2,7 +2,7 @@
 
 Statements are written with SQLAlchemy Core. The per-batch reads (context,
 history, stored uids) run as ordinary Core statements, the batch's ids passed as
-one parameter (``_in_list``). On SQLite the three statements run once per row of
+one parameter (``db.in_list``). On SQLite the three statements run once per row of
 a batch (events, figures, link figures) are compiled once and executed at driver
 level (``db.BatchStatement``); on PostgreSQL, where each row of an executemany is
 a statement for the server, the events go in with COPY and the figures with one
@@ -15,7 +15,6 @@ worker settles copies in, so concurrent transactions never deadlock.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,8 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
-    String,
     Table,
-    Text,
-    any_,
     bindparam,
     func,
     insert,
@@ -36,15 +31,13 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
-from sqlalchemy.types import NullType
 
-from mailbeacon.db import BatchStatement
+from mailbeacon.db import BatchStatement, in_list, list_value, pg_array
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.models import (
     AnonymousHit,
@@ -148,52 +141,6 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[start : start + CHUNK]
 
 
-def _in_list(column: Any, name: str, dialect: Dialect) -> Any:
-    """``column IN <the values of one bound parameter>``: a whole batch's ids in one
-    statement, compiled once (an IN list of literals is expanded, and compiled, again for
-    every execution, and on SQLite must be cut to stay under the parameter limit).
-
-    The parameter is one string (:func:`_list_value`): an array literal on PostgreSQL,
-    a JSON array on SQLite.
-    """
-    if dialect.name == "postgresql":
-        # An untyped parameter cast straight to an array type (no length): the server
-        # reads the string as that array when planning, a constant it probes with a
-        # hash table or an index. Cast from a typed text, or to varchar(32)[], the
-        # array is computed while running and compared value by value with every row
-        # scanned: 80 s for 5,000 uids against 20,000 events, where this takes 8 ms.
-        element = Text() if isinstance(column.type, String) else BigInteger()
-        array = sql_cast(bindparam(name, type_=NullType()), postgresql.ARRAY(element))
-        return column == any_(array)
-    values = func.json_each(bindparam(name, type_=String())).table_valued("value")
-    return column.in_(select(values.c.value))
-
-
-def _list_value(dialect: Dialect, values: Sequence[int | str]) -> str:
-    """The values of an :func:`_in_list` parameter: integers, or strings that need no
-    quoting in either form (hit uids are hex digits)."""
-    if dialect.name == "postgresql":
-        return _pg_array(values)
-    return json.dumps(list(values))
-
-
-def _pg_array(values: Iterable[int | str | datetime | None]) -> str:
-    """An array literal for PostgreSQL (cast in the statement to its type).
-
-    psycopg adapts a list element by element in Python, which for the few thousand
-    values of a batch costs more than the statement; one string costs next to
-    nothing. For integers, timestamps, NULL and strings that need no quoting only.
-    """
-    return (
-        "{"
-        + ",".join(
-            "NULL" if v is None else v.isoformat() if isinstance(v, datetime) else str(v)
-            for v in values
-        )
-        + "}"
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class _Reads:
     stored_uids: Any
@@ -208,9 +155,9 @@ def _reads(dialect: Dialect) -> _Reads:
     if found is None:
         c, m = _copies.c, _messages.c
         uids = union_all(
-            select(_events.c.uid).where(_in_list(_events.c.uid, "uids", dialect)),
+            select(_events.c.uid).where(in_list(_events.c.uid, "uids", dialect)),
             # Hits counted anonymously left no event, only their uid.
-            select(_anonymous.c.uid).where(_in_list(_anonymous.c.uid, "uids", dialect)),
+            select(_anonymous.c.uid).where(in_list(_anonymous.c.uid, "uids", dialect)),
         )
         copies = (
             select(
@@ -227,7 +174,7 @@ def _reads(dialect: Dialect) -> _Reads:
                     _mailboxes, _mailboxes.c.id == m.mailbox_connection_id
                 )
             )
-            .where(_in_list(c.id, "ids", dialect))
+            .where(in_list(c.id, "ids", dialect))
         )
         found = _READS[dialect.name] = _Reads(uids, copies)
     return found
@@ -238,7 +185,7 @@ def stored_uids(conn: Connection, uids: Sequence[str]) -> set[str]:
     if not uids:
         return set()
     dialect = conn.dialect
-    return set(conn.scalars(_reads(dialect).stored_uids, {"uids": _list_value(dialect, uids)}))
+    return set(conn.scalars(_reads(dialect).stored_uids, {"uids": list_value(dialect, uids)}))
 
 
 def load_copies(conn: Connection, copy_ids: Sequence[int]) -> dict[int, CopyContext]:
@@ -248,7 +195,7 @@ def load_copies(conn: Connection, copy_ids: Sequence[int]) -> dict[int, CopyCont
     dialect = conn.dialect
     found: dict[int, CopyContext] = {}
     for cid, mid, c_sent, last_event, user_id, m_sent, demo in conn.execute(
-        _reads(dialect).load_copies, {"ids": _list_value(dialect, ids)}
+        _reads(dialect).load_copies, {"ids": list_value(dialect, ids)}
     ):
         found[cid] = CopyContext(mid, user_id, c_sent or m_sent, last_event, bool(demo))
     return found
@@ -306,6 +253,7 @@ class _Figures:
     opens: int = 0
     clicks: int = 0
     machine: int = 0
+    forwarded: int = 0  # of the opens
     first_open: datetime | None = None
     last_open: datetime | None = None
     first_click: datetime | None = None
@@ -319,6 +267,8 @@ class _Figures:
             self.machine += 1
         elif event.kind == EventKind.OPEN:
             self.opens += 1
+            if event.possibly_forwarded:
+                self.forwarded += 1
             self.first_open = at if self.first_open is None else min(self.first_open, at)
             self.last_open = at if self.last_open is None else max(self.last_open, at)
         else:
@@ -333,6 +283,7 @@ class _Figures:
             self.opens,
             self.clicks,
             self.machine,
+            self.forwarded,
             self.first_open,
             self.last_open,
             self.first_click,
@@ -365,6 +316,7 @@ def _figures_update(table: Table, *, with_last_event: bool) -> Any:
         "open_count": t.open_count + bindparam("opens"),
         "click_count": t.click_count + bindparam("clicks"),
         "machine_event_count": t.machine_event_count + bindparam("machine"),
+        "forwarded_open_count": t.forwarded_open_count + bindparam("forwarded"),
         "first_open_at": earliest(t.first_open_at, bindparam("first_open", type_=ts)),
         "last_open_at": latest(t.last_open_at, bindparam("last_open", type_=ts)),
         "first_click_at": earliest(t.first_click_at, bindparam("first_click", type_=ts)),
@@ -399,15 +351,15 @@ def _link_upsert(dialect: Dialect) -> Any:
 
 
 _FIGURE_COLUMNS = (
-    "k", "opens", "clicks", "machine", "first_open", "last_open", "first_click", "last_click",
-    "last_event",
+    "k", "opens", "clicks", "machine", "forwarded", "first_open", "last_open", "first_click",
+    "last_click", "last_event",
 )  # fmt: skip
 _LINK_COLUMNS = ("copy_id", "position", "clicks", "machine", "first", "last")
 # The order of the event tuples the pipeline builds (``event_row``).
 EVENT_COLUMNS = (
     "uid", "copy_id", "message_id", "kind", "link_position", "occurred_at", "recorded_at",
     "label", "reason", "user_agent", "ip_prefix", "network", "is_head", "prefetch_hint",
-    "viewer_user_id",
+    "viewer_user_id", "possibly_forwarded",
 )  # fmt: skip
 
 
@@ -513,14 +465,16 @@ def _pg_figures_update(table: str, last_event: str) -> str:
         " open_count = t.open_count + v.opens,"
         " click_count = t.click_count + v.clicks,"
         " machine_event_count = t.machine_event_count + v.machine,"
+        " forwarded_open_count = t.forwarded_open_count + v.forwarded,"
         " first_open_at = LEAST(t.first_open_at, v.first_open),"
         " last_open_at = GREATEST(t.last_open_at, v.last_open),"
         " first_click_at = LEAST(t.first_click_at, v.first_click),"
         " last_click_at = GREATEST(t.last_click_at, v.last_click)" + last_event + " FROM unnest("
-        "%s::bigint[], %s::integer[], %s::integer[], %s::integer[], %s::timestamptz[],"
-        " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])"
-        " AS v(k, opens, clicks, machine, first_open, last_open, first_click, last_click,"
-        " last_event) WHERE t.id = v.k"
+        "%s::bigint[], %s::integer[], %s::integer[], %s::integer[], %s::integer[],"
+        " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
+        " %s::timestamptz[])"
+        " AS v(k, opens, clicks, machine, forwarded, first_open, last_open, first_click,"
+        " last_click, last_event) WHERE t.id = v.k"
     )
 
 
@@ -545,7 +499,7 @@ def _pg_add_figures(conn: Connection, table: Table, rows: list[tuple[Any, ...]])
     """Add a batch's figures to copies or messages: rows in ``_FIGURE_COLUMNS`` order."""
     if not rows:
         return
-    columns = tuple(_pg_array(c) for c in zip(*rows, strict=True))
+    columns = tuple(pg_array(c) for c in zip(*rows, strict=True))
     conn.exec_driver_sql(_PG_LOCK[table.name], (columns[0],))
     conn.exec_driver_sql(_PG_FIGURES[table.name], columns)
 
@@ -567,7 +521,7 @@ _PG_UPSERT_LINKS = (
 def _pg_upsert_links(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Add a batch's clicks to the link figures, in (copy, position) order as given."""
     if rows:
-        conn.exec_driver_sql(_PG_UPSERT_LINKS, tuple(_pg_array(c) for c in zip(*rows, strict=True)))
+        conn.exec_driver_sql(_PG_UPSERT_LINKS, tuple(pg_array(c) for c in zip(*rows, strict=True)))
 
 
 def count_anonymously(conn: Connection, events: list[StoredEvent], recorded_at: datetime) -> None:

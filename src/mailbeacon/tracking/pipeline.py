@@ -10,7 +10,12 @@ straight from the edge or from a replay after the database was away:
 3. **apply**: the events are inserted and the figures of copies, messages and
    links updated, in the same transaction;
 4. **observers**: typed :class:`StoredEvent` values go to every registered
-   :class:`HitObserver` (notifications today), still inside the transaction.
+   :class:`HitObserver` (notifications, webhooks), still inside the transaction.
+
+Just before the events are written, the **forwarded check** (a
+:class:`ForwardedCheck`, the privacy domain's rule) says which of the batch's
+opens were possibly forwarded: the mark goes into the rows and figures as they
+are written.
 
 Between loading and classifying, the **gate** (a :class:`HitGate`, the privacy
 domain's policy) rules how much of each copy's hits may be kept: everything,
@@ -43,7 +48,14 @@ from mailbeacon.tracking.classify import (
     judge_request,
     judge_timing,
 )
-from mailbeacon.tracking.events import BatchResult, HitGate, HitObserver, StoredEvent, Treatment
+from mailbeacon.tracking.events import (
+    BatchResult,
+    ForwardedCheck,
+    HitGate,
+    HitObserver,
+    StoredEvent,
+    Treatment,
+)
 from mailbeacon.tracking.hit_store import CopyContext, RecentEvent
 from mailbeacon.tracking.hits import Hit
 
@@ -151,11 +163,13 @@ class HitPipeline:
         policy: Policy,
         observers: Sequence[HitObserver] = (),
         gate: HitGate | None = None,
+        forwarded: ForwardedCheck | None = None,
     ) -> None:
         self.database = database
         self.policy = policy
         self.observers = list(observers)
         self.gate = gate
+        self.forwarded = forwarded
 
     def process(self, hits: Sequence[Hit], *, replay: bool = False) -> BatchResult:
         """Classify and store a batch in one transaction, observers included.
@@ -199,11 +213,19 @@ class HitPipeline:
                 counted = [c for c in classified if c.hit.copy_id in anonymous]
                 classified = [c for c in classified if c.hit.copy_id not in anonymous]
                 counted_at = datetime.now(UTC)
-                hit_store.count_anonymously(conn, _event_rows(counted, counted_at)[1], counted_at)
+                hit_store.count_anonymously(conn, _stored_events(counted), counted_at)
                 result.anonymous = len(counted)
             if not classified:
                 return result
-            rows, events = _event_rows(classified, datetime.now(UTC))
+            events = _stored_events(classified)
+            if self.forwarded is not None:
+                marked = self.forwarded.possibly_forwarded(session, events)
+                if marked:
+                    events = [
+                        replace(e, possibly_forwarded=True) if e.uid in marked else e
+                        for e in events
+                    ]
+            rows = _event_rows(classified, events, datetime.now(UTC))
             hit_store.write_events(conn, rows, events)
             for observer in self.observers:
                 observer.on_events_stored(session, events)
@@ -239,47 +261,51 @@ class HitPipeline:
         return kept, anonymous
 
 
-def _event_rows(
-    classified: Sequence[ClassifiedHit], recorded_at: datetime
-) -> tuple[list[tuple[Any, ...]], list[StoredEvent]]:
-    """The events as rows (``hit_store.EVENT_COLUMNS`` order) and as typed values."""
-    rows: list[tuple[Any, ...]] = []
+def _stored_events(classified: Sequence[ClassifiedHit]) -> list[StoredEvent]:
+    """The batch's events as typed values, in the order they happened."""
     events: list[StoredEvent] = []
     for item in classified:
         hit, verdict = item.hit, item.verdict
-        at = datetime.fromtimestamp(hit.occurred_at, UTC)
-        kind = EventKind(hit.kind)
-        reason = verdict.reason[:REASON_CHARS]
-        rows.append(
-            (
-                hit.uid,
-                hit.copy_id,
-                item.copy.message_id,
-                kind,
-                hit.link_position,
-                at,
-                recorded_at,
-                verdict.label,
-                reason,
-                hit.user_agent,
-                hit.ip_prefix,
-                hit.network,
-                hit.is_head,
-                hit.prefetch_hint,
-                hit.viewer_user_id,
-            )
-        )
         events.append(
             StoredEvent(
                 uid=hit.uid,
                 copy_id=hit.copy_id,
                 message_id=item.copy.message_id,
                 sender_id=item.copy.sender_id,
-                kind=kind,
+                kind=EventKind(hit.kind),
                 label=verdict.label,
-                reason=reason,
+                reason=verdict.reason[:REASON_CHARS],
                 link_position=hit.link_position,
-                occurred_at=at,
+                occurred_at=datetime.fromtimestamp(hit.occurred_at, UTC),
+                ip_prefix=hit.ip_prefix,
+                user_agent=hit.user_agent,
             )
         )
-    return rows, events
+    return events
+
+
+def _event_rows(
+    classified: Sequence[ClassifiedHit], events: Sequence[StoredEvent], recorded_at: datetime
+) -> list[tuple[Any, ...]]:
+    """The events as rows, in ``hit_store.EVENT_COLUMNS`` order."""
+    return [
+        (
+            event.uid,
+            event.copy_id,
+            event.message_id,
+            event.kind,
+            event.link_position,
+            event.occurred_at,
+            recorded_at,
+            event.label,
+            event.reason,
+            event.user_agent,
+            event.ip_prefix,
+            item.hit.network,
+            item.hit.is_head,
+            item.hit.prefetch_hint,
+            item.hit.viewer_user_id,
+            event.possibly_forwarded,
+        )
+        for item, event in zip(classified, events, strict=True)
+    ]

@@ -55,8 +55,7 @@ class HitWebhooks:
 
     def on_events_stored(self, session: Session, events: Sequence[StoredEvent]) -> None:
         """Runs inside the pipeline's transaction, after the copies' figures were updated
-        (the first-open rule reads them and takes the batch's own share back out), and
-        before opens that look forwarded are moved out of them."""
+        (the first-open rule reads them and takes the batch's own share back out)."""
         people = [e for e in events if e.sender_id is not None and e.by_person]
         if not people:
             return
