@@ -124,22 +124,50 @@ def _seed(runtime: Runtime, messages: int, copies: int) -> list[int]:
         return [c for (c,) in s.execute(text("SELECT id FROM recipient_copies ORDER BY id"))]
 
 
-def _hits(copy_ids: list[int], count: int, start: float) -> Iterator[Hit]:
+def _hits(copy_ids: list[int], count: int, start: float, traffic: str) -> Iterator[Hit]:
     """The same hits every time (a fixed seed), made as they are used: a million held
-    at once would take gigabytes."""
+    at once would take gigabytes.
+
+    ``uniform``: every hit draws its agent from AGENTS and its network from 256
+    prefixes, whatever the copy (hard on the forwarded-open rule: nearly every human
+    open is a new source). ``recipients``: a copy's people open from its recipient's
+    one or two devices and networks, with now and then someone else (a forward),
+    beside image proxies and machines from their own networks.
+    """
     rng = random.Random(7)
+    people = [AGENTS[0], AGENTS[1], AGENTS[5]]
+    profiles: dict[int, tuple[list[str], list[str]]] = {}
     for i in range(count):
         click = rng.random() < 0.3
         at = start + i * (3000 / count)
+        copy_id = rng.choice(copy_ids)
+        if traffic == "uniform":
+            agent, prefix = rng.choice(AGENTS), f"198.51.{rng.randrange(256)}.0/24"
+        else:
+            profile = profiles.get(copy_id)
+            if profile is None:
+                profile = profiles[copy_id] = (
+                    rng.sample(people, rng.choice((1, 1, 2))),
+                    [f"198.51.{rng.randrange(256)}.0/24" for _ in range(rng.choice((1, 2)))],
+                )
+            draw = rng.random()
+            if draw < 0.6:  # the recipient
+                agent, prefix = rng.choice(profile[0]), rng.choice(profile[1])
+            elif draw < 0.7:  # an image proxy fetching for them
+                agent, prefix = AGENTS[2], f"66.249.{80 + rng.randrange(4)}.0/24"
+            elif draw < 0.95:  # link checkers and scanners
+                agent, prefix = rng.choice(AGENTS[3:5]), f"203.0.{rng.randrange(256)}.0/24"
+            else:  # someone the email was forwarded to
+                agent, prefix = rng.choice(people), f"192.0.{rng.randrange(256)}.0/24"
         yield Hit(
             # As the edge mints them (tracking.hits.new_uid), from the fixed seed.
             uid=f"{int(at * 1000):012x}{rng.getrandbits(80):020x}",
             kind=EventKind.CLICK if click else EventKind.OPEN,
-            copy_id=rng.choice(copy_ids),
+            copy_id=copy_id,
             link_position=rng.randrange(3) if click else None,
             occurred_at=at,
-            user_agent=rng.choice(AGENTS),
-            ip_prefix=f"198.51.{rng.randrange(256)}.0/24",
+            user_agent=agent,
+            ip_prefix=prefix,
             network=None,
             is_head=False,
             prefetch_hint=None,
@@ -214,6 +242,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2_000)
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--traffic", choices=("uniform", "recipients"), default="uniform")
     parser.add_argument("--database", help="postgresql://... (default: SQLite in a temp folder)")
     args = parser.parse_args()
     _pin()
@@ -232,11 +261,14 @@ def main() -> int:
         start = time.time() - 3600
 
         def hits() -> Iterator[Hit]:
-            return _hits(copy_ids, args.hits, start)
+            return _hits(copy_ids, args.hits, start, args.traffic)
 
         backend = runtime.database.engine.dialect.name
         cpu = subprocess.run(["taskset", "-p", str(os.getpid())], capture_output=True, text=True)
-        print(f"{backend}: {args.hits:,} hits on {len(copy_ids):,} copies; {cpu.stdout.strip()}")
+        print(
+            f"{backend}: {args.hits:,} hits on {len(copy_ids):,} copies, {args.traffic} traffic;"
+            f" {cpu.stdout.strip()}"
+        )
         print(f"  load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
         journal = folder / "journal"
