@@ -130,13 +130,10 @@ def _scanner_regex_only(doc: str) -> None:
         if kind == "vis":
             pattern, pos = html_links._SCAN_LINKS, m.start("vis")
         elif kind == "raw":
-            name = m.group("rawname").lower()
-            closing = (
-                html_links._RAW_END[name].search(doc, m.end()) if name != "plaintext" else None
-            )
-            if closing is None:
+            closing = html_links._raw_text_end(doc, m.group("rawname").lower(), m.end(), len(doc))
+            if closing < 0:
                 return
-            pos = closing.start()
+            pos = closing
         else:
             pos = m.end()
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import html5lib
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailbeacon.tracking import html_links
+from mailbeacon.tracking.charset import decode_html_bytes
 from mailbeacon.tracking.html_links import (
     MAX_LINK_SITES,
     LinkSite,
@@ -252,3 +256,106 @@ def test_first_href_is_the_one_html5lib_keeps(attrs: str) -> None:
         assert found == []
     else:
         assert [site.url for site in found] == [expected]
+
+
+# The scanner's fast alternatives (simple tags, comments and link tags read in a few steps,
+# style sheets found with str.find) must find exactly what the tokenizer's grammar alone finds.
+_EXACT = html_links._Scanners.build(fast=False)
+_CORPUS = Path(__file__).parents[3] / "shared" / "corpus" / "html"
+
+
+def _findings(scan: html_links.HtmlScan) -> tuple[object, ...]:
+    return (scan.links, scan.markers, scan.visible, scan.body_close, scan.data_end)
+
+
+def assert_same_as_exact(document: str) -> None:
+    for stop in (False, True):
+        fast = html_links._scan(document, stop, html_links._SCANNERS)
+        assert _findings(fast) == _findings(html_links._scan(document, stop, _EXACT)), document
+
+
+@pytest.mark.skipif(not _CORPUS.is_dir(), reason=f"the shared email corpus is not at {_CORPUS}")
+def test_fast_scanner_finds_what_the_exact_grammar_finds_in_the_corpus() -> None:
+    for path in sorted(_CORPUS.glob("*")):
+        assert_same_as_exact(decode_html_bytes(path.read_bytes())[0])
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        # A quote opens a value only right after "=": elsewhere it is part of a name.
+        '<td a=b"c d="x> <a href=https://no.com/>y" e="z">',
+        '<td a ="x> <a href=https://no.com/>">',
+        '<td ="x> <a href=https://yes.com/>">',
+        '<td a/="x> <a href=https://yes.com/>">',
+        '<td a="1"b="x> <a href=https://no.com/>">',
+        '<tdX="a>b" <a href="https://yes.com/">',
+        '<px="a>b" <a href="https://yes.com/">',
+        '<p/x="a>b"><a href="https://yes.com/">',
+        '<br/="a>b"><a href="https://yes.com/">',
+        '<p"x="<a href=https://yes.com/>">',
+        '<p\tclass="<a href=https://no.com/>">',
+        "<div title='<a href=https://no.com/>'><a href=\"https://yes.com/\">",
+        '<img alt="a > b <a href=https://no.com/>" src="x"/><a href="https://yes.com/">',
+        # Names that only start like special ones, and special ones in other cases.
+        '<styles><a href="https://yes.com/"></styles>',
+        '<Style><a href="https://no.com/"></style><a href="https://yes.com/">',
+        '<titlex><a href="https://yes.com/">',
+        '<textarea><a href="https://no.com/"></textarea >',
+        '<ab href="https://no.com/"><area href="https://yes.com/">',
+        '<a href="https://yes.com/" data-mb-notrack="1">',
+        '<a href="https://yes.com/" data-x="1" class="c">',
+        '<a href="#" DATA-MB-NOTRACK>',
+        '<a href="http://" class="c"><a href="hello">',
+        '<a href="https://yes.com/"class="c"><a href=" https://yes2.com/" >',
+        '<a href="https://yes.com/" / >',
+        # Comments: empty ones, dashes, the "--!>" ending, nested openings, Outlook's.
+        "<!--><a href=https://yes.com/>",
+        "<!---><a href=https://yes.com/>",
+        "<!----><a href=https://yes.com/>",
+        '<!-- a - b <a href="https://no.com/"> -- c --><a href="https://yes.com/">',
+        '<!-- a --!><a href="https://yes.com/">',
+        '<!-- <!-- <a href="https://no.com/"> --><a href="https://yes.com/">',
+        '<!--[if mso]><a href="https://mso.com/"><![endif]-->',
+        # Raw text: false end tags, end tags in other cases, "<" inside, none at all.
+        '<style>a<b</stylex><a href="https://no.com/"></STYLE\n><a href="https://yes.com/">',
+        '<script>if (a < b) x("</scr" + "ipt>")</script><a href="https://yes.com/">',
+        '<style><!-- p { } --></style><a href="https://yes.com/">',
+        '<p>x</p><style>p { } <a href="https://no.com/">',
+        "<p>x</p><plaintext><a href=https://no.com/>",
+        # Cut off inside a tag, a value, a comment.
+        '<p>x</p><td class="a',
+        '<p>x</p><a href="https://no.com/',
+        "<p>x</p><!-- never closed",
+        "<p>x</p></body><!-- </body> --></BODY >",
+    ],
+)
+def test_fast_scanner_agrees_on_adversarial_markup(document: str) -> None:
+    assert_same_as_exact(document)
+    assert_same_as_exact("<p>x</p>" + document)
+
+
+_PIECES = st.sampled_from(
+    [
+        "<td>", "</td>", "<tr>", "<TR>", "<p>", "</p>", "<br/>", "<br />", "<img src=\"x\">",
+        '<td class="a" style="b:c">', '<td class="a"style="b">', "<td class='a'>",
+        "<td nowrap>", "<td width=1>", '<px="a>b">', '<td/="a>b">', '<td  a="b">', '<td\ta="b">', '<td a= "b">',
+        '<td a="<a href=https://q.com/>">', '<td a="x>y">', "<td a='x>y'>", '<td ="x>y">',
+        '<td a=b"c d="x>', '<p"x="y>z">', "<div<a href=https://r.com/>", "<span title=\"",
+        '<a href="https://x.com/">', '<a href="https://x.com/" class="c">',
+        '<a href="#" style="s">', '<a href="#" data-mb-notrack="1">', "<a href=https://y.com/>",
+        '<a class="c" href="https://z.com/">', '<a href="http://">', '<A HREF="https://u.com/">',
+        '<a href="https://x.com/" data-mb-notrack>', '<area href="https://w.com/">',
+        "<!-- c -->", "<!--->", "<!-->", "<!-- a - b -->", "<!-- x --!>", "<!--[if mso]>",
+        "<![endif]-->", "<!--", "-->", "<style>", "</style>", "<STYLE>", "</style ", "<script>",
+        "</script>", "<title>", "</title>", "<textarea>", "</textarea>", "<plaintext>",
+        "</body>", "<body>", '<v:rect href="https://v.com/">', "<v:fill/>", "<!DOCTYPE html>",
+        "<?xml x?>", "</ x>", "text", " ", "\n", "&nbsp;", "a < b", "<", ">", '"', "'", "=",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=14).map("".join))
+def test_fast_scanner_agrees_on_generated_markup(document: str) -> None:
+    assert_same_as_exact(document)

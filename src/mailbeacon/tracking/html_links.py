@@ -9,10 +9,13 @@ The scanner is a pair of regular expressions that follow the tokenizer of the HT
 Standard (section 13.2.5) as far as structure goes: where a tag ends (a quoted attribute value
 may hold ``>`` or ``<``), which attribute is ``href`` (the first of duplicate names wins), what
 a comment is, and that ``script``, ``style``, ``textarea``, ``title`` and the other raw-text
-elements hold text, not tags. Ordinary tags, and raw-text elements with their content, are
-passed over inside the regex engine, so Python only sees the constructs that matter: link
-tags, comments that Outlook reads (``<!--[if mso]> ... <![endif]-->``), ``</body>``, and a
-raw-text element or an image where visible content is looked for, or one left open to the end.
+elements hold text, not tags. Ordinary tags, and short raw-text elements with their content,
+are passed over inside the regex engine, so Python only sees the constructs that matter: link
+tags, comments that Outlook reads (``<!--[if mso]> ... <![endif]-->``), ``</body>``, style
+sheets and scripts (whose end str.find reaches faster), and a raw-text element or an image
+where visible content is looked for, or one left open to the end. Before the exact grammar,
+cheaper alternatives read the common shapes (lower-case names, double-quoted values); the
+tests hold the scan to the one without them.
 
 Known simplifications, all outside what email HTML contains: SVG and MathML foreign content
 (where ``<style>`` is not raw text and ``<![CDATA[`` is a section) is read as HTML, and the
@@ -124,6 +127,7 @@ _TAIL = (
 # Elements whose content the tokenizer reads as text up to their own end tag.
 _RAW_TEXT = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
 _LINK_TAGS = ("a", "area")
+_LONG_RAW = ("style", "script")
 # What is visible content on its own, without any text around it.
 _VISIBLE_TAGS = (
     "img", "image", "svg", "video", "audio", "picture", "canvas", "iframe", "object",
@@ -166,6 +170,11 @@ _PLAIN_LINK = rf"""
       |[hH][tT][tT][pP][sS]?://(?=[\t\n\f\r >])
       |[^hH&<>\x00-\x20"'=][^\t\n\f\r <>"'=]*+(?=[\t\n\f\r >]))
     {_PLAIN_ATTRS}"""
+# The fast scanner tries it only where the first attribute is no href that fails it below:
+# it reads the whole tag once more.
+_PLAIN_LINK_UNLESS_WEB = (
+    rf"""(?!a\x20href="(?![hH][tT][tT][pP][sS]?://")[hH&\x00-\x20]){_PLAIN_LINK}"""
+)
 # A VML element without any "href" in it (a fill, a text box), passed over likewise.
 _PLAIN_VML = rf"""
     {_ci("v:")}[^\t\n\f\r />"'<=]*+(?=[\t\n\f\r />]){_NO_MARKER}
@@ -180,7 +189,84 @@ def _raw_element(name: str) -> str:
     return rf"{_ci(name)}{_NAME_END}(?>{_TAIL})[^<]*+(?:<(?!{end})[^<]*+)*+(?=<{end})"
 
 
-def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
+# The fast alternatives: the tags, comments and link tags of nearly every email, read in as
+# few sre operations as the tokenizer's rules allow. sre's cost is per operation (a group
+# repeated or an alternative entered costs some 100-150 instructions) and per character of
+# a set ("[^>]" costs 5 a character, a set of several characters 20-50), so they use sets of
+# allowed characters, literal first characters (which sre tests without entering the
+# alternative) and one repetition per attribute. Each accepts a subset of what the exact
+# grammar after them accepts, ending at the same ">", so anything else (upper case, single
+# quotes, unquoted or empty values, a tab or two spaces between attributes) simply falls
+# through to the exact grammar. What keeps them exact: after a name made of _NAME_CHARS the
+# tokenizer is in the tag name or attribute name state; a single space takes it to "before
+# attribute name", "=" right after a name to "before attribute value", where `"` opens a
+# value that only `"` closes; spaces and "/" before ">" never stop ">" from ending the tag.
+_NAME_CHARS = "-.0-9:_a-z"
+_SIMPLE_NAME = f"[{_NAME_CHARS}]*+"
+_SIMPLE_ATTRS = rf"""(?:\x20[{_NAME_CHARS}]++="[^"]*+")*+[\x20/]*+>"""
+# First letters in the order tried: sre tests the alternatives one after the other.
+_FREQUENT = "tdsabcipmhflou"
+# A link tag whose first attribute is an href that cannot lead to the web, passed over
+# like `_PLAIN_LINK`; no later attribute name starts with "d", so the opt-out marker
+# (which must be removed) is not there.
+_FAST_LINK_REST = r"""(?:\x20[-.0-9:_a-ce-z][-.0-9:_a-z]*+="[^"]*+")*+[\x20/]*+>"""
+_FAST_PLAIN_LINK = (
+    rf"""a\x20href="(?:[^hH&"\x00-\x20][^"]*+|[hH][tT][tT][pP][sS]?://)?"{_FAST_LINK_REST}"""
+)
+# A comment without a dash in its text, none that Outlook reads ("<!--[if"), and not the
+# abruptly closed "<!-->".
+_FAST_COMMENT = r"!--[^->\[][^-]*+-->"
+
+
+def _name_class(exclude: str) -> str:
+    """_NAME_CHARS without ``exclude``, as a set."""
+    chars = {chr(c) for c in range(128) if re.fullmatch(f"[{_NAME_CHARS}]", chr(c))}
+    return "[" + "".join(re.escape(c) for c in sorted(chars - set(exclude))) + "]"
+
+
+def _fast_tags(words: tuple[str, ...], prefix: str, *, links: bool) -> list[str]:
+    """The fast alternatives for end tags other than ``</body>``, comments, and start tags
+    that are none of ``words`` and do not start with ``prefix``.
+
+    A start tag is told apart by its first letter, then its second where some of ``words``
+    start with that letter; only names that share two letters with one of ``words`` (``st``
+    for ``style``, ``ti`` for ``title``) take a look-ahead. A one-letter name (``<p>``)
+    has an alternative of its own, where the attributes must start after a space: read as
+    one, ``<px="a>b">`` would end at the second ">", where its name ``px="a`` ends at the
+    first.
+    """
+    rests: dict[str, set[str]] = {}
+    for word in words:
+        rests.setdefault(word[0], set()).add(word[1:])
+    rests.setdefault(prefix[0], set()).add(prefix[1:] + "*")
+    alts = []
+    order = sorted(string.ascii_lowercase, key=lambda c: _FREQUENT.find(c) % 100)
+    for first in order:
+        ends = rests.get(first)
+        if ends is None:
+            alts.append(f"{first}{_SIMPLE_NAME}{_SIMPLE_ATTRS}")
+            continue
+        seconds = "".join(sorted({e[0] for e in ends if e}))
+        alts.append(f"{first}{_name_class(seconds)}{_SIMPLE_NAME}{_SIMPLE_ATTRS}")
+        if first == "a" and links:
+            alts.append(_FAST_PLAIN_LINK)
+        if "" not in ends:
+            alts.append(f"{first}{_SIMPLE_ATTRS}")
+        for second in seconds:
+            deeper = [e[1:] for e in ends if e[:1] == second]
+            if any(d.endswith("*") for d in deeper):
+                continue  # a prefix: every name that starts so is special
+            words_left = "|".join(re.escape(d) + _DELIM for d in deeper)
+            alts.append(f"{first}{second}(?!{words_left}){_SIMPLE_NAME}{_SIMPLE_ATTRS}")
+    return [
+        f"/[ac-z]{_SIMPLE_NAME}>",
+        f"/b(?!ody{_DELIM}){_SIMPLE_NAME}>",
+        *alts,
+        _FAST_COMMENT,
+    ]
+
+
+def _scanner(*, visible_mode: bool, links: bool = True, fast: bool = True) -> re.Pattern[str]:
     """One step of the scan: pass over everything uninteresting, then report one thing.
 
     In visible mode, text is passed over only while it is blank and images are reported, so
@@ -198,7 +284,8 @@ def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
         # Text as runs of blanks and single blank entities, written as one run before the
         # first construct and one after each (unrolled: a trip round the loop per construct
         # rather than two).
-        blank = rf"[{INVISIBLE_CHARS}]*+"
+        # ASCII white space first: sre tests a small set faster than the whole of them.
+        blank = rf"[\t\n\f\r\x20]*+[{INVISIBLE_CHARS}]*+" if fast else rf"[{INVISIBLE_CHARS}]*+"
         entity = rf"{_INVISIBLE_ENTITY}|"
         lone_lt = ""
         visible = rf"| (?P<vis>[^<]|<(?![a-zA-Z!/?])|<{_names(*_VISIBLE_TAGS)})"
@@ -207,11 +294,19 @@ def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
         entity = ""
         lone_lt = r"| (?![a-zA-Z!/?])"  # a "<" that starts nothing is text
         visible = ""
-    passed_raw = [n for n in _RAW_TEXT if not (visible_mode and n in _VISIBLE_TAGS)]
+    # Style sheets and scripts run to thousands of characters, which sre reads one by one;
+    # the step reports them instead, and `_raw_text_end` finds their end with str.find.
+    passed_raw = [
+        n
+        for n in _RAW_TEXT
+        if not (fast and n in _LONG_RAW) and not (visible_mode and n in _VISIBLE_TAGS)
+    ]
     if links:
-        link_tags = rf"{_PLAIN_LINK} | {_PLAIN_VML}"
+        link_tags = rf"{_PLAIN_LINK_UNLESS_WEB if fast else _PLAIN_LINK} | {_PLAIN_VML}"
         comment = r"--(?!\[[iI][fF])"
+        fast_link = rf"""(?P<flink><a\x20href="(?P<fhref>[^"]*+)"{_FAST_LINK_REST})|"""
         reported = rf"""
+            {fast_link if fast else ""}
             (?P<link><(?P<lname>{_names(*_LINK_TAGS)}|{_ci("v:")}[^\t\n\f\r />]*+)
                 (?P<lattrs>{_TAIL}))
           | (?P<cc><!--(?P<ccbody>\[[iI][fF]{_COMMENT_TEXT})--!?>)"""
@@ -219,19 +314,21 @@ def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
         link_tags = rf"{_ci('v:')}{_TAIL}"
         comment = "--"
         reported = "(?!)"
+    fast_alts = "|".join(_fast_tags(stop_tags, "v:", links=links)) + "|" if fast else ""
     return re.compile(
         rf"""{blank}
         (?:(?:
             {entity}
             <(?:
-                /[ac-zAC-Z]{_TAIL}
+                {fast_alts}
+                !(?:{comment}(?>>|->|{_COMMENT_TEXT}--!?>)|(?!--)[^>]*+>)
+              | {"|".join(map(_raw_element, passed_raw))}
+              | {link_tags}
+              | /[ac-zAC-Z]{_TAIL}
               | {"|".join(f"{start}{_TAIL}" for start in _other_starts(stop_tags, "v:"))}
               | /[bB](?!{_ci("ody")}{_NAME_END}){_TAIL}
               | /(?![a-zA-Z])[^>]*+>
-              | {link_tags}
-              | !(?:{comment}(?>>|->|{_COMMENT_TEXT}--!?>)|(?!--)[^>]*+>)
               | \?[^>]*+>
-              | {"|".join(map(_raw_element, passed_raw))}
               {lone_lt}
             )
         ){blank})*+
@@ -246,10 +343,26 @@ def _scanner(*, visible_mode: bool, links: bool = True) -> re.Pattern[str]:
     )
 
 
-_SCAN_LINKS = _scanner(visible_mode=False)
-_SCAN_VISIBLE = _scanner(visible_mode=True)
-_SCAN_REST = _scanner(visible_mode=False, links=False)
-_SCAN_VISIBLE_REST = _scanner(visible_mode=True, links=False)
+class _Scanners(NamedTuple):
+    visible: re.Pattern[str]  # from the start, until something visible
+    links: re.Pattern[str]  # after that
+    rest: re.Pattern[str]  # past MAX_LINK_SITES
+    visible_rest: re.Pattern[str]
+
+    @classmethod
+    def build(cls, *, fast: bool) -> _Scanners:
+        """The scanners; without ``fast``, those of the tokenizer's grammar alone, which
+        the tests hold the fast ones to."""
+        return cls(
+            _scanner(visible_mode=True, fast=fast),
+            _scanner(visible_mode=False, fast=fast),
+            _scanner(visible_mode=False, links=False, fast=fast),
+            _scanner(visible_mode=True, links=False, fast=fast),
+        )
+
+
+_SCANNERS = _Scanners.build(fast=True)
+_SCAN_VISIBLE, _SCAN_LINKS = _SCANNERS.visible, _SCANNERS.links
 _RAW_END = {name: re.compile(rf"</{_ci(name)}{_DELIM}") for name in _RAW_TEXT}
 # Where a tag that the scanner reports as a link could start.
 _LINK_OPENING = re.compile(rf"<(?:{_names(*_LINK_TAGS)}|{_ci('v:')})")
@@ -313,48 +426,76 @@ def scan_html(html: str, *, stop_at_visible: bool = False) -> HtmlScan:
     With ``stop_at_visible`` the scan ends at the first visible content (for emptiness
     checks), and the other findings are incomplete.
     """
+    return _scan(html, stop_at_visible, _SCANNERS)
+
+
+def _scan(html: str, stop_at_visible: bool, scanners: _Scanners) -> HtmlScan:
     scan = HtmlScan(len(html))
-    pattern = _SCAN_VISIBLE
+    pattern = scanners.visible
     pos = 0
     while True:
         m = pattern.match(html, pos)
         assert m is not None  # the last alternative matches anything, even nothing
         kind = m.lastgroup
-        if kind == "link":
+        if kind == "flink":
+            _read_fast_link(html, m, scan)
+            pos = m.end()
+            if len(scan.links) >= MAX_LINK_SITES:
+                pattern = scanners.visible_rest if pattern is scanners.visible else scanners.rest
+        elif kind == "link":
             _read_link_tag(html, m, scan)
             pos = m.end()
             if len(scan.links) >= MAX_LINK_SITES:
-                pattern = _SCAN_VISIBLE_REST if pattern is _SCAN_VISIBLE else _SCAN_REST
+                pattern = scanners.visible_rest if pattern is scanners.visible else scanners.rest
         elif kind == "cc":
             # Outlook renders what sits between <!--[if mso]> and <![endif]-->, so links there
             # (VML buttons above all) are followed by real readers.
-            _scan_conditional(html, m.start("ccbody"), m.end("ccbody"), scan)
+            _scan_conditional(html, m.start("ccbody"), m.end("ccbody"), scan, scanners.links)
             pos = m.end()
             if len(scan.links) >= MAX_LINK_SITES:
-                pattern = _SCAN_VISIBLE_REST if pattern is _SCAN_VISIBLE else _SCAN_REST
+                pattern = scanners.visible_rest if pattern is scanners.visible else scanners.rest
         elif kind == "vis":
             scan.visible = True
             if stop_at_visible:
                 return scan
-            pattern = _SCAN_LINKS if pattern is _SCAN_VISIBLE else _SCAN_REST
+            pattern = scanners.links if pattern is scanners.visible else scanners.rest
             pos = m.start("vis")
         elif kind == "body":
             scan.body_close = m.start("body")
             pos = m.end()
         elif kind == "raw":
             name = m.group("rawname").lower()
-            closing = _RAW_END[name].search(html, m.end()) if name != "plaintext" else None
-            if closing is None:  # `<plaintext>`, or raw text running to the end of input
+            closing = _raw_text_end(html, name, m.end(), len(html))
+            if closing < 0:  # `<plaintext>`, or raw text running to the end of input
                 scan.data_end = m.start("raw")
                 return scan
-            pos = closing.start()
+            pos = closing
         else:
             if m.start("end") < len(html):
                 scan.data_end = m.start("end")
             return scan
 
 
-def _scan_conditional(html: str, start: int, stop: int, scan: HtmlScan) -> None:
+def _raw_text_end(html: str, name: str, start: int, stop: int) -> int:
+    """Where the end tag of raw-text element ``name`` starts, from ``start``; -1 if none.
+
+    A loop over str.find("<"): memchr reads the text some twenty times faster than a
+    regular expression does, and a style sheet holds few "<".
+    """
+    if name == "plaintext":
+        return -1  # nothing ends it
+    end_tag = _RAW_END[name]
+    pos = html.find("<", start, stop)
+    while pos >= 0:
+        if end_tag.match(html, pos, stop) is not None:
+            return pos
+        pos = html.find("<", pos + 1, stop)
+    return -1
+
+
+def _scan_conditional(
+    html: str, start: int, stop: int, scan: HtmlScan, pattern: re.Pattern[str]
+) -> None:
     """Collect the links in a conditional comment's body, markup only Outlook reads."""
     # Most of them only open or close a table for Outlook: without a link tag's opening
     # anywhere in the body, even in a value, there is nothing to read.
@@ -362,22 +503,34 @@ def _scan_conditional(html: str, start: int, stop: int, scan: HtmlScan) -> None:
         return
     pos = start
     while len(scan.links) < MAX_LINK_SITES:
-        m = _SCAN_LINKS.match(html, pos, stop)
+        m = pattern.match(html, pos, stop)
         assert m is not None
         kind = m.lastgroup
-        if kind == "link":
+        if kind == "flink":
+            _read_fast_link(html, m, scan)
+            pos = m.end()
+        elif kind == "link":
             _read_link_tag(html, m, scan)
             pos = m.end()
         elif kind == "raw":
             name = m.group("rawname").lower()
-            closing = _RAW_END[name].search(html, m.end(), stop) if name != "plaintext" else None
-            if closing is None:
+            closing = _raw_text_end(html, name, m.end(), stop)
+            if closing < 0:
                 return
-            pos = closing.start()
+            pos = closing
         elif kind in ("body", "cc"):
             pos = m.end()
         else:
             return
+
+
+def _read_fast_link(html: str, m: re.Match[str], scan: HtmlScan) -> None:
+    """A link tag the scanner read whole: `<a href="...">` first, lower-case double-quoted
+    attributes after it, none of whose names starts with "d" (so no opt-out marker)."""
+    start, end = m.span("fhref")
+    url = normalise_url(decode_attribute(html[start:end]))
+    if _WEB_SCHEME.match(url) is not None:
+        scan.links.append(LinkSite(start - 1, end + 1, '"', url, "a", m.end(), False))
 
 
 def _read_link_tag(html: str, m: re.Match[str], scan: HtmlScan) -> None:

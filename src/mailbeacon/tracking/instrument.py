@@ -177,7 +177,7 @@ def is_trackable_url(url: str, base_url: str | None = None) -> bool:
     if base_url is not None and url.startswith(base_url + CLICK_PATH):
         return False
     # Bytes that did not decode in the body's charset cannot be sealed as UTF-8 text.
-    if _SURROGATE.search(url) is not None:
+    if not url.isascii() and _SURROGATE.search(url) is not None:
         return False
     return is_web_destination(url) and click_token_fits(url)
 
