@@ -110,15 +110,18 @@ _HAS_TRIGRAM_INDEX = text(
 _TRIGRAM_MATCHES = text(
     "SELECT rowid FROM messages_search WHERE messages_search MATCH :phrase LIMIT :n"
 )
-# PostgreSQL's narrow copy of what the search matches, kept by a trigger and indexed
-# with pg_trgm where available (migration d6a8c0e2f4b5); no model, as it exists on
-# PostgreSQL only.
+# A narrow, lowered copy of what the search matches, with the list's sort key, kept by
+# triggers: on PostgreSQL indexed with pg_trgm where available (migration d6a8c0e2f4b5),
+# on SQLite keyed by user and date (f8c0e2a4b6d7, b0e2a4c6d8f1). No model: its key and
+# its triggers differ between the backends.
 _search_text = table(
     "messages_search_text",
     column("message_id", BigInteger),
     column("user_id", Integer),
     column("is_preview", Boolean),
     column("search_text", Text),
+    # Typed as on messages, so the cursor's date is written as the copy holds it.
+    column("created_at", _messages.c.created_at.type),
 )
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
 # Replies shown per email (a mailing list gone wrong must not make a page of megabytes).
@@ -170,9 +173,16 @@ class _Search:
     """Matching a search on the subject or any recipient: To and Cc in the message's own
     headers (display names too), Bcc in the copies.
 
-    SQLite's LIKE ignores ASCII case by itself (lower() on every row would double
-    the scan); on PostgreSQL lower() LIKE is twice as fast as ILIKE, and is the
-    expression ``messages_search_text`` stores, lowered once (see bench/README.md).
+    Subject, To and Cc are matched on ``messages_search_text``, the searched columns
+    lowered and joined once (see bench/README.md), both when looking up a term's
+    matches and when walking the newest emails. SQLite's lower() and LIKE both fold
+    ASCII case only, so its lowered copy changes nothing LIKE sees; on PostgreSQL
+    lower() LIKE (also on the Bcc addresses) is twice as fast as ILIKE.
+
+    Both backends join the columns with a newline (migrations f8c0e2a4b6d7 and
+    a9d1f3b5c7e9), which no search contains (``mail_page`` folds whitespace to single
+    spaces) and LIKE's escaped pattern cannot stand for: a match is a match within one
+    column, as with a LIKE per column.
     """
 
     def __init__(self, q: str, dialect: str) -> None:
@@ -200,17 +210,16 @@ class _Search:
         return cast(ColumnElement[bool], target.like(self.pattern, escape="/"))
 
     def headers(self) -> ColumnElement[bool]:
-        m = _messages.c
-        if self.postgres:
-            return self._like(m.subject + " " + m.to_header + " " + m.cc_header)
-        return or_(self._like(m.subject), self._like(m.to_header), self._like(m.cc_header))
+        """Subject, To or Cc, on ``messages_search_text`` (already lowered)."""
+        return cast(ColumnElement[bool], _search_text.c.search_text.like(self.pattern, escape="/"))
 
     def bcc(self) -> Select[Any]:
         c = _copies.c
         return select(c.message_id).where(c.kind == "bcc", self._like(c.address))
 
     def clause(self) -> ColumnElement[bool]:
-        return or_(self.headers(), _messages.c.id.in_(self.bcc()))
+        """The whole match, on ``messages_search_text``: its text, or a Bcc copy."""
+        return or_(self.headers(), _search_text.c.message_id.in_(self.bcc()))
 
 
 def _search_candidates(session: Session, user_id: int, search: _Search) -> list[int] | None:
@@ -232,35 +241,25 @@ def _search_candidates(session: Session, user_id: int, search: _Search) -> list[
 
 
 def _header_matches(session: Session, user_id: int, search: _Search) -> set[int]:
-    """The user's emails whose subject, To or Cc match, at most ``SEARCH_CANDIDATES + 1``."""
-    bound = SEARCH_CANDIDATES + 1
-    if search.postgres:
-        # Already lowered and a third of the size of messages: a search too short for
-        # a trigram scans it quickly, a common term stops at the bound (the column's
-        # statistics tell the planner it is common), a rare one goes through the index.
-        t = _search_text.c
-        return set(
-            session.scalars(
-                select(t.message_id)
-                .where(
-                    t.user_id == user_id,
-                    t.is_preview.is_(False),
-                    t.search_text.like(search.pattern, escape="/"),
-                )
-                .limit(bound)
-            )
-        )
-    m = _messages.c
+    """The user's emails whose subject, To or Cc match, at most ``SEARCH_CANDIDATES + 1``.
+
+    On ``messages_search_text``: already lowered and a third of the size of
+    ``messages``, so a search too short for a trigram scans it quickly, and a common
+    term stops at the bound (on PostgreSQL the column's statistics tell the planner it
+    is common; a rare term goes through the pg_trgm index). On SQLite the trigram
+    candidates, when there are few enough, are each one seek.
+    """
+    t = _search_text.c
     indexed = _trigram_matches(session, search)
     if indexed is None:
-        mine = (m.user_id == user_id, m.is_preview.is_(False))
-        return set(session.scalars(select(m.id).where(*mine, search.headers()).limit(bound)))
-    # Looked up by primary key alone and kept here if the user's: given the user too,
-    # SQLite walks all of that user's emails on their index instead.
-    rows = session.execute(
-        select(m.id, m.user_id, m.is_preview).where(m.id.in_(indexed), search.headers())
-    )
-    return {row.id for row in rows if row.user_id == user_id and not row.is_preview}
+        owner: ColumnElement[bool] = t.user_id == user_id
+    else:
+        # Each candidate looked up through the unique index on message_id and kept if the
+        # user's (b0e2a4c6d8f1): with the owner usable as a key, SQLite takes the primary
+        # key's range of the owner's rows instead, and reads all of them.
+        owner = and_((t.user_id + 0) == user_id, t.message_id.in_(indexed))
+    query = select(t.message_id).where(owner, t.is_preview.is_(False), search.headers())
+    return set(session.scalars(query.limit(SEARCH_CANDIDATES + 1)))
 
 
 def _trigram_matches(session: Session, search: _Search) -> list[int] | None:
@@ -274,16 +273,21 @@ def _trigram_matches(session: Session, search: _Search) -> list[int] | None:
     return None if len(ids) > TRIGRAM_CANDIDATES else ids
 
 
+# The list's order, newest first with the id breaking ties (the cursors hold both):
+# on messages, or on their copies in messages_search_text, which hold the same values.
+_ListKey = tuple[ColumnElement[Any], ColumnElement[Any]]
+_MESSAGES_KEY: _ListKey = (_messages.c.created_at, _messages.c.id)
+
+
 def _list_query(
     session: Session, user_id: int, mail_filter: MailFilter | None, q: str
-) -> Select[Any] | None:
-    """The page query before ordering and paging; None when nothing can match."""
+) -> tuple[Select[Any], _ListKey] | None:
+    """The page query before ordering and paging, and the key to order and page it by;
+    None when nothing can match."""
     query = select(*_ROW_COLUMNS).where(
         _messages.c.user_id == user_id, _messages.c.is_preview.is_(False)
     )
-    clause = _filter_clause(mail_filter)
-    if clause is not None:
-        query = query.where(clause)
+    key = _MESSAGES_KEY
     if q:
         search = _Search(q, session.get_bind().dialect.name)
         if search.postgres:
@@ -295,12 +299,24 @@ def _list_query(
             session.execute(_CUSTOM_PLANS)
         candidates = _search_candidates(session, user_id, search)
         if candidates is None:
-            query = query.where(search.clause())
+            # A common term: walk the user's copies newest first, in the list's order
+            # (their own index), until the page is full; messages is read for the
+            # matches only (migration b0e2a4c6d8f1).
+            t = _search_text.c
+            query = (
+                select(*_ROW_COLUMNS)
+                .select_from(_search_text.join(_messages, _messages.c.id == t.message_id))
+                .where(t.user_id == user_id, t.is_preview.is_(False), search.clause())
+            )
+            key = (t.created_at, t.message_id)
         elif not candidates:
             return None
         else:
             query = query.where(_messages.c.id.in_(candidates))
-    return query
+    clause = _filter_clause(mail_filter)
+    if clause is not None:
+        query = query.where(clause)
+    return query, key
 
 
 def mail_page(
@@ -317,12 +333,13 @@ def mail_page(
     # No stored subject or address holds a NUL, and PostgreSQL refuses one in a parameter.
     q = " ".join(q.replace("\x00", " ").split())[:MAX_SEARCH_CHARS]
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    query = _list_query(session, user_id, mail_filter, q)
-    if query is None:
+    listed = _list_query(session, user_id, mail_filter, q)
+    if listed is None:
         return MailPageOut(items=[], older_cursor=None, newer_cursor=None)
-    position = tuple_(_messages.c.created_at, _messages.c.id)
-    newer_first = (_messages.c.created_at.desc(), _messages.c.id.desc())
-    older_first = (_messages.c.created_at.asc(), _messages.c.id.asc())
+    query, (created_at, message_id) = listed
+    position = tuple_(created_at, message_id)
+    newer_first = (created_at.desc(), message_id.desc())
+    older_first = (created_at.asc(), message_id.asc())
     after_at = decode_cursor(after)
     before_at = decode_cursor(before)
     if after_at is not None:
