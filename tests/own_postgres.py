@@ -63,6 +63,10 @@ class OwnPostgres:
     def stop(self) -> None:
         self._ctl("-w", "-m", "fast", "stop")
 
+    def crash(self) -> None:
+        """Stop as a crash would: immediate mode, and crash recovery at the next start."""
+        self._ctl("-w", "-m", "immediate", "stop")
+
 
 def create_own_postgres() -> OwnPostgres:
     """An initialised, stopped cluster (the caller starts it and removes it)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from mailbeacon.db import Database
@@ -249,6 +249,113 @@ async def test_a_claim_takes_at_most_its_limit(database: Database, runtime: Runt
     assert all(c.attempts == 1 for c in by_address.values() if c.claimed_by)
 
 
+async def test_a_reserved_copy_found_sending_starts_only_if_its_start_was_in_doubt(
+    database: Database, runtime: Runtime
+) -> None:
+    # A reserved copy found `sending` is in flight (a stale entry of the worker's
+    # reserve must not start it twice), unless the worker names it as started by a
+    # round whose answer was lost: then it starts, counted once. Given back unstarted,
+    # such a copy leaves `sending` for the queue, its attempt given back.
+    from mailbeacon.kit.clock import utcnow
+
+    message_id = plan_send(database, runtime, 2525, bcc=["ann@example.org", "bob@example.org"])
+    conn = database.engine.connect().execution_options(sqlite_immediate=True)
+    if not database.is_sqlite:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    send = queue.SendQueue(conn)
+
+    def round_(*start: int, **kwargs: Any) -> queue.Round:
+        return send.round(
+            "w1", utcnow(), [], 0, messages_started=set(), known_messages=(), start=start, **kwargs
+        )
+
+    with conn:
+        ann, bob = round_(reserve=2, establish=True).reserved
+        assert round_(ann.id, bob.id).started == {ann.id, bob.id}
+        assert round_(ann.id, bob.id, restart={bob.id}).started == {bob.id}
+        by_address = copies(database, message_id)
+        assert {(c.status, c.attempts) for c in by_address.values()} == {(CopyStatus.SENDING, 1)}
+        given_back = [
+            queue.Settlement(
+                c.id,
+                message_id,
+                CopyStatus.QUEUED,
+                "",
+                release=True,
+                started=False,
+                start_in_doubt=c is bob,
+            )
+            for c in (ann, bob)
+        ]
+        send.round("w1", utcnow(), given_back, 0, messages_started=set(), known_messages=())
+    by_address = copies(database, message_id)
+    assert (by_address["ann@example.org"].status, by_address["ann@example.org"].attempts) == (
+        CopyStatus.SENDING,
+        1,
+    )
+    bob_now = by_address["bob@example.org"]
+    assert (bob_now.status, bob_now.claimed_by, bob_now.attempts) == (CopyStatus.QUEUED, None, 0)
+
+
+async def test_a_worker_holds_each_copy_once_whatever_a_round_returns(
+    database: Database, runtime: Runtime
+) -> None:
+    # A round may return a copy the worker still holds: one its reserve still has an
+    # entry for (released by another worker's recovery, or queued again by the user),
+    # or one in flight. The old reserve entry goes; a copy in flight is not begun again.
+    worker = runtime.make_outbox_worker()
+
+    def copy(copy_id: int) -> queue.ClaimedCopy:
+        return queue.ClaimedCopy(copy_id, 1, f"r{copy_id}@example.org", None, "Hi", 1)
+
+    worker._reserved.extend([copy(1), copy(2), copy(3)])
+    # Were 4's give-back a start in doubt, it would put the copy in flight back.
+    worker._start_in_doubt.add(4)
+    finished: list[queue.Settlement] = []
+    got = queue.Round(
+        claimed=[copy(3), copy(6)],
+        started=set(),
+        reserved=[copy(2), copy(4), copy(5)],
+        contexts={},
+    )
+    begin = worker._take_new(got, [copy(4), copy(6)], finished)
+    assert [c.id for c in begin] == [3]
+    assert [c.id for c in worker._reserved] == [1, 2, 5]
+    assert [(s.copy_id, s.started, s.start_in_doubt) for s in finished] == [(4, False, False)]
+
+
+async def test_reserved_copies_are_not_due_to_others(database: Database, runtime: Runtime) -> None:
+    # A worker polls has_due_copies to know whether to start a pass: copies another
+    # worker holds reserved are not for it to send.
+    from mailbeacon.kit.clock import utcnow
+
+    plan_send(database, runtime, 2525, bcc=["ann@example.org", "bob@example.org"])
+    conn = database.engine.connect().execution_options(sqlite_immediate=True)
+    if not database.is_sqlite:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    def due() -> bool:
+        with database.engine.connect() as other:
+            return queue.has_due_copies(other, utcnow())
+
+    with conn:
+        send = queue.SendQueue(conn)
+        got = send.round(
+            "w1",
+            utcnow(),
+            [],
+            0,
+            messages_started=set(),
+            known_messages=(),
+            reserve=1,
+            establish=True,
+        )
+        assert len(got.reserved) == 1
+        assert due()
+        send.round("w1", utcnow(), [], 0, messages_started=set(), known_messages=(), reserve=1)
+        assert not due()
+
+
 async def kill_worker_process_when_stalled(runtime: Runtime, handler: SinkHandler) -> None:
     """Run `mailbeacon worker` (one lane) until the sink stalls a DATA, then SIGKILL it."""
     env = dict(
@@ -320,9 +427,10 @@ async def test_a_worker_killed_mid_send_leaves_unknown_and_nothing_twice(
 async def test_a_worker_killed_mid_send_of_a_reserved_copy_sends_nothing_twice(
     database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # On SQLite the worker reserves bob and carl with ann's claim, then starts bob
-    # and settles ann in a commit that does not wait for the disk; killed while bob's
-    # DATA is unanswered, it leaves ann sent, bob in doubt and carl still reserved.
+    # The worker reserves bob and carl with ann's claim, then starts bob and settles
+    # ann in a commit that does not wait for the disk; killed while bob's DATA is
+    # unanswered, it leaves ann sent, bob in doubt and carl still reserved. Its
+    # process died, not the machine nor the database server: carl goes back.
     handler: SinkHandler = sink.handler
     answer = handler.handle_DATA
 
@@ -344,7 +452,7 @@ async def test_a_worker_killed_mid_send_of_a_reserved_copy_sends_nothing_twice(
     assert by_address["bob@example.org"].status == CopyStatus.SENDING
     carl = by_address["carl@example.org"]
     assert carl.status == CopyStatus.QUEUED and carl.attempts == 0
-    assert (carl.claimed_by is not None) == database.is_sqlite
+    assert carl.claimed_by is not None
 
     handler.stall = False
     monkeypatch.setattr(handler, "handle_DATA", answer)
@@ -369,9 +477,11 @@ async def test_a_worker_killed_mid_send_of_a_reserved_copy_sends_nothing_twice(
 async def test_reservations_of_a_dead_worker_go_back_only_if_no_commit_was_lost(
     database: Database, runtime: Runtime, sink: SmtpPeer, died_in: str
 ) -> None:
-    # A reservation's start may have been committed without waiting for the disk
-    # (SQLite). Only a worker known to have died in this boot of the machine lost
-    # no commit; on PostgreSQL no worker is vouched for, and nothing is reserved.
+    # A reservation's start may have been committed without waiting for the disk.
+    # On SQLite only a worker known to have died in this boot of the machine lost no
+    # commit. On PostgreSQL its crash marker says the server did not crash since it
+    # wrote it ("this boot"); crash recovery empties the table ("another boot"), as
+    # does a worker that never wrote one ("unrecorded").
     from mailbeacon.kit.clock import utcnow
     from mailbeacon.mail.tasks import Presence, machine_boot_id
 
@@ -389,13 +499,319 @@ async def test_reservations_of_a_dead_worker_go_back_only_if_no_commit_was_lost(
         lock._dir.mkdir(parents=True, exist_ok=True)
         boot = machine_boot_id() if died_in == "this boot" else b"another-boot"
         lock._lock_path("gone:1:abcd").write_bytes(boot or b"")
+    if not database.is_sqlite and died_in == "this boot":
+        set_crash_marker(database, "gone:1:abcd")
     worker = runtime.make_outbox_worker()
-    back = database.is_sqlite and died_in == "this boot" and machine_boot_id() is not None
+    if database.is_sqlite:
+        back = died_in == "this boot" and machine_boot_id() is not None
+    else:
+        back = died_in == "this boot"
     assert await worker.recover_orphans() == (0 if back else 2)
     assert await worker.run_once() == (2 if back else 0)
     statuses = {c.status for c in copies(database, message_id).values()}
     assert statuses == {CopyStatus.SENT if back else CopyStatus.UNKNOWN}
     assert len(sink.handler.accepted) == (2 if back else 0)
+    if not database.is_sqlite:
+        # Judged once: the dead worker's marker is gone, the live one's written.
+        assert crash_markers(database) == {worker.worker_id}
+
+
+def set_crash_marker(database: Database, worker_id: str) -> None:
+    with database.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO outbox_crash_markers (worker_id) VALUES (:w)"), {"w": worker_id}
+        )
+
+
+def crash_markers(database: Database) -> set[str]:
+    with database.engine.connect() as conn:
+        return set(conn.scalars(text("SELECT worker_id FROM outbox_crash_markers")))
+
+
+def lose_recent_commits(database: Database, message_id: int, **rows: dict[str, object]) -> None:
+    """What a crash of the PostgreSQL server does to commits that did not wait for the
+    disk: it empties the unlogged crash markers, and rolls the rows those commits wrote
+    back to what the last flushed commit left (given by address)."""
+    with database.engine.begin() as conn:
+        conn.execute(text("DELETE FROM outbox_crash_markers"))
+        for address, values in rows.items():
+            conn.execute(
+                update(RecipientCopy)
+                .where(RecipientCopy.message_id == message_id, RecipientCopy.address == address)
+                .values(**values)
+            )
+        conn.execute(update(Message).where(Message.id == message_id).values(sent_at=None))
+
+
+@pytest.mark.parametrize("crashed", [False, True])
+async def test_a_dead_worker_after_a_database_crash_sends_nothing_twice(
+    database: Database,
+    runtime: Runtime,
+    sink: SmtpPeer,
+    monkeypatch: pytest.MonkeyPatch,
+    crashed: bool,
+) -> None:
+    # The worker claims ann and reserves bob and carl, settles ann and starts bob in a
+    # commit that does not wait for the disk, and is killed during bob's DATA. If the
+    # server then crashes too, that commit may be gone: ann is `sending` again, bob
+    # reserved as if never started, and the marker gone. Bob must not be sent again,
+    # nor carl (it cannot be told apart from bob); without the crash, carl goes out.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's crash marker (SQLite: the boot id, tested above)")
+    handler: SinkHandler = sink.handler
+    answer = handler.handle_DATA
+
+    async def stall_bob(server: Any, session: Any, envelope: Any) -> str:
+        handler.stall = envelope.rcpt_tos == ["bob@example.org"]
+        return await answer(server, session, envelope)
+
+    monkeypatch.setattr(handler, "handle_DATA", stall_bob)
+    message_id = plan_send(
+        database,
+        runtime,
+        sink.port,
+        to=["ann@example.org"],
+        bcc=["bob@example.org", "carl@example.org"],
+    )
+    await kill_worker_process_when_stalled(runtime, handler)
+    assert len(crash_markers(database)) == 1
+    if crashed:
+        lose_recent_commits(
+            database,
+            message_id,
+            **{
+                "ann@example.org": {"status": CopyStatus.SENDING, "sent_at": None},
+                "bob@example.org": {"status": CopyStatus.QUEUED, "attempts": 0},
+            },
+        )
+    handler.stall = False
+    monkeypatch.setattr(handler, "handle_DATA", answer)
+    worker = runtime.make_outbox_worker()
+    for _ in range(100):
+        if await worker.recover_orphans():
+            break
+        await asyncio.sleep(0.05)
+    assert await worker.run_once() == (0 if crashed else 1)
+    by_address = copies(database, message_id)
+    expected = {
+        "ann@example.org": CopyStatus.UNKNOWN if crashed else CopyStatus.SENT,
+        "bob@example.org": CopyStatus.UNKNOWN,
+        "carl@example.org": CopyStatus.UNKNOWN if crashed else CopyStatus.SENT,
+    }
+    assert {a: c.status for a, c in by_address.items()} == expected
+    counts = Counter(r for rec in handler.accepted for r in rec.rcpt_tos)
+    assert counts == {"ann@example.org": 1, "bob@example.org": 1} | (
+        {} if crashed else {"carl@example.org": 1}
+    )
+    assert await runtime.make_outbox_worker().run_once() == 0
+
+
+@pytest.mark.parametrize("crashed", ["no", "yes", "with the round's answer"])
+async def test_a_live_worker_repairs_what_a_database_crash_took_and_sends_nothing_twice(
+    database: Database,
+    runtime: Runtime,
+    sink: SmtpPeer,
+    monkeypatch: pytest.MonkeyPatch,
+    crashed: str,
+) -> None:
+    # One lane: ann is claimed (bob and carl reserved), sent, and settled with bob's
+    # start in a commit that does not wait for the disk; bob's DATA then waits. The
+    # server "crashes": ann's outcome and bob's start are lost, and the marker. The
+    # worker lives on: when bob's answer comes, its round finds the marker gone and
+    # changes nothing (or fails, its connection gone with the server); the worker puts
+    # back what it knows (bob started, ann sent, carl never started), writes its
+    # marker again, and carries on. Each copy goes out once.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's crash marker (on SQLite the machine takes the worker)")
+    handler: SinkHandler = sink.handler
+    answer = handler.handle_DATA
+
+    async def stall_bob(server: Any, session: Any, envelope: Any) -> str:
+        handler.stall = envelope.rcpt_tos == ["bob@example.org"]
+        return await answer(server, session, envelope)
+
+    handler.handle_DATA = stall_bob  # type: ignore[method-assign]
+    message_id = plan_send(
+        database,
+        runtime,
+        sink.port,
+        to=["ann@example.org"],
+        bcc=["bob@example.org", "carl@example.org"],
+    )
+    worker = runtime.make_outbox_worker(poll_seconds=0.05, concurrency=1)
+    await worker.start()
+    try:
+        await asyncio.wait_for(handler.stalled.wait(), 10)
+        before = copies(database, message_id)
+        assert before["ann@example.org"].status == CopyStatus.SENT
+        assert (before["bob@example.org"].status, before["bob@example.org"].attempts) == (
+            CopyStatus.SENDING,
+            1,
+        )
+        assert before["carl@example.org"].claimed_by == worker.worker_id
+        if crashed != "no":
+            lose_recent_commits(
+                database,
+                message_id,
+                **{
+                    "ann@example.org": {"status": CopyStatus.SENDING, "sent_at": None},
+                    "bob@example.org": {"status": CopyStatus.QUEUED, "attempts": 0},
+                },
+            )
+        if crashed == "with the round's answer":
+            real_round = queue.SendQueue.round
+            failures = [True]
+
+            def failing_round(self: queue.SendQueue, *args: Any, **kwargs: Any) -> Any:
+                if failures:
+                    failures.pop()
+                    raise OperationalError(
+                        "WITH ...", {}, Exception("server closed the connection")
+                    )
+                return real_round(self, *args, **kwargs)
+
+            monkeypatch.setattr(queue.SendQueue, "round", failing_round)
+        handler.stall = False
+        handler.release.set()
+        for _ in range(250):
+            if {c.status for c in copies(database, message_id).values()} == {CopyStatus.SENT}:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await worker.stop()
+    by_address = copies(database, message_id)
+    assert {c.status for c in by_address.values()} == {CopyStatus.SENT}
+    assert {c.attempts for c in by_address.values()} == {1}
+    counts = Counter(r for rec in handler.accepted for r in rec.rcpt_tos)
+    assert counts == {"ann@example.org": 1, "bob@example.org": 1, "carl@example.org": 1}
+    assert crash_markers(database) == {worker.worker_id}
+    with database.sessions() as s:
+        assert s.get(Message, message_id).sent_at is not None  # type: ignore[union-attr]
+        assert s.scalars(select(OutboxEntry.completed_at)).one() is not None
+
+
+@pytest.mark.parametrize("default", ["on", "off"])
+async def test_each_commit_of_the_worker_waits_for_the_disk_or_not_as_it_must(
+    database: Database,
+    runtime: Runtime,
+    sink: SmtpPeer,
+    monkeypatch: pytest.MonkeyPatch,
+    default: str,
+) -> None:
+    # Whatever the session's default: the rounds that claim or reserve, the repair and
+    # the end of a pass must wait for the disk (they make a copy a lane's own, or vouch
+    # for the worker's earlier commits), where a stronger default is kept; rounds that
+    # only start and settle need not. Read inside each transaction, before its commit.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's synchronous_commit (SQLite: PRAGMA synchronous)")
+    from sqlalchemy import event
+
+    from mailbeacon.kit.clock import utcnow
+    from mailbeacon.mail import tasks
+
+    def session_default(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.execute(f"SET synchronous_commit = {default}")
+        dbapi_conn.commit()
+
+    engine = runtime.database.engine  # the worker's
+    engine.dispose()
+    event.listen(engine, "connect", session_default)
+    seen: list[tuple[str, str]] = []
+
+    def show(conn: Any) -> str:
+        value = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+        assert isinstance(value, str)
+        return value
+
+    def after_round(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("WITH marker"):
+            kind = "durable" if "FOR UPDATE SKIP LOCKED" in statement else "lazy"
+            seen.append((kind, show(conn)))
+
+    durable = "local" if default == "off" else default
+    message_id = plan_send(
+        database, runtime, sink.port, to=["ann@example.org"], bcc=["bob@example.org"]
+    )
+    # The worker runs its rounds in autocommit, each statement its own transaction;
+    # here they run in one that stays open after the statement, to be read.
+    with engine.connect() as conn:
+        event.listen(conn, "after_cursor_execute", after_round)
+        send = queue.SendQueue(conn)
+        (ann,) = send.round(
+            "w1",
+            utcnow(),
+            [],
+            0,
+            messages_started=set(),
+            known_messages=(),
+            reserve=1,
+            establish=True,
+        ).reserved
+        send.round("w1", utcnow(), [], 0, messages_started=set(), known_messages=(), start=[ann.id])
+        settled = queue.Settlement(ann.id, message_id, CopyStatus.SENT, "250 OK")
+        send.round("w1", utcnow(), [settled], 0, messages_started=set(), known_messages=())
+    assert seen == [("durable", durable), ("lazy", "off"), ("lazy", "off")]
+
+    seen.clear()
+
+    def recorded(name: str, function: Any) -> Any:
+        def call(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            result = function(conn, *args, **kwargs)
+            seen.append((name, show(conn)))
+            return result
+
+        return call
+
+    for name in ("repair_own_copies", "flush_own_commits"):
+        monkeypatch.setattr(tasks.send_queue, name, recorded(name, getattr(queue, name)))
+    worker = runtime.make_outbox_worker(concurrency=1)
+    assert await worker.run_once() == 1
+    assert worker._unsynced == {}
+    worker._repair([], [])
+    assert seen == [("flush_own_commits", durable), ("repair_own_copies", durable)]
+    with engine.connect() as conn:
+        assert show(conn) == default  # only ever SET LOCAL
+
+
+async def test_outcomes_whose_commit_a_crash_took_at_the_end_of_a_pass_are_written_again(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server crashes after the pass's last round (whose commit did not wait) and
+    # before the pass ends: ann's outcome is gone, and the marker. Nothing else is
+    # due, yet the idle worker writes ann's outcome again; it is not sent again, and
+    # does not stay `sending` to become unknown.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's crash marker (on SQLite the machine takes the worker)")
+    message_id = plan_send(database, runtime, sink.port, to=["ann@example.org"])
+    worker = runtime.make_outbox_worker(poll_seconds=0.05, concurrency=1)
+    end_pass = worker._end_pass
+    crashes = [True]
+
+    def crash_then_end_pass(touched: set[int]) -> None:
+        if crashes and worker._unsynced:
+            crashes.pop()
+            lose_recent_commits(
+                database, message_id, **{"ann@example.org": {"status": CopyStatus.SENDING}}
+            )
+        end_pass(touched)
+
+    monkeypatch.setattr(worker, "_end_pass", crash_then_end_pass)
+    await worker.start()
+    try:
+        for _ in range(250):
+            ann = copies(database, message_id)["ann@example.org"]
+            if not crashes and ann.status == CopyStatus.SENT and not worker._unsynced:
+                break
+            await asyncio.sleep(0.02)
+        # Written again, and made durable by the end of that pass.
+        assert not worker._unsynced
+    finally:
+        await worker.stop()
+    assert not crashes
+    ann = copies(database, message_id)["ann@example.org"]
+    assert (ann.status, ann.attempts) == (CopyStatus.SENT, 1)
+    assert [r.rcpt_tos for r in sink.handler.accepted] == [["ann@example.org"]]
+    assert crash_markers(database) == {worker.worker_id}
 
 
 async def test_stopping_gives_back_reserved_copies_untried(
@@ -448,6 +864,169 @@ async def test_a_live_worker_is_not_declared_dead(
     finally:
         await busy.stop()
     assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT
+
+
+def reserved_by(database: Database, worker_id: str) -> list[str]:
+    """The addresses of the copies a worker holds reserved, in the order it starts them."""
+    with database.engine.connect() as conn:
+        return list(
+            conn.scalars(
+                select(RecipientCopy.address)
+                .where(
+                    RecipientCopy.claimed_by == worker_id,
+                    RecipientCopy.status == CopyStatus.QUEUED,
+                )
+                .order_by(RecipientCopy.id)
+            )
+        )
+
+
+def drop_presence_session(database: Database, worker: Any) -> None:
+    """What a restart of the server, a terminated backend or the network does to the
+    session that holds a live worker's presence lock."""
+    pid = worker.presence._pg.connection.driver_connection.info.backend_pid
+    with database.engine.begin() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+async def settled(database: Database, message_id: int, pending: Any) -> None:
+    """Wait until no copy of the message is ``pending`` (a predicate on the copies)."""
+    for _ in range(500):
+        if not any(pending(c) for c in copies(database, message_id).values()):
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_a_live_worker_taken_for_dead_sends_each_copy_once(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session that holds a live worker's presence lock is dropped while both its
+    # lanes are mid-send. Another worker's recovery takes it for dead: its copies in
+    # flight become unknown and, its crash marker being there, its reservations go
+    # back to the queue. The worker still holds them in its reserve and reserves the
+    # oldest due again, the same copies, while the old entries wait: each copy must
+    # still go out once. It also takes its lock again at once, not a minute later.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's presence lock (on SQLite a flock the process holds)")
+    handler: SinkHandler = sink.handler
+    addresses = [f"r{n:02d}@example.org" for n in range(1, 11)]
+    seen: Counter[str] = Counter()
+    gates: dict[str, asyncio.Event] = {}
+    slow: list[str] = []
+
+    async def data(server: Any, session: Any, envelope: Any) -> str:
+        (rcpt,) = envelope.rcpt_tos
+        seen[rcpt] += 1
+        if len(gates) < 2 and rcpt not in gates:
+            gates[rcpt] = asyncio.Event()
+            await gates[rcpt].wait()
+        elif rcpt in slow and seen[rcpt] == 1:
+            await asyncio.sleep(2.0)  # long enough for a second start, were one made
+        return "250 2.0.0 OK"
+
+    monkeypatch.setattr(handler, "handle_DATA", data)
+    message_id = plan_send(database, runtime, sink.port, to=addresses[:1], bcc=addresses[1:])
+    worker = runtime.make_outbox_worker(poll_seconds=0.05, concurrency=2)
+    await worker.start()
+    try:
+        for _ in range(500):
+            if len(gates) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(gates) == 2
+        reserved = reserved_by(database, worker.worker_id)
+        assert len(reserved) == 8
+        slow.append(reserved[-1])
+        drop_presence_session(database, worker)
+        assert await runtime.make_outbox_worker().recover_orphans() == 2
+        assert reserved_by(database, worker.worker_id) == []
+        first, second = gates.values()
+        first.set()
+        await asyncio.sleep(0.5)
+        second.set()
+        await settled(database, message_id, lambda c: c.status != CopyStatus.SENT)
+        with database.engine.begin() as conn:
+            # Taken again when the worker found its marker gone (its repair).
+            assert not queue.presence_lock_is_free(conn, worker.worker_id)
+    finally:
+        await worker.stop()
+    assert seen == dict.fromkeys(addresses, 1)
+    by_address = copies(database, message_id)
+    assert {(c.status, c.attempts) for c in by_address.values()} == {(CopyStatus.SENT, 1)}
+    assert crash_markers(database) == {worker.worker_id}
+
+
+async def test_a_copy_queued_again_while_its_old_reservation_waits_is_sent_once(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A live worker is taken for dead: on SQLite its lock file is gone, on PostgreSQL
+    # its lock's session and its crash marker (a crash of the server). Its copies,
+    # reserved ones too, become unknown, and the user queues the last reserved one
+    # again. The worker, one lane still busy, still holds that copy in its reserve and
+    # reserves it anew while the old entry waits: the copy must go out once.
+    from mailbeacon.kit.clock import utcnow
+    from mailbeacon.mail import repository
+
+    handler: SinkHandler = sink.handler
+    addresses = [f"r{n:02d}@example.org" for n in range(1, 11)]
+    seen: Counter[str] = Counter()
+    gates: dict[str, asyncio.Event] = {}
+    retried: list[str] = []
+
+    async def data(server: Any, session: Any, envelope: Any) -> str:
+        (rcpt,) = envelope.rcpt_tos
+        seen[rcpt] += 1
+        if len(gates) < 2 and rcpt not in gates:
+            gates[rcpt] = asyncio.Event()
+            await gates[rcpt].wait()
+        elif rcpt in retried and seen[rcpt] == 1:
+            # The other lane frees up while this transaction goes on.
+            _, second = gates.values()
+            second.set()
+            await asyncio.sleep(1.0)
+        return "250 2.0.0 OK"
+
+    monkeypatch.setattr(handler, "handle_DATA", data)
+    message_id = plan_send(database, runtime, sink.port, to=addresses[:1], bcc=addresses[1:])
+    worker = runtime.make_outbox_worker(poll_seconds=0.05, concurrency=2)
+    await worker.start()
+    try:
+        for _ in range(500):
+            if len(gates) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(gates) == 2
+        reserved = reserved_by(database, worker.worker_id)
+        assert len(reserved) == 8
+        if database.is_sqlite:
+            worker.presence._lock_path(worker.worker_id).unlink()
+        else:
+            drop_presence_session(database, worker)
+            with database.engine.begin() as conn:
+                conn.execute(text("DELETE FROM outbox_crash_markers"))
+        assert await runtime.make_outbox_worker().recover_orphans() == 10
+        target = copies(database, message_id)[reserved[-1]]
+        with database.unit_of_work() as s:
+            assert repository.requeue_unknown_copy(s, target.id, utcnow(), "queued again")
+            repository.reopen_outbox_entry(s, message_id, utcnow())
+        retried.append(target.address)
+        first, _ = gates.values()
+        first.set()
+        await settled(
+            database,
+            message_id,
+            lambda c: (
+                c.status not in (CopyStatus.SENT, CopyStatus.UNKNOWN)
+                or (c.address in gates and c.status != CopyStatus.SENT)
+            ),
+        )
+    finally:
+        await worker.stop()
+    sent = {*gates, target.address}
+    assert seen == dict.fromkeys(sent, 1)
+    by_address = copies(database, message_id)
+    assert {a for a, c in by_address.items() if c.status == CopyStatus.SENT} == sent
+    assert by_address[target.address].attempts == 1
 
 
 async def test_the_worker_started_in_the_background_sends_new_email(
@@ -542,3 +1121,189 @@ async def test_wake_from_another_thread_is_safe_and_prompt(
         # A wake-up set from the wrong thread can leave the loop's waiter stuck.
         await asyncio.wait_for(worker.stop(), 20)
     assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENT
+
+
+async def test_a_round_whose_plans_fail_after_it_committed_leaves_no_copy_stuck(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    # Reading a stored setting fails after the round committed its claims and
+    # reservations (not a database error): the worker must not keep those copies
+    # under its id, reserved or sending, untracked for as long as it lives.
+    from mailbeacon.models import MailboxConnection
+
+    addresses = [f"r{n}@example.org" for n in range(1, 7)]
+    message_id = plan_send(database, runtime, sink.port, to=addresses[:1], bcc=addresses[1:])
+
+    def set_security(value: str) -> None:
+        with database.engine.begin() as conn:
+            conn.execute(update(MailboxConnection).values(smtp_security=value))
+
+    set_security("bogus")
+    worker = runtime.make_outbox_worker(concurrency=2)
+    with pytest.raises(ValueError, match="bogus"):
+        await worker.run_once()
+    assert worker._claims_in_doubt
+    set_security("none")
+    assert await worker.run_once() == len(addresses)
+    by_address = copies(database, message_id)
+    assert {(c.status, c.attempts) for c in by_address.values()} == {(CopyStatus.SENT, 1)}
+    assert Counter(r for rec in sink.handler.accepted for r in rec.rcpt_tos) == dict.fromkeys(
+        addresses, 1
+    )
+
+
+async def test_a_pass_that_cannot_end_says_so(
+    database: Database,
+    runtime: Runtime,
+    sink: SmtpPeer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plan_send(database, runtime, sink.port, to=["ann@example.org"])
+    worker = runtime.make_outbox_worker()
+    end_pass = worker._end_pass
+
+    def lost(touched: set[int]) -> None:
+        end_pass(touched)  # committed, and its answer lost
+        raise OperationalError("COMMIT", {}, Exception("the connection was lost"))
+
+    monkeypatch.setattr(worker, "_end_pass", lost)
+    with caplog.at_level("WARNING", logger="mailbeacon.mail.tasks"):
+        assert await worker.run_once() == 1
+    assert any("could not end its pass" in r.getMessage() for r in caplog.records)
+
+
+async def test_stopping_writes_again_and_flushes_outcomes_a_crash_took(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server crashes after the pass's last round (whose commit did not wait) and
+    # before the pass ends; the worker is stopped before its poll loop runs another
+    # pass. Stopping writes ann's outcome again and makes it durable: ann does not
+    # stay `sending`, to become unknown.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's crash marker (on SQLite the machine takes the worker)")
+    message_id = plan_send(database, runtime, sink.port, to=["ann@example.org"])
+    worker = runtime.make_outbox_worker(concurrency=1)
+    end_pass = worker._end_pass
+
+    def crash_then_end_pass(touched: set[int]) -> None:
+        lose_recent_commits(
+            database, message_id, **{"ann@example.org": {"status": CopyStatus.SENDING}}
+        )
+        end_pass(touched)
+
+    monkeypatch.setattr(worker, "_end_pass", crash_then_end_pass)
+    assert await worker.run_once() == 1
+    assert copies(database, message_id)["ann@example.org"].status == CopyStatus.SENDING
+    assert worker._unsynced
+    monkeypatch.setattr(worker, "_end_pass", end_pass)
+    await worker.stop()
+    assert not worker._unsynced
+    ann = copies(database, message_id)["ann@example.org"]
+    assert (ann.status, ann.attempts) == (CopyStatus.SENT, 1)
+    assert [r.rcpt_tos for r in sink.handler.accepted] == [["ann@example.org"]]
+    assert crash_markers(database) == {worker.worker_id}
+    with database.sessions() as s:
+        entry = s.scalars(select(OutboxEntry).where(OutboxEntry.message_id == message_id)).one()
+        assert entry.completed_at is not None
+
+
+async def test_a_worker_takes_its_lock_again_while_a_recovery_probes_it(
+    database: Database, runtime: Runtime
+) -> None:
+    # Another worker's recovery probes the lock with a transaction-level try-lock and
+    # holds it until its transaction ends: a worker taking its lost lock again at that
+    # moment waits a little, rather than going on without it.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's presence lock (on SQLite a flock the process holds)")
+    worker = runtime.make_outbox_worker()
+    worker.presence.acquire()
+    try:
+        drop_presence_session(database, worker)
+        with database.engine.connect() as probe:
+            probe.begin()
+            assert queue.presence_lock_is_free(probe, worker.worker_id)
+            check = asyncio.create_task(asyncio.to_thread(worker.presence.check))
+            await asyncio.sleep(0.4)
+            assert not check.done()
+            probe.rollback()
+        await asyncio.wait_for(check, 5)
+        assert worker.presence.held
+        with database.engine.begin() as conn:
+            assert not queue.presence_lock_is_free(conn, worker.worker_id)
+    finally:
+        worker.presence.release()
+
+
+async def test_a_worker_without_its_lock_claims_nothing_new(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its lost lock is still held elsewhere (the server has not yet dropped the old
+    # session): others may take the worker for dead, so it claims nothing until it has
+    # the lock again, and then sends each copy once.
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's presence lock (on SQLite a flock the process holds)")
+    from mailbeacon.mail import tasks
+
+    monkeypatch.setattr(tasks, "RETAKE_LOCK_SECONDS", 0.5)
+    message_id = plan_send(
+        database, runtime, sink.port, to=["ann@example.org"], bcc=["bob@example.org"]
+    )
+    worker = runtime.make_outbox_worker()
+    worker.presence.acquire()
+    try:
+        drop_presence_session(database, worker)
+        with database.engine.connect() as other:
+            assert queue.hold_presence_lock(other, worker.worker_id)
+            other.commit()
+            with pytest.raises(RuntimeError, match="another live worker"):
+                await asyncio.to_thread(worker.presence.check)
+            assert not worker.presence.held
+            assert await worker._drain() == 0
+            assert not worker.presence.held
+            by_address = copies(database, message_id)
+            assert {(c.status, c.claimed_by) for c in by_address.values()} == {
+                (CopyStatus.QUEUED, None)
+            }
+            other.invalidate()  # its session goes, and the lock with it
+        assert await worker._drain() == 2
+        assert worker.presence.held
+    finally:
+        worker.presence.release()
+    by_address = copies(database, message_id)
+    assert {(c.status, c.attempts) for c in by_address.values()} == {(CopyStatus.SENT, 1)}
+    assert Counter(r for rec in sink.handler.accepted for r in rec.rcpt_tos) == {
+        "ann@example.org": 1,
+        "bob@example.org": 1,
+    }
+
+
+async def test_a_copy_given_back_untried_is_begun_when_claimed_in_the_same_round(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    # A worker stopped before sending ann gives her copy back at its next pass; on
+    # SQLite the round that writes that may claim her again at once (on PostgreSQL the
+    # next one does). The claim is a new attempt: a lane must begin it, or the copy
+    # would stay `sending` under a live worker until its lease runs out.
+    from mailbeacon.kit.clock import utcnow
+
+    message_id = plan_send(database, runtime, sink.port, to=["ann@example.org"])
+    worker = runtime.make_outbox_worker(concurrency=1)
+    worker._recovered_own = True  # the claim below is this process's own
+    with worker._connect() as conn, conn.begin():
+        (ann,) = queue.claim_copies(conn, worker.worker_id, utcnow(), 1)
+    worker._held.add(ann.id)
+    worker._abandoned.append(
+        queue.Settlement(
+            ann.id,
+            message_id,
+            CopyStatus.QUEUED,
+            "the worker stopped before sending",
+            next_attempt_at=utcnow(),
+            release=True,
+        )
+    )
+    await worker.run_once()
+    ann_now = copies(database, message_id)["ann@example.org"]
+    assert (ann_now.status, ann_now.attempts) == (CopyStatus.SENT, 1)
+    assert [r.rcpt_tos for r in sink.handler.accepted] == [["ann@example.org"]]

@@ -339,7 +339,8 @@ _PIECES = st.sampled_from(
     [
         "<td>", "</td>", "<tr>", "<TR>", "<p>", "</p>", "<br/>", "<br />", "<img src=\"x\">",
         '<td class="a" style="b:c">', '<td class="a"style="b">', "<td class='a'>",
-        "<td nowrap>", "<td width=1>", '<px="a>b">', '<td/="a>b">', '<td  a="b">', '<td\ta="b">', '<td a= "b">',
+        "<td nowrap>", "<td width=1>", '<px="a>b">', '<td/="a>b">', '<td  a="b">', '<td\ta="b">',
+        '<td a= "b">',
         '<td a="<a href=https://q.com/>">', '<td a="x>y">', "<td a='x>y'>", '<td ="x>y">',
         '<td a=b"c d="x>', '<p"x="y>z">', "<div<a href=https://r.com/>", "<span title=\"",
         '<a href="https://x.com/">', '<a href="https://x.com/" class="c">',

@@ -11,8 +11,10 @@ A copy may also be *reserved*: still ``queued``, but with ``claimed_by`` set, so
 no other worker claims it. Reserving commits durably; starting a reserved copy
 (``queued`` -> ``sending``, ``attempts + 1``) need not wait for the disk, because
 a reserved copy whose owner died is put back in the queue only when its owner's
-unflushed commits cannot have been lost (see ``tasks.Presence``), and becomes
-``unknown`` otherwise.
+unflushed commits cannot have been lost, and becomes ``unknown`` otherwise. On
+SQLite a commit that did not wait is lost only with the machine (``tasks.Presence``
+records its boot); on PostgreSQL only with the server, and the server's crash is
+told by the worker's row in ``outbox_crash_markers`` (see "Crash markers" below).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sqlalchemy import (
     TextClause,
     and_,
     bindparam,
+    case,
     exists,
     func,
     literal,
@@ -41,7 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.mail import attachments
@@ -123,6 +126,9 @@ class Settlement:
     release: bool = False  # never tried (worker stopping): give the attempt back
     # False for a reserved copy never started: it only goes back to the queue.
     started: bool = True
+    # A reserved copy whose start a round may have committed, its answer lost (never
+    # begun by a lane): given back from `sending` too (``started`` False only).
+    start_in_doubt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,12 @@ class Round:
     started: set[int]
     reserved: list[ClaimedCopy]
     contexts: dict[int, SendContext]
+    # PostgreSQL: the worker's crash marker was gone, and the round changed nothing
+    # (the worker repairs its copies with ``repair_own_copies`` and runs it again).
+    marker_missing: bool = False
+    # Whether the round's commit waited for the disk with something written: every
+    # earlier commit of the worker is then on disk too (the log is written in order).
+    flushed: bool = False
 
 
 # ------------------------------------------------------------------ the send path
@@ -173,27 +185,44 @@ _RESERVE_SQLITE = (
     " AND +status = 'queued' AND +claimed_by IS NULL"
     " RETURNING id, message_id, address, html_body, text_body, attempts + 1"
 )
-# A reserved copy found already `sending` under this worker was started by a round
-# whose answer was lost (the lane never began it): it starts now, counted once.
+# A reserved copy starts only from `queued`. The one exception is a copy the worker
+# names in ``{restart}``: it asked to start it in a round whose answer was lost, so
+# the lane never began it, and `sending` there means that round committed: it starts
+# now, counted once. Any other copy found `sending` is in flight (a stale entry of
+# the worker's reserve, say, after another worker released and it reserved again):
+# starting it would send it twice.
 _START_SQLITE = (
     "UPDATE recipient_copies SET status = 'sending', claimed_at = :now,"
     " attempts = attempts + (status = 'queued')"
-    " WHERE id IN ({ids}) AND claimed_by = :worker AND status IN ('queued', 'sending')"
+    " WHERE id IN ({ids}) AND claimed_by = :worker"
+    " AND (status = 'queued' OR (status = 'sending' AND id IN ({restart})))"
     " RETURNING id"
 )
 _UNRESERVE = (
     "UPDATE recipient_copies SET claimed_by = NULL, claimed_at = NULL"
     " WHERE id = :copy_id AND claimed_by = :worker AND status = 'queued'"
 )
-# PostgreSQL workers never reserve (see ``SendQueue.round``), so their claims need
-# not skip reserved copies; asked to, the planner misjudges how many queued copies
-# have no ``claimed_by`` and sorts the whole queue instead of reading the index in
-# order. A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
+# A reserved copy given back whose start a round may have committed with its answer
+# lost: never begun by a lane, so it goes back to the queue from `sending` too, with
+# that attempt given back.
+_UNRESERVE_IN_DOUBT = (
+    "UPDATE recipient_copies SET status = 'queued', claimed_by = NULL, claimed_at = NULL,"
+    " attempts = attempts - CASE WHEN status = 'sending' THEN 1 ELSE 0 END"
+    " WHERE id = :copy_id AND claimed_by = :worker AND status IN ('queued', 'sending')"
+)
+# A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
 # rescan the subquery, and each rescan skips the rows the earlier ones locked: the
-# UPDATE would then claim more rows than the LIMIT.
+# UPDATE would then claim more rows than the LIMIT. Reserved copies (``claimed_by``
+# set) are skipped. Both tests besides the status are written with coalesce(), which
+# no index serves: the planner, which cannot know how many queued copies are due and
+# unreserved (its statistics are older than the send being planned), then reads the
+# index in due order and stops at the limit; written as ranges of the index, it at
+# times fetched every queued copy through a bitmap and sorted them (1.9-5.5 ms
+# against 0.15-0.6 ms for 600 queued copies).
 _CLAIM_POSTGRESQL = (
     "WITH due AS (SELECT id FROM recipient_copies"
-    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+    " WHERE status = 'queued' AND coalesce(next_attempt_at, '-infinity') <= :now"
+    " AND coalesce(claimed_by, '') = ''"
     " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
     " UPDATE recipient_copies"
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
@@ -219,12 +248,17 @@ _SETTLE_RETRY = (
 )
 _MESSAGE_STARTED = "UPDATE messages SET sent_at = :now WHERE id = :message_id AND sent_at IS NULL"
 # On PostgreSQL a whole round is one statement: the outcomes (as arrays), the first
-# sent_at of their messages, and the next claims. Run in autocommit it is one
-# network round trip, commit included. The sub-statements touch disjoint rows: the
-# settled copies are 'sending' and the claimed ones 'queued' in the statement's
-# snapshot (a copy put back in the queue is claimable from the next round on).
-_ROUND_POSTGRESQL = (
-    "WITH outcome AS ("
+# sent_at of their messages, the starts of reserved copies, and the next claims and
+# reservations. Run in autocommit it is one network round trip, commit included. The
+# sub-statements touch disjoint rows: the settled copies are 'sending' (or 'unknown')
+# in the statement's snapshot, the started ones reserved by this worker, and the
+# claimed and reserved ones queued and unreserved (a copy put back in the queue is
+# claimable from the next round on).
+#
+# Nothing changes unless the worker's crash marker is there (or the round writes it,
+# ``:establish``); see "Crash markers" below.
+_SETTLE_AND_START_POSTGRESQL = (
+    " outcome AS ("
     " SELECT * FROM unnest(:ids ::bigint[], :statuses ::varchar[], :replies ::varchar[],"
     " :nexts ::timestamptz[], :givebacks ::integer[])"
     " AS o(id, status, reply, next_at, giveback)"
@@ -236,24 +270,80 @@ _ROUND_POSTGRESQL = (
     " claimed_by = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_by END,"
     " claimed_at = CASE WHEN o.status = 'queued' THEN NULL ELSE rc.claimed_at END,"
     " attempts = rc.attempts - o.giveback"
-    " FROM outcome AS o"
-    " WHERE rc.id = o.id AND rc.claimed_by = :worker"
+    " FROM outcome AS o, marker"
+    " WHERE marker.ok AND rc.id = o.id AND rc.claimed_by = :worker"
     " AND (rc.status = 'sending' OR (o.status = 'sent' AND rc.status = 'unknown'))"
     " RETURNING rc.id"
     "), started AS ("
     " UPDATE messages SET sent_at = :now"
-    " WHERE id = ANY(:started ::bigint[]) AND sent_at IS NULL RETURNING id"
-    "), due AS ("
-    " SELECT id FROM recipient_copies"
-    " WHERE status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
-    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+    " WHERE id = ANY(:started ::bigint[]) AND sent_at IS NULL"
+    " AND (SELECT ok FROM marker) RETURNING id"
+    # Only from `queued`, or `sending` for the copies in :restart (see _START_SQLITE).
+    "), begun AS ("
+    " UPDATE recipient_copies SET status = 'sending', claimed_at = :now,"
+    " attempts = attempts + CASE WHEN status = 'queued' THEN 1 ELSE 0 END"
+    " WHERE id = ANY(:start ::bigint[]) AND claimed_by = :worker"
+    " AND (status = 'queued' OR (status = 'sending' AND id = ANY(:restart ::bigint[])))"
+    " AND (SELECT ok FROM marker)"
+    " RETURNING id"
     ")"
-    " UPDATE recipient_copies"
+)
+_ROUND_TAIL_POSTGRESQL = (
+    " UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL FROM begun"
+    " UNION ALL SELECT 'm', NULL, NULL, NULL, NULL, NULL, NULL FROM marker WHERE NOT ok"
+)
+# A round that claims or reserves: its commit waits for the disk, even where the
+# server is set not to wait by default (then 'local': a lane's copy must never be
+# able to fall back to the shared queue). Put together from constants only, hence
+# the noqa.
+_ROUND_POSTGRESQL = (
+    "WITH marker AS ("  # noqa: S608
+    " SELECT :establish OR EXISTS (SELECT 1 FROM outbox_crash_markers"
+    " WHERE worker_id = :worker) AS ok,"
+    " CASE WHEN current_setting('synchronous_commit') = 'off'"
+    " THEN set_config('synchronous_commit', 'local', true) END AS durable"
+    "), established AS ("
+    " INSERT INTO outbox_crash_markers (worker_id) SELECT :worker WHERE :establish"
+    " ON CONFLICT (worker_id) DO NOTHING"
+    ")," + _SETTLE_AND_START_POSTGRESQL + ", due AS ("
+    " SELECT id, next_attempt_at FROM recipient_copies"
+    " WHERE status = 'queued' AND coalesce(next_attempt_at, '-infinity') <= :now"
+    " AND coalesce(claimed_by, '') = '' AND (SELECT ok FROM marker)"
+    " ORDER BY next_attempt_at LIMIT :take FOR UPDATE SKIP LOCKED"
+    # The rows `due` returns are locked and were checked again once locked: they are
+    # still queued and unreserved. Checking the status again below would let the
+    # planner walk every queued copy by the status index to find them.
+    "), ranked AS ("
+    " SELECT id, row_number() OVER (ORDER BY next_attempt_at, id) AS n FROM due"
+    "), claimed AS ("
+    " UPDATE recipient_copies AS rc"
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
-    " attempts = recipient_copies.attempts + 1"
-    " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
-    " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
-    " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
+    " attempts = rc.attempts + 1"
+    " FROM ranked WHERE rc.id = ranked.id AND ranked.n <= :limit"
+    " RETURNING rc.id, rc.message_id, rc.address, rc.html_body, rc.text_body, rc.attempts"
+    # Reserved copies come back with the attempt that starting them will count.
+    "), reserved AS ("
+    " UPDATE recipient_copies AS rc SET claimed_by = :worker, claimed_at = :now"
+    " FROM ranked WHERE rc.id = ranked.id AND ranked.n > :limit"
+    " RETURNING rc.id, rc.message_id, rc.address, rc.html_body, rc.text_body,"
+    " rc.attempts + 1"
+    ")"
+    " SELECT 'c', * FROM claimed"
+    " UNION ALL SELECT 'r', * FROM reserved" + _ROUND_TAIL_POSTGRESQL
+)
+# A round that only settles and starts: its commit does not wait for the disk.
+# set_config(..., true) is SET LOCAL, and the round is its own transaction, whose
+# commit reads the setting. The marker's row is read (the CTE materialised) by the
+# last line whatever happens, so the setting is always made.
+_LAZY_ROUND_POSTGRESQL = (
+    "WITH marker AS ("  # noqa: S608
+    " SELECT EXISTS (SELECT 1 FROM outbox_crash_markers WHERE worker_id = :worker) AS ok,"
+    " set_config('synchronous_commit', 'off', true) AS lazy"
+    "),"
+    + _SETTLE_AND_START_POSTGRESQL
+    + " SELECT 's', id, NULL::bigint, NULL::varchar, NULL::text, NULL::text, NULL::integer"
+    " FROM begun"
+    " UNION ALL SELECT 'm', NULL, NULL, NULL, NULL, NULL, NULL FROM marker WHERE NOT ok"
 )
 _CONTEXT = (
     "SELECT m.id, m.subject, m.sender_name, m.sender_address, m.to_header, m.cc_header,"
@@ -275,7 +365,9 @@ _STATEMENTS = {
     "started": _MESSAGE_STARTED,
     "context": _CONTEXT,
     "round": _ROUND_POSTGRESQL,
+    "lazy_round": _LAZY_ROUND_POSTGRESQL,
     "unreserve": _UNRESERVE,
+    "unreserve_in_doubt": _UNRESERVE_IN_DOUBT,
 }
 _TYPED = {"now": _TS, "next": _TS}
 
@@ -298,8 +390,8 @@ class SendQueue:
     the transaction SQLAlchemy began: SQLAlchemy's execution layer costs several times
     the Python time of the SQL itself, time taken from the event loop (the worker's
     database thread holds the GIL meanwhile), and sqlite3 keeps each statement
-    prepared. PostgreSQL's round is one statement whose time is the server's commit;
-    it stays on SQLAlchemy, whose error handling keeps values out of the server's
+    prepared. PostgreSQL's round is one statement, one round trip to the server; it
+    stays on SQLAlchemy, whose error handling keeps values out of the server's
     error text (``db._redact_server_detail``).
     """
 
@@ -321,34 +413,47 @@ class SendQueue:
         messages_started: set[int],
         known_messages: Container[int],
         start: Sequence[int] = (),
+        restart: Collection[int] = (),
         reserve: int = 0,
+        establish: bool = False,
     ) -> Round:
         """Settle finished copies, start reserved ones (``start``), claim up to ``limit``
         more and reserve up to ``reserve`` more, in one transaction.
 
+        A copy to start must be ``queued``; one found ``sending`` starts only if it is
+        in ``restart``: those of ``start`` the worker asked to start in a round whose
+        answer was lost.
+
         Also returns the send context of each claimed or reserved copy's message not in
-        ``known_messages``. On SQLite the transaction begins with the write lock (the
-        connection's ``sqlite_immediate`` option) and waits for the disk only if it
-        claims or reserves: outcomes and starts can be lost only with the machine,
-        which ``tasks.Presence`` tells the recovering worker. On PostgreSQL the round
-        is one statement, run in autocommit, always durable; it neither starts nor
-        reserves (the server's crash cannot be told apart from a worker's without a
-        table that a crash empties).
+        ``known_messages``. The transaction waits for the disk only if it claims or
+        reserves: outcomes and starts can be lost only with the machine (SQLite, which
+        ``tasks.Presence`` tells the recovering worker) or with the database server
+        (PostgreSQL, which the worker's crash marker tells). On SQLite the transaction
+        begins with the write lock (the connection's ``sqlite_immediate`` option). On
+        PostgreSQL the round is one statement, run in autocommit; it changes nothing
+        unless the worker's crash marker is there, or ``establish`` writes it.
         """
         # Copies are settled in id order, the order the hit pipeline locks them in:
         # two transactions that take row locks in one order cannot deadlock.
         settlements = sorted(settlements, key=lambda s: s.copy_id)
         if not self._sqlite:
-            assert not start and not reserve, "PostgreSQL rounds neither start nor reserve"
             with self.conn.begin():
                 unstarted = [s for s in settlements if not s.started]
                 if unstarted:
                     self._settle(worker_id, now, unstarted, messages_started)
-                claimed = self._round_postgresql(
-                    worker_id, now, [s for s in settlements if s.started], limit, messages_started
+                got = self._round_postgresql(
+                    worker_id,
+                    now,
+                    [s for s in settlements if s.started],
+                    limit,
+                    messages_started,
+                    start=start,
+                    restart=restart,
+                    reserve=reserve,
+                    establish=establish,
                 )
-                contexts = self._contexts_for(claimed, known_messages)
-            return Round(claimed, set(), [], contexts)
+                contexts = self._contexts_for([*got.claimed, *got.reserved], known_messages)
+            return replace(got, contexts=contexts)
         raw = self._driver()
         durable = limit > 0 or reserve > 0
         try:
@@ -357,14 +462,14 @@ class SendQueue:
                 self._run(raw, "PRAGMA synchronous=NORMAL")
             with self.conn.begin():
                 self._settle(worker_id, now, settlements, messages_started)
-                started = self._start(raw, worker_id, now, start)
+                started = self._start(raw, worker_id, now, start, restart)
                 claimed = self._claim(worker_id, now, limit)
                 reserved = self._reserve(raw, worker_id, now, reserve)
                 contexts = self._contexts_for([*claimed, *reserved], known_messages)
         finally:
             if not durable:
                 self._run(raw, "PRAGMA synchronous=FULL")
-        return Round(claimed, started, reserved, contexts)
+        return Round(claimed, started, reserved, contexts, flushed=bool(claimed or reserved))
 
     def _contexts_for(
         self, copies: Iterable[ClaimedCopy], known_messages: Container[int]
@@ -399,28 +504,43 @@ class SendQueue:
         settlements: Sequence[Settlement],
         limit: int,
         messages_started: set[int],
-    ) -> list[ClaimedCopy]:
+        *,
+        start: Sequence[int],
+        restart: Collection[int],
+        reserve: int,
+        establish: bool,
+    ) -> Round:
         started = {s.message_id for s in settlements if s.status == CopyStatus.SENT}
         started -= messages_started
-        rows = self.conn.execute(
-            _SQL["round"],
-            {
-                "ids": [s.copy_id for s in settlements],
-                "statuses": [str(s.status) for s in settlements],
-                "replies": [s.reply[:REPLY_MAX] for s in settlements],
-                "nexts": [
-                    (s.next_attempt_at or now) if s.status == CopyStatus.QUEUED else None
-                    for s in settlements
-                ],
-                "givebacks": [int(s.release) for s in settlements],
-                "started": sorted(started),
-                "worker": worker_id,
-                "now": now,
-                "limit": max(limit, 0),
-            },
-        )
+        limit, reserve = max(limit, 0), max(reserve, 0)
+        lazy = not (limit or reserve or establish)
+        params: dict[str, object] = {
+            "ids": [s.copy_id for s in settlements],
+            "statuses": [str(s.status) for s in settlements],
+            "replies": [s.reply[:REPLY_MAX] for s in settlements],
+            "nexts": [
+                (s.next_attempt_at or now) if s.status == CopyStatus.QUEUED else None
+                for s in settlements
+            ],
+            "givebacks": [int(s.release) for s in settlements],
+            "started": sorted(started),
+            "start": list(start),
+            "restart": sorted(set(restart).intersection(start)),
+            "worker": worker_id,
+            "now": now,
+        }
+        if not lazy:
+            params.update(limit=limit, take=limit + reserve, establish=establish)
+        rows = self.conn.execute(_SQL["lazy_round" if lazy else "round"], params).all()
+        if any(row[0] == "m" for row in rows):
+            return Round([], set(), [], {}, marker_missing=True)
         messages_started.update(started)
-        return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
+        claimed = sorted((ClaimedCopy(*row[1:]) for row in rows if row[0] == "c"), key=_by_id)
+        reserved = sorted((ClaimedCopy(*row[1:]) for row in rows if row[0] == "r"), key=_by_id)
+        begun = {row[1] for row in rows if row[0] == "s"}
+        # A commit that writes nothing logged neither waits nor flushes: only claims and
+        # reservations make sure of it.
+        return Round(claimed, begun, reserved, {}, flushed=bool(claimed or reserved))
 
     def contexts(self, message_ids: Iterable[int]) -> dict[int, SendContext]:
         """Send contexts within the caller's transaction."""
@@ -482,14 +602,27 @@ class SendQueue:
         rows = self._run(raw, _RESERVE_SQLITE, params).fetchall()
         return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
 
-    def _start(self, raw: Any, worker_id: str, now: datetime, copy_ids: Sequence[int]) -> set[int]:
-        """Start reserved copies; return the ids of those still reserved by this worker
-        (all of them, unless a message was deleted meanwhile)."""
+    def _start(
+        self,
+        raw: Any,
+        worker_id: str,
+        now: datetime,
+        copy_ids: Sequence[int],
+        restart: Collection[int] = (),
+    ) -> set[int]:
+        """Start reserved copies; return the ids of those that started: still reserved
+        by this worker and ``queued`` (or ``sending`` and in ``restart``)."""
         if not copy_ids:
             return set()
         params: dict[str, object] = {"worker": worker_id, "now": self._bind_ts(now)}
         params.update({f"i{n}": copy_id for n, copy_id in enumerate(copy_ids)})
-        sql = _START_SQLITE.format(ids=", ".join(f":i{n}" for n in range(len(copy_ids))))
+        again = sorted(set(restart).intersection(copy_ids))
+        params.update({f"r{n}": copy_id for n, copy_id in enumerate(again)})
+        sql = _START_SQLITE.format(
+            ids=", ".join(f":i{n}" for n in range(len(copy_ids))),
+            # An empty IN () is valid in SQLite, and matches nothing.
+            restart=", ".join(f":r{n}" for n in range(len(again))),
+        )
         return {row[0] for row in self._run(raw, sql, params).fetchall()}
 
     def _settle(
@@ -514,6 +647,7 @@ class SendQueue:
         ended: list[dict[str, object]] = []
         retry: list[dict[str, object]] = []
         unreserve: list[dict[str, object]] = []
+        unreserve_in_doubt: list[dict[str, object]] = []
         for s in settlements:
             row: dict[str, object] = {
                 "copy_id": s.copy_id,
@@ -521,7 +655,9 @@ class SendQueue:
                 "reply": s.reply[:REPLY_MAX],
             }
             if not s.started:
-                unreserve.append({"copy_id": s.copy_id, "worker": worker_id})
+                (unreserve_in_doubt if s.start_in_doubt else unreserve).append(
+                    {"copy_id": s.copy_id, "worker": worker_id}
+                )
             elif s.status == CopyStatus.SENT:
                 sent.append(row | {"now": ts})
             elif s.status == CopyStatus.QUEUED:
@@ -545,6 +681,7 @@ class SendQueue:
             ("ended", ended),
             ("retry", retry),
             ("unreserve", unreserve),
+            ("unreserve_in_doubt", unreserve_in_doubt),
         ]
         raw = self._driver() if self._sqlite else None
         for name, params in batches:
@@ -556,6 +693,10 @@ class SendQueue:
                 self.conn.execute(_SQL[name], params)
         if started and messages_started is not None:
             messages_started.update(started)
+
+
+def _by_id(copy: ClaimedCopy) -> int:
+    return copy.id
 
 
 def _read_timestamp(value: object) -> datetime:
@@ -730,6 +871,128 @@ def requeue_lost_claims(conn: Connection, worker_id: str, known: Collection[int]
     return count
 
 
+# ------------------------------------------------------------------ crash markers
+#
+# PostgreSQL. A worker starts reserved copies and writes outcomes in commits that do
+# not wait for the disk; the server loses such a commit only if it crashes (or stops
+# in immediate mode, which is a crash), never with the worker's process. Whether it
+# did since a worker's row was written in ``outbox_crash_markers`` is told by the
+# row itself: the table is unlogged, and PostgreSQL empties unlogged tables when it
+# recovers from a crash, not after a clean shutdown (migration e7b9d1f3a5c6).
+#
+# The invariant: while a worker's row is there, every commit the worker made since
+# writing it is there too, and its copies in the database agree with what it did.
+# Hence, for a dead worker: row there, a copy still reserved was never started (a
+# start would show), so it goes back to the queue; row gone, it may have been started
+# by a lost commit, and becomes unknown. A live worker's round changes nothing once
+# its row is gone (each sub-statement requires it), so that no outcome is written
+# over a state the crash rolled back; the worker first repairs its copies from what
+# it knows (``repair_own_copies``), which writes the row again in the same commit.
+# Claims and reservations always wait for the disk, so that no copy a lane may begin
+# can fall back to the shared queue.
+
+
+class CrashMarkerLost(SQLAlchemyError):
+    """A worker's crash marker went again right after it repaired its copies and wrote
+    it: the round is given up, as one the database did not answer."""
+
+
+def crash_markers_of(conn: Connection, worker_ids: Sequence[str]) -> set[str]:
+    """Those of these workers whose crash marker is there (no crash since they wrote it)."""
+    if not worker_ids:
+        return set()
+    rows = conn.execute(
+        text("SELECT worker_id FROM outbox_crash_markers WHERE worker_id = ANY(:ids)"),
+        {"ids": list(worker_ids)},
+    )
+    return {worker_id for (worker_id,) in rows}
+
+
+def marked_workers(conn: Connection, exclude: str) -> list[str]:
+    """Workers with a crash marker, other than ``exclude`` (to clear those found dead)."""
+    rows = conn.execute(
+        text("SELECT worker_id FROM outbox_crash_markers WHERE worker_id <> :me"), {"me": exclude}
+    )
+    return [worker_id for (worker_id,) in rows]
+
+
+def drop_crash_markers(conn: Connection, worker_ids: Sequence[str]) -> None:
+    """Forget dead workers' markers, once their copies are recovered (same transaction)."""
+    if worker_ids:
+        conn.execute(
+            text("DELETE FROM outbox_crash_markers WHERE worker_id = ANY(:ids)"),
+            {"ids": list(worker_ids)},
+        )
+
+
+def wait_for_the_disk(conn: Connection) -> None:
+    """PostgreSQL: make the caller's transaction wait for the disk at commit, even where
+    the session's default is not to (``SET LOCAL``); a stronger default is kept."""
+    conn.execute(
+        text(
+            "SELECT CASE WHEN current_setting('synchronous_commit') = 'off'"
+            " THEN set_config('synchronous_commit', 'local', true) END"
+        )
+    )
+
+
+def flush_own_commits(conn: Connection, worker_id: str) -> bool:
+    """PostgreSQL: make the caller's commit wait for the disk, and write a commit record
+    to wait for (a transaction id is taken even if it writes nothing else); return
+    whether the worker's crash marker is there.
+
+    If it is, every commit the worker made since writing it is still there, and on disk
+    once the caller's transaction has committed (the log is flushed in order).
+    """
+    wait_for_the_disk(conn)
+    conn.execute(text("SELECT txid_current()"))
+    return bool(crash_markers_of(conn, [worker_id]))
+
+
+def repair_own_copies(
+    conn: Connection,
+    worker_id: str,
+    *,
+    unstarted: Collection[int],
+    started: Collection[int],
+) -> int:
+    """PostgreSQL: make this live worker's copies agree with what it knows, and write its
+    crash marker; in the caller's transaction, which must wait for the disk. Return how
+    many copies were put back in the queue.
+
+    ``unstarted`` are the copies it holds reserved and never started; ``started`` those
+    it started whose outcome it has not written, or has written in a commit that may
+    have been lost (the caller writes those outcomes again). A crash may have taken a
+    start: such a copy is ``sending`` again, counted once. Any other copy under its id
+    was claimed or reserved by a round whose answer was lost, so never started: it goes
+    back to the queue (``requeue_lost_claims``). With the marker there, nothing was
+    lost, and this changes only what a lost answer left.
+    """
+    if started:
+        conn.execute(
+            update(_copies)
+            .where(
+                _copies.c.claimed_by == worker_id,
+                _copies.c.status.in_([CopyStatus.QUEUED, CopyStatus.SENDING]),
+                _copies.c.id.in_(sorted(started)),
+            )
+            .values(
+                status=CopyStatus.SENDING,
+                attempts=_copies.c.attempts
+                + case((_copies.c.status == CopyStatus.QUEUED, 1), else_=0),
+            )
+        )
+    count = requeue_lost_claims(conn, worker_id, {*unstarted, *started})
+    conn.execute(
+        text(
+            "INSERT INTO outbox_crash_markers (worker_id) VALUES (:worker)"
+            " ON CONFLICT (worker_id) DO NOTHING"
+        ),
+        {"worker": worker_id},
+    )
+    return count
+
+
 def sending_workers(conn: Connection, exclude: str) -> list[str]:
     """Ids of the workers that hold copies in ``sending`` or reserved, other than ``exclude``."""
     return [
@@ -823,11 +1086,13 @@ def presence_lock_is_free(conn: Connection, worker_id: str) -> bool:
 
 
 def has_due_copies(conn: Connection, now: datetime) -> bool:
+    """Whether a copy is queued, due and not reserved (reserved ones are their worker's)."""
     return (
         conn.execute(
             select(
                 exists().where(
                     _copies.c.status == CopyStatus.QUEUED,
+                    _copies.c.claimed_by.is_(None),
                     or_(_copies.c.next_attempt_at.is_(None), _copies.c.next_attempt_at <= now),
                 )
             )

@@ -28,9 +28,17 @@ knows which case it is: same boot, nothing was lost, and a copy still reserved
 was never started, so it goes back to the queue; another boot (or no record),
 and it may have been started by a commit the crash took, so it becomes
 ``unknown``. Either way no copy is sent twice. A lost outcome leaves its copy in
-``sending``, which turns ``unknown`` in the same way. On PostgreSQL the server
-can restart on its own, which a worker cannot tell apart without a table that
-a crash empties, so every round there waits for the server's commit.
+``sending``, which turns ``unknown`` in the same way.
+
+**The same on PostgreSQL.** There the commits that do not wait
+(``synchronous_commit`` off) are lost only if the database server crashes, which
+it can do while the worker lives on. Each worker keeps a row in an unlogged table
+that the server's crash recovery empties (``queue``, "Crash markers"): a dead
+worker's reservations go back to the queue if its row is there, and become
+``unknown`` otherwise. A live worker's rounds change nothing once its row is gone;
+it then puts its copies back as it knows them (started ones ``sending``, the
+outcomes written since its last commit that waited written again), and writes its
+row again.
 
 **Telling a dead worker from a live one.** Every worker holds a lock for as long
 as its process lives: on PostgreSQL a session-level advisory lock keyed by its
@@ -52,9 +60,10 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -83,11 +92,14 @@ log = logging.getLogger(__name__)
 RECOVER_EVERY_SECONDS = 60.0
 IDLE_CONNECTION_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
-# Copies reserved ahead per lane, each time the reserve runs low (SQLite): a commit
-# that waits for the disk for every so many copies, and as many copies that turn
-# unknown, not queued, if the machine itself stops mid-send.
+# Copies reserved ahead per lane, each time the reserve runs low: a commit that waits
+# for the disk for every so many copies, and as many copies that turn unknown, not
+# queued, if the machine (SQLite) or the database server (PostgreSQL) stops mid-send.
 RESERVE_PER_LANE = 4
 BACKOFF_CAP_SECONDS = 3600.0
+# How long a worker keeps trying to take its lost PostgreSQL presence lock again: another
+# worker's recovery probing it holds it until its transaction ends.
+RETAKE_LOCK_SECONDS = 2.0
 ORPHAN_REPLY = (
     "the worker sending this copy stopped during the SMTP transaction; the server may or "
     "may not have received it, so it is not resent without your say"
@@ -124,6 +136,8 @@ class Presence:
         self.database = database
         self.worker_id = worker_id
         self._pg: Connection | None = None
+        self._pg_wanted = False  # taken once, so to be taken again whenever it is lost
+        self._check_lock = threading.Lock()
         self._file: IO[bytes] | None = None
         path = make_url(database.url).database if database.is_sqlite else None
         self._dir = Path(f"{path}.workers") if path and path != ":memory:" else None
@@ -133,14 +147,22 @@ class Presence:
 
     @property
     def vouches_for_commits(self) -> bool:
-        """Whether a dead worker's unsynced commits can be vouched for (see the class)."""
-        return self._boot is not None
+        """Whether a dead worker's unsynced commits can be vouched for (see the class; on
+        PostgreSQL its crash marker does, see ``queue``)."""
+        return self._boot is not None or not self.database.is_sqlite
 
     def _lock_path(self, worker_id: str) -> Path:
         assert self._dir is not None
         return self._dir / (hashlib.sha256(worker_id.encode()).hexdigest()[:32] + ".lock")
 
-    def acquire(self) -> None:
+    @property
+    def held(self) -> bool:
+        """False while the PostgreSQL lock, once lost, could not be taken again: others may
+        take this worker for dead meanwhile, so it claims and reserves nothing new."""
+        return self.database.is_sqlite or self._pg is not None or not self._pg_wanted
+
+    def acquire(self, *, patience: float = 0.0) -> None:
+        """Take the lock; on PostgreSQL keep trying for ``patience`` seconds."""
         if self.database.is_sqlite:
             if self._dir is None or self._file is not None:
                 return
@@ -163,11 +185,19 @@ class Presence:
             if self._pg is not None:
                 return
             conn = self.database.engine.connect()
-            if not send_queue.hold_presence_lock(conn, self.worker_id):
+            deadline = time.monotonic() + patience
+            try:
+                while not send_queue.hold_presence_lock(conn, self.worker_id):
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"another live worker uses the id {self.worker_id!r}")
+                    conn.rollback()
+                    time.sleep(0.05)
+            except BaseException:
                 conn.close()
-                raise RuntimeError(f"another live worker uses the id {self.worker_id!r}")
+                raise
             conn.commit()  # the lock is session-level; it outlives the transaction
             self._pg = conn
+            self._pg_wanted = True
 
     def release(self) -> None:
         if self._file is not None:
@@ -175,6 +205,7 @@ class Presence:
                 self._lock_path(self.worker_id).unlink()
             self._file.close()
             self._file = None
+        self._pg_wanted = False
         if self._pg is not None:
             # Invalidate rather than return to the pool: a pooled connection would
             # keep the lock, and the worker would look alive forever.
@@ -184,8 +215,20 @@ class Presence:
             self._pg = None
 
     def check(self) -> None:
-        """Re-take the PostgreSQL lock if its connection was lost (database restart)."""
+        """Re-take the PostgreSQL lock if its connection was lost (database restart,
+        terminated session, network); without it the worker looks dead to others.
+
+        Raises if it cannot be taken yet (the server is away, or still holds the lost
+        session's lock); a later call tries again.
+        """
+        # Called from the poll loop and from the pass's database thread.
+        with self._check_lock:
+            self._check()
+
+    def _check(self) -> None:
         if self._pg is None:
+            if self._pg_wanted:
+                self.acquire(patience=RETAKE_LOCK_SECONDS)
             return
         try:
             self._pg.exec_driver_sql("SELECT 1")
@@ -194,8 +237,9 @@ class Presence:
             log.warning("presence connection lost; taking the worker lock again")
             with contextlib.suppress(SQLAlchemyError):
                 self._pg.invalidate()
+            self._pg.close()
             self._pg = None
-            self.acquire()
+            self.acquire(patience=RETAKE_LOCK_SECONDS)
 
     def is_alive(self, conn: Connection, worker_id: str) -> bool:
         """Whether the worker with that id still runs. ``conn`` must be inside a transaction."""
@@ -340,7 +384,17 @@ class OutboxWorker:
         # not yet settled. Any other copy under its id is a lost claim.
         self._held: set[int] = set()
         self._reserved: deque[ClaimedCopy] = deque()  # reserved, not started, in order
+        # Reserved copies this worker asked to start in a round whose answer was lost: if
+        # found `sending`, that round committed and no lane began them (``queue.round``'s
+        # ``restart``). Any other copy is started only from `queued`.
+        self._start_in_doubt: set[int] = set()
         self._claims_in_doubt = False
+        # PostgreSQL (see queue's "Crash markers"): whether this worker's marker is
+        # written, and the outcomes written since its last commit that waited for the
+        # disk, which a crash of the server may take.
+        self._marker_set = False
+        self._unsynced: dict[int, Settlement] = {}
+        self._resettle = False  # write them again with the next round
         self._abandoned: list[Settlement] = []
         self._queue: send_queue.SendQueue | None = None  # the pass's connection
         self._started: set[int] = set()  # messages whose sent_at this pass has set
@@ -372,11 +426,17 @@ class OutboxWorker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
-        if self._abandoned:
+        # PostgreSQL: outcomes whose commit did not wait for the disk, left by a pass
+        # that could not make them durable, are written again if the server lost them
+        # (the round repairs first), and flushed.
+        if self._abandoned or self._unsynced:
             abandoned, self._abandoned = self._abandoned, []
-            with contextlib.suppress(SQLAlchemyError):
+            try:
                 await asyncio.to_thread(self._settle_and_claim, abandoned, 0)
-                await asyncio.to_thread(self._end_pass, {s.message_id for s in abandoned})
+                touched, self._touched = self._touched, set()
+                await asyncio.to_thread(self._end_pass, touched)
+            except SQLAlchemyError as exc:
+                log.warning("the stopping worker could not write its last outcomes: %s", exc)
         await self.pool.close_idle()
         await asyncio.to_thread(self.presence.release)
 
@@ -420,7 +480,11 @@ class OutboxWorker:
                     next_recovery = time.monotonic() + RECOVER_EVERY_SECONDS
                     await asyncio.to_thread(self.presence.check)
                     await self.recover_orphans()
-                if await asyncio.to_thread(self._has_due):
+                # Reserved copies are not "due" to others: this worker's own leftovers
+                # (outcomes it could not write, or not make durable, copies to give
+                # back) count too.
+                leftovers = bool(self._abandoned or self._reserved or self._unsynced)
+                if leftovers or await asyncio.to_thread(self._has_due):
                     await self._drain()
                 else:
                     await self.pool.close_idle(IDLE_CONNECTION_SECONDS)
@@ -439,8 +503,11 @@ class OutboxWorker:
                 self._plans.clear()
                 self._started.clear()
                 touched, self._touched = self._touched, set()
-                with contextlib.suppress(SQLAlchemyError):
+                try:
                     await asyncio.to_thread(self._end_pass, touched)
+                except SQLAlchemyError as exc:
+                    # The poll loop runs another pass for what stays unsynced.
+                    log.warning("outbox worker could not end its pass: %s", exc)
 
     async def _drain_locked(self) -> int:
         handled = 0
@@ -453,25 +520,33 @@ class OutboxWorker:
         try:
             while True:
                 if self._stopping and reserved:
-                    finished.extend(_unreserved(c) for c in reserved)
+                    finished.extend(self._unreserved(c) for c in reserved)
                     reserved.clear()
-                free = 0 if self._stopping else self.concurrency - len(in_flight)
+                if not (self.presence.held or in_flight):
+                    await asyncio.to_thread(self._check_presence)
+                # Without its presence lock the worker may be taken for dead, and what it
+                # starts then turn unknown: it only settles what it has in flight.
+                locked = self.presence.held
+                free = 0 if self._stopping or not locked else self.concurrency - len(in_flight)
                 start = [reserved.popleft() for _ in range(min(free, len(reserved)))]
                 want = free - len(start)
                 reserve = 0
-                if not (self._stopping or dry) and len(reserved) < self.concurrency:
+                if locked and not (self._stopping or dry) and len(reserved) < self.concurrency:
                     reserve = self.reserve_ahead
+                dropped = False  # a reserved copy this round did not start
                 if finished or start or want > 0 or reserve:
                     try:
                         got = await asyncio.to_thread(
                             self._settle_and_claim, finished, want, start, reserve
                         )
-                    except SQLAlchemyError:
+                    except Exception as exc:
+                        # The round may have committed these starts: see _start_in_doubt.
+                        self._start_in_doubt.update(c.id for c in start)
                         reserved.extendleft(reversed(start))
                         # The outcomes stay in memory and are written when the database
                         # answers again (by this pass, or the next one); nothing new is
-                        # claimed meanwhile.
-                        if not in_flight:
+                        # claimed meanwhile. Any other failure ends the pass.
+                        if not in_flight or not isinstance(exc, SQLAlchemyError):
                             raise
                         log.exception("outbox worker cannot reach the database")
                         await asyncio.sleep(min(self.poll_seconds, 1.0))
@@ -485,16 +560,23 @@ class OutboxWorker:
                             s.status == CopyStatus.QUEUED and s.started for s in finished
                         )
                         finished = []
-                        claimed = [c for c in start if c.id in got.started] + got.claimed
-                        reserved.extend(got.reserved)
+                        self._start_in_doubt.difference_update(c.id for c in start)
+                        claimed = [c for c in start if c.id in got.started]
+                        dropped = len(claimed) < len(start)
+                        claimed += self._take_new(got, in_flight.values(), finished)
                         dry = dry or len(got.reserved) < reserve
                     for copy in claimed:
                         task = asyncio.create_task(self._deliver(copy))
                         in_flight[task] = copy
                 if not in_flight:
-                    if not finished and not reserved and not (requeued and want > 0):
+                    idle = not reserved or not locked
+                    if not finished and idle and not (requeued and want > 0):
                         return handled
                     requeued = False
+                    continue
+                if dropped and reserved:
+                    # Its lane is free: the next reserved copy starts now, not when
+                    # another lane finishes.
                     continue
                 # Lanes that finish while a round is being written are settled together
                 # by the next one: a group commit that needs no waiting on purpose.
@@ -507,9 +589,54 @@ class OutboxWorker:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
             self._abandoned.extend(finished)
-            self._abandoned.extend(_unreserved(c) for c in reserved)
+            self._abandoned.extend(self._unreserved(c) for c in reserved)
             reserved.clear()
             raise
+
+    def _take_new(
+        self, got: Round, in_flight: Collection[ClaimedCopy], finished: list[Settlement]
+    ) -> list[ClaimedCopy]:
+        """Queue a round's reservations and return its claims to begin, each copy held
+        once: the invariant that keeps a copy from being sent twice by this worker.
+
+        A copy the worker still holds as an entry of its reserve may come back from a
+        round: another worker took this one for dead (its presence lock lost) and put
+        its reservations back in the queue, or the user queued an ``unknown`` copy again.
+        The old entry goes; starting it would find the copy claimed or reserved anew,
+        and, were it started, the new one would start it a second time. A copy still in
+        flight that comes back (a user's retry while its transaction went on) is not
+        begun again: a claim is settled by the lane that has it, a reservation given
+        back.
+        """
+        fresh = {c.id for c in got.claimed} | {c.id for c in got.reserved}
+        reserved = self._reserved
+        if any(c.id in fresh for c in reserved):
+            kept = [c for c in reserved if c.id not in fresh]
+            reserved.clear()
+            reserved.extend(kept)
+        flying = {c.id for c in in_flight}
+        for copy in got.reserved:
+            if copy.id in flying:
+                # Its lane has it started: a start in doubt would let the give-back
+                # put a copy in flight back in the queue.
+                finished.append(self._unreserved(copy, start_in_doubt=False))
+            else:
+                reserved.append(copy)
+        return [c for c in got.claimed if c.id not in flying]
+
+    def _unreserved(self, copy: ClaimedCopy, *, start_in_doubt: bool | None = None) -> Settlement:
+        """A reserved copy the worker gives back unstarted (stopping, or the pass failed)."""
+        if start_in_doubt is None:
+            start_in_doubt = copy.id in self._start_in_doubt
+        return Settlement(
+            copy.id,
+            copy.message_id,
+            CopyStatus.QUEUED,
+            "",
+            release=True,
+            started=False,
+            start_in_doubt=start_in_doubt,
+        )
 
     async def _deliver(self, copy: ClaimedCopy) -> Settlement:
         plan = self._plans[copy.message_id]
@@ -618,61 +745,141 @@ class OutboxWorker:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             self._queue = send_queue.SendQueue(conn)
         queue = self._queue
-        if self._claims_in_doubt:
-            # A round that failed may have committed its claims (on PostgreSQL a round
-            # is one autocommitted statement, and the context query that follows can
-            # fail on its own). Those copies were never started: put them back.
-            try:
-                send_queue.requeue_lost_claims(queue.conn, self.worker_id, self._held)
-            except SQLAlchemyError:
-                self._queue = None
-                with contextlib.suppress(SQLAlchemyError):
-                    queue.conn.invalidate()
-                queue.conn.close()
-                raise
-            self._claims_in_doubt = False
         try:
-            got = queue.round(
-                self.worker_id,
-                utcnow(),
-                settlements,
-                want,
-                messages_started=self._started,
-                known_messages=self._plans,
-                start=[c.id for c in start],
-                reserve=reserve,
-            )
-        except SQLAlchemyError:
+            if self._claims_in_doubt:
+                # A round that failed may have committed its claims (on PostgreSQL a
+                # round is one autocommitted statement, and the context query that
+                # follows can fail on its own). Those copies were never started: put
+                # them back. On PostgreSQL the server may also have crashed: the repair
+                # covers both.
+                if self.database.is_sqlite:
+                    send_queue.requeue_lost_claims(queue.conn, self.worker_id, self._held)
+                else:
+                    self._repair(settlements, start)
+                self._claims_in_doubt = False
+            for _ in range(3):
+                got = queue.round(
+                    self.worker_id,
+                    utcnow(),
+                    [*settlements, *self._unsynced.values()] if self._resettle else settlements,
+                    want,
+                    messages_started=self._started,
+                    known_messages=self._plans,
+                    start=[c.id for c in start],
+                    restart=self._start_in_doubt,
+                    reserve=reserve,
+                    establish=not self._marker_set,
+                )
+                if not got.marker_missing:
+                    break
+                # The server crashed since this worker wrote its marker (or a worker took
+                # it for dead): its commits since may be gone. Nothing was written.
+                log.warning("the database server lost this worker's recent commits; repairing")
+                self._repair(settlements, start)
+            else:
+                raise send_queue.CrashMarkerLost("the worker's crash marker keeps disappearing")
+            # Before the worker's state takes the round in: should a plan fail (a stored
+            # setting it cannot read), the round is one whose answer was lost, and its
+            # claims and reservations are put back by the next round's repair.
+            plans = {mid: self._plan(context) for mid, context in got.contexts.items()}
+        except Exception:
+            # Whatever failed, the round may have committed: claims and reservations
+            # this worker does not hold would stay under its id for as long as it lives.
             self._claims_in_doubt = True
             self._queue = None
             with contextlib.suppress(SQLAlchemyError):
                 queue.conn.invalidate()
             queue.conn.close()
+            # What lost this connection (a restart of the server, a network failure)
+            # may have taken the presence lock's too: without it this worker looks dead,
+            # and another one's recovery would mark its copies unknown.
+            self._check_presence()
             raise
+        if not self.database.is_sqlite:
+            self._marker_set = True
+            written = [s for s in settlements if s.started]
+            if self._resettle:
+                written.extend(self._unsynced.values())
+                self._touched.update(s.message_id for s in self._unsynced.values())
+                self._resettle = False
+            if got.flushed:
+                self._unsynced.clear()
+            else:
+                # Written by a commit that did not wait for the disk: kept until one
+                # that did, to be written again if the server loses them.
+                self._unsynced.update((s.copy_id, s) for s in written)
+        self._start_in_doubt.difference_update(s.copy_id for s in settlements)
         self._held.difference_update(s.copy_id for s in settlements)
         # A reserved copy that did not start is gone (its message was deleted).
         self._held.difference_update(c.id for c in start if c.id not in got.started)
         self._held.update(c.id for c in got.claimed)
         self._held.update(c.id for c in got.reserved)
         self._touched.update(s.message_id for s in settlements)
-        for message_id, context in got.contexts.items():
-            self._plans[message_id] = self._plan(context)
+        self._plans.update(plans)
         return got
 
+    def _repair(self, settlements: Sequence[Settlement], start: Sequence[ClaimedCopy]) -> None:
+        """PostgreSQL: make this worker's copies agree with what it knows, in a commit
+        that waits for the disk and writes its crash marker (``queue.repair_own_copies``).
+
+        The outcomes written since its last commit that waited may have been lost with
+        the server: they are written again by the next round (``_resettle``).
+        """
+        # A crash of the server (or of the network) that took the marker or the round's
+        # answer may have taken the presence lock's session too: re-take it first, or
+        # this worker looks dead to the others meanwhile.
+        self._check_presence()
+        unstarted = {c.id for c in self._reserved} | {c.id for c in start}
+        unstarted |= {s.copy_id for s in settlements if not s.started}
+        started = (self._held - unstarted) | set(self._unsynced)
+        with self._connect() as conn, conn.begin():
+            # The default may be not to wait (the rounds set their own): this commit
+            # must, as the marker it writes vouches for what it repaired.
+            send_queue.wait_for_the_disk(conn)
+            count = send_queue.repair_own_copies(
+                conn, self.worker_id, unstarted=unstarted, started=started
+            )
+        if count:
+            log.warning("%d copies claimed by a round whose answer was lost: queued again", count)
+        self._marker_set = True
+        self._resettle = bool(self._unsynced)
+        # A lost outcome may have taken its message's first sent_at with it.
+        self._started.clear()
+
+    def _check_presence(self) -> None:
+        try:
+            self.presence.check()
+        except (SQLAlchemyError, RuntimeError) as exc:
+            log.warning("cannot take the worker lock again yet: %s", exc)
+
     def _end_pass(self, touched: set[int]) -> None:
-        """Close the send requests the pass finished, and give the connection back; once
-        committed, say which messages are delivered (``MessageDelivered``)."""
+        """Close the send requests the pass finished, make the outcomes it wrote durable,
+        and give the connection back; once committed, say which messages are delivered
+        (``MessageDelivered``).
+
+        If the worker's crash marker is gone by then, those outcomes stay to be written
+        again: the poll loop runs a pass for them, whose round repairs first.
+        """
         queue, self._queue = self._queue, None
         if queue is not None:
             queue.conn.close()
         completed: list[int] = []
-        if touched:
+        # PostgreSQL: outcomes written by commits that did not wait for the disk are
+        # flushed now, not left for a crash of the server to take while this worker,
+        # idle, would not notice (its marker gone, nothing written again).
+        flush = bool(self._unsynced) and not self.database.is_sqlite
+        flushed = False
+        if touched or flush:
             # A connection of its own: the pass's one runs in autocommit on PostgreSQL,
             # and closing a request and queueing its Sent copy must commit together.
             with self._connect() as conn, conn.begin():
                 completed = send_queue.complete_outbox_entries(
                     conn, touched, utcnow(), self.delivery_observers
                 )
+                if flush:
+                    flushed = send_queue.flush_own_commits(conn, self.worker_id)
+        if flushed:
+            self._unsynced.clear()
         if completed:
             self.database.dispatch([MessageDelivered(message_id) for message_id in completed])
 
@@ -700,11 +907,18 @@ class OutboxWorker:
         now = utcnow()
         with self._connect() as conn, conn.begin():
             owners = send_queue.sending_workers(conn, exclude=self.worker_id)
+            if not self.database.is_sqlite:
+                # Dead workers' markers go too, copies or not.
+                owners = sorted({*owners, *send_queue.marked_workers(conn, self.worker_id)})
             dead = [w for w in owners if not self.presence.is_alive(conn, w)]
             if not self._recovered_own:
                 # Copies under our own id before we claimed anything come from an
                 # earlier process that used the same (configured) worker id.
                 dead.append(self.worker_id)
+            if self.database.is_sqlite:
+                survived: Collection[str] = self.presence.commits_survived
+            else:
+                survived = send_queue.crash_markers_of(conn, dead)
             count = send_queue.mark_orphans_unknown(
                 conn,
                 dead,
@@ -712,8 +926,13 @@ class OutboxWorker:
                 now,
                 ORPHAN_REPLY,
                 self.delivery_observers,
-                commits_survived=self.presence.commits_survived,
+                commits_survived=survived,
             )
+            if not self.database.is_sqlite:
+                # A marker is judged once: a later process with the same id writes its own.
+                send_queue.drop_crash_markers(conn, dead)
+                if self.worker_id in dead:
+                    self._marker_set = False
         self._recovered_own = True
         if count:
             SENDS.labels("unknown").inc(count)
@@ -726,11 +945,6 @@ _OUTCOMES = {
     CopyStatus.UNKNOWN: "unknown",
     CopyStatus.QUEUED: "retry",
 }
-
-
-def _unreserved(copy: ClaimedCopy) -> Settlement:
-    """A reserved copy the worker gives back unstarted (stopping, or the pass failed)."""
-    return Settlement(copy.id, copy.message_id, CopyStatus.QUEUED, "", release=True, started=False)
 
 
 def _count_outcomes(settlements: Sequence[Settlement]) -> None:
