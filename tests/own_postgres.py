@@ -13,8 +13,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.server import free_port
 
@@ -94,3 +97,18 @@ def remove_own_postgres(server: OwnPostgres) -> None:
     with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
         server.stop()
     shutil.rmtree(server.data.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def own_postgres_server() -> Iterator[OwnPostgres]:
+    """A server of the test's own (created, not started), removed afterwards. Skips the
+    test where Debian's server programs are missing, except in CI, which needs them."""
+    if postgres_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's server programs are required in CI")
+        pytest.skip("PostgreSQL's server programs are not installed")
+    server = create_own_postgres()
+    try:
+        yield server
+    finally:
+        remove_own_postgres(server)

@@ -356,6 +356,28 @@ async def test_reserved_copies_are_not_due_to_others(database: Database, runtime
         assert not due()
 
 
+def plan_stalling_on_bob(
+    database: Database, runtime: Runtime, sink: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """An email to ann with bob and carl in Bcc, whose sink holds bob's DATA unanswered
+    (``handler.stalled`` is set then) and answers the others at once."""
+    handler: SinkHandler = sink.handler
+    answer = handler.handle_DATA
+
+    async def stall_bob(server: Any, session: Any, envelope: Any) -> str:
+        handler.stall = envelope.rcpt_tos == ["bob@example.org"]
+        return await answer(server, session, envelope)
+
+    monkeypatch.setattr(handler, "handle_DATA", stall_bob)
+    return plan_send(
+        database,
+        runtime,
+        sink.port,
+        to=["ann@example.org"],
+        bcc=["bob@example.org", "carl@example.org"],
+    )
+
+
 async def kill_worker_process_when_stalled(runtime: Runtime, handler: SinkHandler) -> None:
     """Run `mailbeacon worker` (one lane) until the sink stalls a DATA, then SIGKILL it."""
     env = dict(
@@ -433,19 +455,7 @@ async def test_a_worker_killed_mid_send_of_a_reserved_copy_sends_nothing_twice(
     # process died, not the machine nor the database server: carl goes back.
     handler: SinkHandler = sink.handler
     answer = handler.handle_DATA
-
-    async def stall_bob(server: Any, session: Any, envelope: Any) -> str:
-        handler.stall = envelope.rcpt_tos == ["bob@example.org"]
-        return await answer(server, session, envelope)
-
-    monkeypatch.setattr(handler, "handle_DATA", stall_bob)
-    message_id = plan_send(
-        database,
-        runtime,
-        sink.port,
-        to=["ann@example.org"],
-        bcc=["bob@example.org", "carl@example.org"],
-    )
+    message_id = plan_stalling_on_bob(database, runtime, sink, monkeypatch)
     await kill_worker_process_when_stalled(runtime, handler)
     by_address = copies(database, message_id)
     assert by_address["ann@example.org"].status == CopyStatus.SENT
@@ -560,19 +570,7 @@ async def test_a_dead_worker_after_a_database_crash_sends_nothing_twice(
         pytest.skip("PostgreSQL's crash marker (SQLite: the boot id, tested above)")
     handler: SinkHandler = sink.handler
     answer = handler.handle_DATA
-
-    async def stall_bob(server: Any, session: Any, envelope: Any) -> str:
-        handler.stall = envelope.rcpt_tos == ["bob@example.org"]
-        return await answer(server, session, envelope)
-
-    monkeypatch.setattr(handler, "handle_DATA", stall_bob)
-    message_id = plan_send(
-        database,
-        runtime,
-        sink.port,
-        to=["ann@example.org"],
-        bcc=["bob@example.org", "carl@example.org"],
-    )
+    message_id = plan_stalling_on_bob(database, runtime, sink, monkeypatch)
     await kill_worker_process_when_stalled(runtime, handler)
     assert len(crash_markers(database)) == 1
     if crashed:
@@ -624,20 +622,7 @@ async def test_a_live_worker_repairs_what_a_database_crash_took_and_sends_nothin
     if database.is_sqlite:
         pytest.skip("PostgreSQL's crash marker (on SQLite the machine takes the worker)")
     handler: SinkHandler = sink.handler
-    answer = handler.handle_DATA
-
-    async def stall_bob(server: Any, session: Any, envelope: Any) -> str:
-        handler.stall = envelope.rcpt_tos == ["bob@example.org"]
-        return await answer(server, session, envelope)
-
-    handler.handle_DATA = stall_bob  # type: ignore[method-assign]
-    message_id = plan_send(
-        database,
-        runtime,
-        sink.port,
-        to=["ann@example.org"],
-        bcc=["bob@example.org", "carl@example.org"],
-    )
+    message_id = plan_stalling_on_bob(database, runtime, sink, monkeypatch)
     worker = runtime.make_outbox_worker(poll_seconds=0.05, concurrency=1)
     await worker.start()
     try:

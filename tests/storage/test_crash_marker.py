@@ -8,7 +8,6 @@ crash recovery does; this checks that PostgreSQL does it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,24 +16,17 @@ from sqlalchemy import Engine, create_engine, text
 from mailbeacon.db import normalise_url
 from mailbeacon.mail import queue
 from mailbeacon.migrate import upgrade
-from tests.own_postgres import OwnPostgres, create_own_postgres, postgres_bin, remove_own_postgres
+from tests.own_postgres import OwnPostgres, own_postgres_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def own_postgres() -> Iterator[OwnPostgres]:
-    if postgres_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL's server programs are required in CI")
-        pytest.skip("PostgreSQL's server programs are not installed")
-    server = create_own_postgres()
-    server.start()
-    try:
+    with own_postgres_server() as server:
+        server.start()
         upgrade(server.url)
         yield server
-    finally:
-        remove_own_postgres(server)
 
 
 def _markers(engine: Engine) -> set[str]:

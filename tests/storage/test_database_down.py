@@ -9,7 +9,6 @@ starts the server, hits it, and starts the database again.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,12 +27,7 @@ from mailbeacon.runtime import Runtime
 from tests.factories.accounts import make_demo_sender
 from tests.factories.hits import THUNDERBIRD
 from tests.factories.mail import send_mail
-from tests.own_postgres import (
-    OwnPostgres,
-    create_own_postgres,
-    postgres_bin,
-    remove_own_postgres,
-)
+from tests.own_postgres import OwnPostgres, own_postgres_server
 from tests.server import BIN, free_port, get, server_env, serving
 
 pytestmark = pytest.mark.slow
@@ -43,15 +37,8 @@ FIRST_REVISION = "49c02ea7684f"
 
 @pytest.fixture
 def own_postgres() -> Iterator[OwnPostgres]:
-    if postgres_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL's server programs are required in CI")
-        pytest.skip("PostgreSQL's server programs are not installed")
-    server = create_own_postgres()
-    try:
+    with own_postgres_server() as server:
         yield server
-    finally:
-        remove_own_postgres(server)
 
 
 def _stored(url: str) -> tuple[int, int, str]:
