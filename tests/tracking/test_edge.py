@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -351,3 +352,23 @@ async def test_too_fast_applies_to_real_mailboxes_but_not_to_the_demo_mailbox(
     with database.sessions() as s:
         labels = {e.copy_id: e.label for e in s.scalars(select(TrackingEvent))}
     assert labels == {ids[0]: "too_fast", ids[1]: "human"}
+
+
+def test_uids_of_a_forked_child_are_its_own() -> None:
+    """The random part comes in blocks: a child forked with part of a block left must not
+    hand out the uids its parent hands out next (two edge workers, one journal each,
+    same millisecond)."""
+    new_uid(1.0)  # a block is in use and has more in it
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        os.write(write_end, "\n".join(new_uid(1.0) for _ in range(3000)).encode())
+        os._exit(0)
+    os.close(write_end)
+    parent = {new_uid(1.0) for _ in range(3000)}  # past the end of the block, too
+    with os.fdopen(read_end, "rb") as pipe:
+        child = set(pipe.read().decode().split("\n"))
+    os.waitpid(pid, 0)
+    assert len(parent) == len(child) == 3000
+    assert not parent & child

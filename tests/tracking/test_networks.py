@@ -166,6 +166,8 @@ def test_lookup_finds_the_most_specific_network(
     test_map: NetworkMap, ip: str, name: str | None
 ) -> None:
     assert test_map.lookup(ip) == name
+    # The edge's one-parse form gives what the two separate calls give.
+    assert test_map.describe(ip) == (truncate_ip(ip), name)
 
 
 def test_names_and_emptiness(test_map: NetworkMap) -> None:

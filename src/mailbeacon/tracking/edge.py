@@ -20,7 +20,7 @@ from mailbeacon.kit.net import client_address
 from mailbeacon.kit.urls import web_destination
 from mailbeacon.models.event import EventKind
 from mailbeacon.tracking.hits import Hit, new_uid
-from mailbeacon.tracking.networks import NetworkMap, truncate_ip
+from mailbeacon.tracking.networks import NetworkMap
 from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,10 @@ class TrackingEdge:
         self._codec = codec
         self._record = record
         self._networks = networks
+        # Hits come in runs from the same addresses (image proxies, scanners, a person
+        # reopening), and the map never changes while it serves: each address is parsed
+        # and looked up once. The addresses stay in this process's memory only.
+        self._describe = functools.lru_cache(maxsize=4096)(networks.describe)
         # Settings.proxy_hops: TRUSTED_PROXIES, or one for the deprecated TRUST_FORWARDED_FOR.
         self._trusted_proxies = trusted_proxies
         # One counter per kind, looked up once: labels() takes a lock on every call.
@@ -184,6 +188,7 @@ class TrackingEdge:
                 forwarded.append(value.decode("latin-1"))
         client = scope.get("client")
         ip = client_address(client[0] if client else None, forwarded, self._trusted_proxies)
+        ip_prefix, network = self._describe(ip) if ip else (None, None)
         now = time.time()
         return Hit(
             uid=new_uid(now),
@@ -192,8 +197,8 @@ class TrackingEdge:
             link_position=position,
             occurred_at=now,
             user_agent=ua,
-            ip_prefix=truncate_ip(ip) if ip else None,
-            network=self._networks.lookup(ip) if ip else None,
+            ip_prefix=ip_prefix,
+            network=network,
             is_head=head,
             prefetch_hint=hint,
             viewer_user_id=viewer,

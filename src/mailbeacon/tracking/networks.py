@@ -97,9 +97,10 @@ def _parse_address(text: str) -> tuple[int, int] | None:
 def truncate_ip(ip: str) -> str | None:
     """The address's /24 (IPv4) or /48 (IPv6) prefix, the only form that is ever stored."""
     parsed = _parse_address(ip)
-    if parsed is None:
-        return None
-    version, value = parsed
+    return None if parsed is None else _prefix(*parsed)
+
+
+def _prefix(version: int, value: int) -> str:
     if version == 4:
         return f"{value >> 24}.{(value >> 16) & 0xFF}.{(value >> 8) & 0xFF}.0/24"
     return str(ipaddress.IPv6Network(((value >> 80) << 80, 48)))
@@ -251,6 +252,14 @@ class NetworkMap:
             return None
         version, value = parsed
         return (self._v4 if version == 4 else self._v6).find(value)
+
+    def describe(self, ip: str) -> tuple[str | None, str | None]:
+        """(``truncate_ip(ip)``, ``lookup(ip)``) with the address parsed once."""
+        parsed = _parse_address(ip)
+        if parsed is None:
+            return None, None
+        version, value = parsed
+        return _prefix(version, value), (self._v4 if version == 4 else self._v6).find(value)
 
     @property
     def names(self) -> list[str]:
