@@ -277,6 +277,45 @@ async def test_appends_arriving_during_a_sync_share_the_next_one(
 
 
 @pytest.mark.asyncio
+async def test_after_a_busy_batch_the_writer_waits_for_more_but_never_for_a_lone_hit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs = 0
+    in_first_sync = threading.Event()
+    release = threading.Event()
+    real = journal._datasync
+
+    def gated(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        if syncs == 1:
+            in_first_sync.set()
+            release.wait(30)
+        real(fd)
+
+    monkeypatch.setattr(journal, "_datasync", gated)
+    async with JournalWriter(tmp_path, busy_delay=1.0, busy_batch=5) as writer:
+        first = asyncio.create_task(writer.append(make_hit(0)))
+        assert await asyncio.to_thread(in_first_sync.wait, 30)
+        queued = [asyncio.create_task(writer.append(make_hit(i))) for i in range(1, 10)]
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(first, *queued)
+        assert writer.stats["commits"] == 2  # 1, then the 9 that queued: a busy batch
+        # The next append waits for company: one that comes 0.2 s later shares its sync.
+        a = asyncio.create_task(writer.append(make_hit(10)))
+        await asyncio.sleep(0.2)
+        b = asyncio.create_task(writer.append(make_hit(11)))
+        await asyncio.gather(a, b)
+        assert writer.stats["commits"] == 3
+        # That batch of 2 was not busy: a lone hit now goes out at once.
+        started = time.monotonic()
+        await writer.append(make_hit(12))
+        assert time.monotonic() - started < 0.9
+        assert writer.stats["commits"] == 4 and writer.stats["records"] == 13
+
+
+@pytest.mark.asyncio
 async def test_segments_sort_by_creation_and_name_their_writer(tmp_path: Path) -> None:
     async with JournalWriter(tmp_path, max_segment_bytes=1) as writer:
         for n in range(5):
