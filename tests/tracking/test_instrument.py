@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import random
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from mailbeacon.tracking import instrument as instrument_module
 from mailbeacon.tracking.instrument import (
     MAX_TRACKED_LINKS,
     Instrumented,
     TrackedLink,
     _has_placeholder,
+    _is_trackable_url_exact,
     click_url,
     find_links,
     instrument,
@@ -21,7 +25,7 @@ from mailbeacon.tracking.instrument import (
     open_url,
     pixel_html,
 )
-from mailbeacon.tracking.tokens import TokenCodec
+from mailbeacon.tracking.tokens import MAX_PLAIN_CLICK_URL_BYTES, TokenCodec
 from tests.tracking.test_corpus import (
     BASE,
     CODEC,
@@ -507,6 +511,105 @@ def test_placeholder_search_agrees_with_the_lazy_regex(tail: str) -> None:
     assert _has_placeholder(url) == (_PLACEHOLDER_AS_WRITTEN.search(url) is not None)
     if _has_placeholder(url):
         assert not is_trackable_url(url)
+
+
+# Destinations near the fast path's shape: hosts with Punycode, numeric or hex last labels,
+# empty labels, ports, userinfo and non-ASCII; paths with placeholders, stray "%", controls,
+# spaces, backslashes and click paths. Each is judged by `is_trackable_url` (fast path
+# first) and by the exact checks alone.
+_LABEL = st.one_of(
+    st.text(alphabet="ab0x9-_nXN", max_size=6),
+    st.sampled_from(["xn--bcher-kva", "XN--a", "xn--", "0x7f", "1", "09", "\u00fc", "%41"]),
+    st.sampled_from(["example", "com", "Mail-1"]),
+)
+_HOST = st.lists(_LABEL, min_size=1, max_size=4).map(".".join)
+_PATH = st.lists(
+    st.one_of(
+        st.sampled_from(
+            ["/", "?", "#", "a", "F9", "%", "%%", "%41", "%4", "{{", "}}", "{%", "%}", "{!", "}",
+             "{$", "${", "$", "*|", "|*", "[[", "]]", "<%", "%>", "\\", " ", "\t", "\x7f",
+             "\u00e9", "\ud800", "/t/c/", "A" * 32, "@", ":"]
+        ),
+        st.sampled_from(  # whole placeholders
+            ["%%a%%", "{{a}}", "{%a%}", "{!a}", "{$a}", "${a}", "$a$", "*|A|*", "[[a]]", "<%a%>"]
+        ),
+        st.text(alphabet="/?#%aF9{}[]$*|<>&=:@!\\ \t\x7f\u00e9.-_'\"", max_size=4),
+    ),
+    max_size=8,
+).map("".join)  # fmt: skip
+# Base64 of random bytes: deflate gains only a quarter on it.
+_NOISE = base64.urlsafe_b64encode(random.Random(0).randbytes(7000)).decode()
+_SCHEME = st.sampled_from(["https://", "http://", "HTTPS://", "hTtP://", "https:/", "ftp://", ""])
+_AFTER_HOST = st.sampled_from(["/", "/", "?", "#", "", "\\"])
+_NEAR_PLAIN_URL = st.one_of(
+    st.builds(  # odd in the authority
+        lambda scheme, user, host, port, path: f"{scheme}{user}{host}{port}{path}",
+        _SCHEME,
+        st.sampled_from(["", "", "", "u@", "u:p@", "@"]),
+        _HOST,
+        st.sampled_from(["", "", "", ":", ":443", ":99999", ":x"]),
+        st.sampled_from(["", "/", "/a?b=c", "\\x", "#f"]),
+    ),
+    st.builds(  # odd after a plain authority
+        lambda start, path: f"https://mail.example.com{start}{path}", _AFTER_HOST, _PATH
+    ),
+    st.builds(  # odd anywhere
+        lambda scheme, host, start, path: f"{scheme}{host}{start}{path}",
+        _SCHEME,
+        _HOST,
+        _AFTER_HOST,
+        _PATH,
+    ),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_NEAR_PLAIN_URL)
+@example("https://mail.example.com/%%id%%")
+@example("https://mail.example.com/$id$")
+@example("https://mail.example.com/a/t/c/" + "A" * 32)
+@example("https://mail.example.com/a\x7f")
+@example("https://mail.09/")
+@example("https://u@mail.example.com/")
+@example("https://mail.example.com/" + "a" * MAX_PLAIN_CLICK_URL_BYTES)
+@example("https://x.com/" + _NOISE[:6103])  # just too long to fit as written
+@example("https://x.com/" + _NOISE)  # too long to fit even deflated
+def test_trackable_fast_path_agrees_with_the_exact_checks(url: str) -> None:
+    base = "https://t.example.com"
+    assert is_trackable_url(url, base) == _is_trackable_url_exact(url, base)
+    assert is_trackable_url(url) == _is_trackable_url_exact(url, None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://www.example.com/",
+        "HTTP://Mail.Example.co.uk/a/b?utm_source=x&utm_medium=y#top",
+        "https://example.com/a%20b?q=%C3%BC",
+        "https://a-b.example/!\"'()+,;=@^_`|}~]\\x",
+    ],
+)
+def test_common_destinations_take_the_fast_path(url: str) -> None:
+    # Otherwise the agreement above would hold vacuously.
+    assert instrument_module._PLAIN_WEB_URL.fullmatch(url) is not None
+    assert is_trackable_url(url) and _is_trackable_url_exact(url, None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://x.com/t/c/" + "A" * 32,
+        "https://t.example.com/t/c/short",
+        "https://x.0x7f/",
+        "https://1.2.3.999/",
+        "https://x.com/%%id%%",
+        "https://x.com/{{id}}",
+        "https://x.com:99999/",
+        "https://x.com/a\x01",
+    ],
+)
+def test_near_misses_of_the_fast_path_stay_untracked(url: str) -> None:
+    assert not is_trackable_url(url, "https://t.example.com")
 
 
 def test_destinations_past_the_limit_stay_as_written_and_are_counted() -> None:

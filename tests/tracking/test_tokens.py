@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailbeacon.tracking.tokens import (
+    DEFLATE_MIN_BYTES,
     MAX_CLICK_TOKEN_CHARS,
     MAX_CLICK_URL_BYTES,
     InvalidToken,
@@ -161,3 +162,45 @@ def test_click_token_fits_agrees_with_minting(tail: str) -> None:
     else:
         with pytest.raises(ValueError, match=r"does not fit|longer than"):
             codec.mint_click_token(1, 0, url)
+
+
+# Minted before destinations under DEFLATE_MIN_BYTES stopped being deflated: the first holds
+# a deflated 74-byte URL, the second a 14-byte one as written, the third a deflated long one.
+_OLD_KEY = (7, bytes(range(64)))
+_OLD_TOKENS = [
+    (
+        "BxEtovbbSRI1CADqTlgCcRPnxs5hs7x9At-nNsuVaDunFE279m28qtVbp5GpPsSg7lOYqg81FOSKnWPo6oEER7rSJU7D"
+        "J13i6i3Y6cOp54ppBdFv6FrIH4sixr-sxaW47A",
+        42,
+        3,
+        "https://example.com/a?utm_source=news&utm_medium=email&utm_campaign=spring",
+    ),
+    ("B5rRSY8pt7Xl6TCc6-QZrsOt5SoRksCPIxB5SYTxaCm2T5z-97Q76RT-", 1, 0, "https://x.com/"),
+    (
+        "B0b3WWQ9sfOtaF4gAX0MHLFswVw_KOx2DiKUFfZrDAlwt0cbTKgke0Ap0oPMwDo06wOucNa5",
+        2**64 - 1,
+        65535,
+        "https://example.com/" + "ab" * 100,
+    ),
+]
+
+
+@pytest.mark.parametrize(("token", "copy_id", "position", "url"), _OLD_TOKENS)
+def test_tokens_minted_before_still_read(token: str, copy_id: int, position: int, url: str) -> None:
+    target = TokenCodec([_OLD_KEY]).read_click_token(token)
+    assert (target.copy_id, target.position, target.url) == (copy_id, position, url)
+
+
+def test_only_destinations_long_enough_are_deflated() -> None:
+    codec = TokenCodec([KEY1])
+    short = "https://example.com/a?utm_source=news&utm_medium=email&utm_campaign=spring"
+    assert len(short) < DEFLATE_MIN_BYTES
+    token = codec.mint_click_token(42, 3, short)
+    # As written: key id, tag and head around the URL's own bytes, in unpadded base64.
+    assert len(token) == -(-(1 + 16 + 11 + len(short)) * 4 // 3)
+    assert codec.read_click_token(token).url == short
+    long = short + "&utm_content=" + "spring" * 20
+    assert len(long) >= DEFLATE_MIN_BYTES
+    token = codec.mint_click_token(42, 3, long)
+    assert len(token) < (1 + 16 + 11 + len(long)) * 4 // 3
+    assert codec.read_click_token(token).url == long

@@ -449,8 +449,12 @@ def _scan(html: str, stop_at_visible: bool, scanners: _Scanners) -> HtmlScan:
                 pattern = scanners.visible_rest if pattern is scanners.visible else scanners.rest
         elif kind == "cc":
             # Outlook renders what sits between <!--[if mso]> and <![endif]-->, so links there
-            # (VML buttons above all) are followed by real readers.
-            _scan_conditional(html, m.start("ccbody"), m.end("ccbody"), scan, scanners.links)
+            # (VML buttons above all) are followed by real readers. Most of them only open or
+            # close a table for Outlook: without a link tag's opening anywhere in the body,
+            # even in a value, there is nothing to read (checked here: a call costs more).
+            start, stop = m.span("ccbody")
+            if _LINK_OPENING.search(html, start, stop) is not None:
+                _scan_conditional(html, start, stop, scan, scanners.links)
             pos = m.end()
             if len(scan.links) >= MAX_LINK_SITES:
                 pattern = scanners.visible_rest if pattern is scanners.visible else scanners.rest
@@ -497,10 +501,6 @@ def _scan_conditional(
     html: str, start: int, stop: int, scan: HtmlScan, pattern: re.Pattern[str]
 ) -> None:
     """Collect the links in a conditional comment's body, markup only Outlook reads."""
-    # Most of them only open or close a table for Outlook: without a link tag's opening
-    # anywhere in the body, even in a value, there is nothing to read.
-    if _LINK_OPENING.search(html, start, stop) is None:
-        return
     pos = start
     while len(scan.links) < MAX_LINK_SITES:
         m = pattern.match(html, pos, stop)
@@ -607,7 +607,8 @@ def anchor_text(html: str, site: LinkSite) -> str:
         return ""
     found = _end_tag(site.tag).search(html, site.tag_end, site.tag_end + _ANCHOR_WINDOW)
     inner = html[site.tag_end : found.start()] if found is not None else ""
-    text = " ".join(decode_text(_TAG_OR_COMMENT.sub(" ", inner)).split())
+    bare = _TAG_OR_COMMENT.sub(" ", inner) if "<" in inner else inner
+    text = " ".join(decode_text(bare).split())
     if not text:
         alt = _IMG_ALT.search(inner)
         if alt is not None:
