@@ -232,7 +232,7 @@ def _settle_async(futures: list[asyncio.Future[None]], error: BaseException | No
 
 # When the last batch held at least BUSY_BATCH appends, the writer waits this long
 # before taking the next one (see JournalWriter._run).
-BUSY_DELAY_SECONDS = 0.0005
+BUSY_DELAY_SECONDS = 0.0003
 BUSY_BATCH = 8
 
 
