@@ -17,6 +17,7 @@ it at once.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,12 +70,15 @@ class NotificationObserver:
         if clicks:
             rows += _click_notifications(conn, clicks)
         # In the order things happened, so ids follow time within a batch too.
-        rows.sort(key=lambda row: (row["created_at"], row["copy_id"]))
+        rows.sort(key=_ORDER)
         repository.insert_notifications(conn, rows)
         if wake:
             if conn.dialect.name == "postgresql":
                 repository.announce(conn, wake)
             after_commit(session, LiveUpdate(wake))
+
+
+_ORDER = operator.itemgetter("created_at", "copy_id")
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ scoped to the signed-in user: another user's notification does not exist.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -95,7 +96,9 @@ def open_state(conn: Connection, copy_ids: Sequence[int]) -> list[Row[Any]]:
         .where(in_list(_copies.c.id, "ids", dialect), _users.c.notify_tracking.is_(True))
     )
     # The batch's ids as one parameter: compiled once, whatever the batch's size.
-    return list(conn.execute(query, {"ids": list_value(dialect, sorted(copy_ids))}))
+    # all(): one fetch for the whole result, not a call through the result per row.
+    rows = conn.execute(query, {"ids": list_value(dialect, sorted(copy_ids))}).all()
+    return cast(list[Row[Any]], rows)
 
 
 def click_state(conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Row[Any]]:
@@ -133,8 +136,8 @@ def click_state(conn: Connection, pairs: Sequence[tuple[int, int]]) -> list[Row[
     )
     wanted = set(pairs)
     ids = sorted({copy_id for copy_id, _ in pairs})
-    rows: list[Row[Any]] = list(conn.execute(query, {"ids": list_value(dialect, ids)}))
-    return [row for row in rows if (row.copy_id, row.position) in wanted]
+    rows = conn.execute(query, {"ids": list_value(dialect, ids)}).all()
+    return [cast(Row[Any], row) for row in rows if (row.copy_id, row.position) in wanted]
 
 
 # The columns of the rows the observer builds, in its order.
@@ -169,9 +172,12 @@ def _statements(conn: Connection) -> tuple[BatchStatement, BatchStatement]:
     return found
 
 
+_NOTIFICATION_ROW = operator.itemgetter(*NOTIFICATION_COLUMNS)
+
+
 def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        _statements(conn)[0].run(conn, [tuple(r[c] for c in NOTIFICATION_COLUMNS) for r in rows])
+        _statements(conn)[0].run(conn, [_NOTIFICATION_ROW(r) for r in rows])
 
 
 def bump_notifications(conn: Connection, bumps: dict[int, tuple[int, datetime]]) -> None:

@@ -487,12 +487,11 @@ def gate_facts(session: Session, copy_ids: Sequence[int]) -> list[Row[Any]]:
     )
     dialect = session.get_bind().dialect
     # The batch's ids as one parameter: the query is compiled once, whatever the batch.
-    return list(
-        session.execute(
-            query.where(in_list(c.id, "ids", dialect)),
-            {"ids": list_value(dialect, sorted(copy_ids))},
-        )
-    )
+    # all(): one fetch for the whole result, not a call through the result per row.
+    rows = session.execute(
+        query.where(in_list(c.id, "ids", dialect)), {"ids": list_value(dialect, sorted(copy_ids))}
+    ).all()
+    return cast(list[Row[Any]], rows)
 
 
 # ------------------------------------------------------------------ possibly forwarded opens
@@ -519,7 +518,9 @@ def human_sources(session: Session, copy_ids: Sequence[int]) -> list[Row[Any]]:
         )
         .group_by(e.copy_id, e.ip_prefix, e.user_agent)
     )
-    return list(session.execute(query, {"ids": list_value(dialect, sorted(copy_ids))}))
+    # all(): one fetch for the whole result, not a call through the result per row.
+    rows = session.execute(query, {"ids": list_value(dialect, sorted(copy_ids))}).all()
+    return cast(list[Row[Any]], rows)
 
 
 # ------------------------------------------------------------------ retention

@@ -50,6 +50,7 @@ from mailbeacon.models import (
     TrackingEvent,
 )
 from mailbeacon.models.base import UTCDateTime
+from mailbeacon.models.event import PERSON_LABELS
 from mailbeacon.tracking.events import StoredEvent
 
 _events = cast(Table, TrackingEvent.__table__)
@@ -163,10 +164,10 @@ def _reads(dialect: Dialect) -> _Reads:
             select(
                 c.id,
                 c.message_id,
-                c.sent_at,
+                # The copy's own sending time, else its email's: one timestamp to read.
+                func.coalesce(c.sent_at, m.sent_at),
                 c.last_event_at,
                 m.user_id,
-                m.sent_at,
                 _mailboxes.c.is_demo,
             )
             .select_from(
@@ -194,10 +195,10 @@ def load_copies(conn: Connection, copy_ids: Sequence[int]) -> dict[int, CopyCont
         return {}
     dialect = conn.dialect
     found: dict[int, CopyContext] = {}
-    for cid, mid, c_sent, last_event, user_id, m_sent, demo in conn.execute(
+    for cid, mid, sent, last_event, user_id, demo in conn.execute(
         _reads(dialect).load_copies, {"ids": list_value(dialect, ids)}
     ):
-        found[cid] = CopyContext(mid, user_id, c_sent or m_sent, last_event, bool(demo))
+        found[cid] = CopyContext(mid, user_id, sent, last_event, bool(demo))
     return found
 
 
@@ -260,21 +261,25 @@ class _Figures:
     last_click: datetime | None = None
     last_event: datetime | None = None
 
-    def add(self, event: StoredEvent) -> None:
+    def add(self, event: StoredEvent, person: bool) -> None:
+        """Count an event in; ``person`` is its ``by_person``, worked out once per event."""
         at = event.occurred_at
-        self.last_event = at if self.last_event is None else max(self.last_event, at)
-        if not event.by_person:
+        last = self.last_event
+        self.last_event = at if last is None or at > last else last
+        if not person:
             self.machine += 1
         elif event.kind == EventKind.OPEN:
             self.opens += 1
             if event.possibly_forwarded:
                 self.forwarded += 1
-            self.first_open = at if self.first_open is None else min(self.first_open, at)
-            self.last_open = at if self.last_open is None else max(self.last_open, at)
+            first, last = self.first_open, self.last_open
+            self.first_open = at if first is None or at < first else first
+            self.last_open = at if last is None or at > last else last
         else:
             self.clicks += 1
-            self.first_click = at if self.first_click is None else min(self.first_click, at)
-            self.last_click = at if self.last_click is None else max(self.last_click, at)
+            first, last = self.first_click, self.last_click
+            self.first_click = at if first is None or at < first else first
+            self.last_click = at if last is None or at > last else last
 
     def row(self, key: int) -> tuple[Any, ...]:
         """The update's parameters, in ``_FIGURE_COLUMNS`` order."""
@@ -299,8 +304,8 @@ class _LinkFigures:
     first: datetime | None = None
     last: datetime | None = None
 
-    def add(self, event: StoredEvent) -> None:
-        if not event.by_person:
+    def add(self, event: StoredEvent, person: bool) -> None:
+        if not person:
             self.machine += 1
             return
         at = event.occurred_at
@@ -402,10 +407,11 @@ def write_events(conn: Connection, rows: list[tuple[Any, ...]], events: list[Sto
     message_figs: dict[int, _Figures] = defaultdict(_Figures)
     link_figs: dict[tuple[int, int], _LinkFigures] = defaultdict(_LinkFigures)
     for event in events:
-        copy_figs[event.copy_id].add(event)
-        message_figs[event.message_id].add(event)
+        person = event.label in PERSON_LABELS
+        copy_figs[event.copy_id].add(event, person)
+        message_figs[event.message_id].add(event, person)
         if event.kind == EventKind.CLICK and event.link_position is not None:
-            link_figs[(event.copy_id, event.link_position)].add(event)
+            link_figs[(event.copy_id, event.link_position)].add(event, person)
     links = [
         (cid, pos, lf.clicks, lf.machine, lf.first, lf.last)
         for (cid, pos), lf in sorted(link_figs.items())
@@ -531,7 +537,7 @@ def count_anonymously(conn: Connection, events: list[StoredEvent], recorded_at: 
         return
     message_figs: dict[int, _Figures] = defaultdict(_Figures)
     for event in events:
-        message_figs[event.message_id].add(event)
+        message_figs[event.message_id].add(event, event.by_person)
     rows = [f.row(k) for k, f in sorted(message_figs.items())]
     if conn.dialect.name == "postgresql":
         _pg_add_figures(conn, _messages, rows)

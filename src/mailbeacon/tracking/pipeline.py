@@ -28,7 +28,8 @@ database) is dropped: its data must not come back.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import operator
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -104,13 +105,18 @@ def classify_batch(
             _Prior(e.at, e.kind, e.link_position, source_key(e.ip_prefix, e.user_agent), e.label)
             for e in events
         ]
+    # The burst and duplicate rules look no further back than this: older hits are left
+    # out of a hit's history, and a hit with none, not too fast, keeps its verdict.
+    window = max(policy.burst_seconds, policy.duplicate_seconds)
+    too_fast = policy.too_fast_seconds
     out: list[ClassifiedHit] = []
     unknown = 0
-    for hit in sorted(hits, key=lambda h: h.occurred_at):
+    for hit in sorted(hits, key=_OCCURRED_AT):
         copy = copies.get(hit.copy_id)
         if copy is None:
             unknown += 1
             continue
+        at = hit.occurred_at
         key = source_key(hit.ip_prefix, hit.user_agent)
         by_sender = hit.viewer_user_id is not None and hit.viewer_user_id == copy.sender_id
         # What classify_hit does, in its two parts: the request's verdict is cached
@@ -124,34 +130,38 @@ def classify_batch(
             after_send = (
                 None
                 if copy.sent_at is None or copy.via_demo_mailbox
-                else hit.occurred_at - copy.sent_at.timestamp()
-            )
-            signals = HitSignals(
-                kind=hit.kind,
-                user_agent=hit.user_agent,
-                network=hit.network,
-                is_head=hit.is_head,
-                prefetch_hint=hit.prefetch_hint,
-                seconds_after_send=after_send,
-                viewer_is_sender=by_sender,
-                link_position=hit.link_position,
-                source_key=key,
+                else at - copy.sent_at.timestamp()
             )
             history = [
                 PriorHit(
                     kind=p.kind,
                     link_position=p.link_position,
                     source_key=p.source,
-                    seconds_before=hit.occurred_at - p.at,
+                    seconds_before=at - p.at,
                     label=p.label,
                 )
                 for p in earlier
-                if p.at <= hit.occurred_at
+                if p.at <= at and at - p.at <= window
             ]
-            verdict = judge_timing(verdict, signals, history, policy)
-        earlier.append(_Prior(hit.occurred_at, hit.kind, hit.link_position, key, verdict.label))
+            if history or (after_send is not None and after_send < too_fast):
+                signals = HitSignals(
+                    kind=hit.kind,
+                    user_agent=hit.user_agent,
+                    network=hit.network,
+                    is_head=hit.is_head,
+                    prefetch_hint=hit.prefetch_hint,
+                    seconds_after_send=after_send,
+                    viewer_is_sender=by_sender,
+                    link_position=hit.link_position,
+                    source_key=key,
+                )
+                verdict = judge_timing(verdict, signals, history, policy)
+        earlier.append(_Prior(at, hit.kind, hit.link_position, key, verdict.label))
         out.append(ClassifiedHit(hit, copy, verdict))
     return out, unknown
+
+
+_OCCURRED_AT = operator.attrgetter("occurred_at")
 
 
 class HitPipeline:
@@ -221,17 +231,13 @@ class HitPipeline:
             if self.forwarded is not None:
                 marked = self.forwarded.possibly_forwarded(session, events)
                 if marked:
-                    events = [
-                        replace(e, possibly_forwarded=True) if e.uid in marked else e
-                        for e in events
-                    ]
+                    events = [_marked(e) if e.uid in marked else e for e in events]
             rows = _event_rows(classified, events, datetime.now(UTC))
             hit_store.write_events(conn, rows, events)
             for observer in self.observers:
                 observer.on_events_stored(session, events)
         result.written = len(events)
-        for event in events:
-            result.labels[event.label] = result.labels.get(event.label, 0) + 1
+        result.labels.update(Counter(e.label for e in events))
         return result
 
     def _screen(
@@ -264,24 +270,50 @@ class HitPipeline:
 def _stored_events(classified: Sequence[ClassifiedHit]) -> list[StoredEvent]:
     """The batch's events as typed values, in the order they happened."""
     events: list[StoredEvent] = []
+    append = events.append
+    at = datetime.fromtimestamp
     for item in classified:
-        hit, verdict = item.hit, item.verdict
-        events.append(
+        hit, verdict, copy = item.hit, item.verdict, item.copy
+        append(
             StoredEvent(
                 uid=hit.uid,
                 copy_id=hit.copy_id,
-                message_id=item.copy.message_id,
-                sender_id=item.copy.sender_id,
-                kind=EventKind(hit.kind),
+                message_id=copy.message_id,
+                sender_id=copy.sender_id,
+                kind=_KINDS.get(hit.kind) or EventKind(hit.kind),
                 label=verdict.label,
                 reason=verdict.reason[:REASON_CHARS],
                 link_position=hit.link_position,
-                occurred_at=datetime.fromtimestamp(hit.occurred_at, UTC),
+                occurred_at=at(hit.occurred_at, UTC),
                 ip_prefix=hit.ip_prefix,
                 user_agent=hit.user_agent,
             )
         )
     return events
+
+
+# A hit's kind as the enum: journal hits carry the enum already, others its string
+# (equal to it, and hashed alike).
+_KINDS = {k: k for k in EventKind}
+
+
+def _marked(e: StoredEvent) -> StoredEvent:
+    """The event marked possibly forwarded (``dataclasses.replace`` costs several times
+    more per event)."""
+    return StoredEvent(
+        uid=e.uid,
+        copy_id=e.copy_id,
+        message_id=e.message_id,
+        sender_id=e.sender_id,
+        kind=e.kind,
+        label=e.label,
+        reason=e.reason,
+        link_position=e.link_position,
+        occurred_at=e.occurred_at,
+        ip_prefix=e.ip_prefix,
+        user_agent=e.user_agent,
+        possibly_forwarded=True,
+    )
 
 
 def _event_rows(
