@@ -42,6 +42,7 @@ from sqlalchemy import create_engine, insert, text  # noqa: E402
 from mailbeacon.config import Settings  # noqa: E402
 from mailbeacon.db import normalise_url  # noqa: E402
 from mailbeacon.kit.clock import utcnow  # noqa: E402
+from mailbeacon.kit.heap import freeze_startup_heap  # noqa: E402
 from mailbeacon.migrate import upgrade  # noqa: E402
 from mailbeacon.models import (  # noqa: E402
     CopyStatus,
@@ -258,6 +259,11 @@ def main() -> int:
         )
         runtime = Runtime.from_settings(settings)
         copy_ids = _seed(runtime, args.messages, args.copies)
+        # What `serve` and `mailbeacon ingest` run: the ingest's consumer pass, made and
+        # then frozen into the heap as `ingest` does at its start (the references below
+        # run in the same frozen heap).
+        ingest = runtime.make_ingest(consume=True)
+        freeze_startup_heap()
         start = time.time() - 3600
 
         def hits() -> Iterator[Hit]:
@@ -286,8 +292,6 @@ def main() -> int:
         _timed("reference: plain executemany INSERT of the same events", args.hits, plain_insert)
         _empty_events(runtime)
 
-        # What `serve` and `mailbeacon ingest` run: the ingest's consumer pass.
-        ingest = runtime.make_ingest(consume=True)
         _journal(ingest.directory, hits())
         rate = _timed(
             "mailbeacon: consumer -> hit pipeline (exactly once)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import threading
@@ -24,6 +23,7 @@ from mailbeacon.app import create_web_app
 from mailbeacon.config import Settings
 from mailbeacon.db import describe_url, is_unreachable
 from mailbeacon.kit import metrics
+from mailbeacon.kit.heap import freeze_startup_heap
 from mailbeacon.mail.demo import DemoSmtpServer
 from mailbeacon.migrate import upgrade
 from mailbeacon.privacy.tasks import RetentionWorker
@@ -99,7 +99,7 @@ class MailbeaconApp:
         # Everything loaded so far (the app, its routes, models and templates) lives as
         # long as the process: keep it out of the cyclic collector's full passes, which
         # otherwise walk all of it while every request waits (tens of ms at a time).
-        gc.freeze()
+        freeze_startup_heap()
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         assert message["type"] == "lifespan.shutdown"

@@ -251,6 +251,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     runtime = _runtime(settings)
     ingest = runtime.make_ingest(consume=True)
+    from mailbeacon.kit.heap import freeze_startup_heap
+
+    freeze_startup_heap()
 
     async def run() -> int:
         # The journal consumer alone: what `serve` runs beside the edge when RUN_INGEST
