@@ -8,6 +8,7 @@ earlier version, several writers and consumers on one journal, live updates.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import threading
@@ -407,7 +408,11 @@ def test_mailbeacon_ingest_once_stores_what_the_journal_holds(
     monkeypatch.setenv("MAILBEACON_DATABASE_URL", settings.database_url())
     # The command sets it from --data-dir for what it starts; restored after the test.
     monkeypatch.setenv("MAILBEACON_DATA_DIR", str(settings.DATA_DIR))
-    assert main(["ingest", "--once", "--data-dir", str(settings.DATA_DIR)]) == 0
+    try:
+        assert main(["ingest", "--once", "--data-dir", str(settings.DATA_DIR)]) == 0
+    finally:
+        # The command freezes its process's heap at start, here the test session's.
+        gc.unfreeze()
     assert sorted(stored_uids(database)) == sorted(h.uid for h in hits)
     assert not list(settings.journal_dir.glob(f"*{SEGMENT_SUFFIX}"))
 

@@ -570,6 +570,9 @@ _NEAR_PLAIN_URL = st.one_of(
 @example("https://mail.example.com/a/t/c/" + "A" * 32)
 @example("https://mail.example.com/a\x7f")
 @example("https://mail.09/")
+@example("https://mail.example.com/t\\c\\" + "A" * 32)
+@example("https://mail.example.com/t/x/../c/" + "A" * 32)
+@example("https://mail.example.com/a/../b")
 @example("https://u@mail.example.com/")
 @example("https://mail.example.com/" + "a" * MAX_PLAIN_CLICK_URL_BYTES)
 @example("https://x.com/" + _NOISE[:6103])  # just too long to fit as written
@@ -606,6 +609,11 @@ def test_common_destinations_take_the_fast_path(url: str) -> None:
         "https://x.com/{{id}}",
         "https://x.com:99999/",
         "https://x.com/a\x01",
+        # Click URLs of ours in a form the browser rewrites to /t/c/<token>.
+        "https://x.com/t\\c\\" + "A" * 32,
+        "https://x.com/t/x/../c/" + "A" * 32,
+        "https://x.com/t/x/%2e%2E/c/" + "A" * 32,
+        "https://x.com/t/./c/" + "A" * 32,
     ],
 )
 def test_near_misses_of_the_fast_path_stay_untracked(url: str) -> None:

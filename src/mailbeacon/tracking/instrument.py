@@ -19,7 +19,7 @@ import re
 from typing import NamedTuple
 
 from mailbeacon.kit.text_urls import TextUrl, find_text_urls
-from mailbeacon.kit.urls import is_web_destination
+from mailbeacon.kit.urls import is_web_destination, web_destination
 from mailbeacon.tracking import tokens
 from mailbeacon.tracking.html_links import (
     INVISIBLE_CHARS,
@@ -136,6 +136,9 @@ _PLACEHOLDER_DELIMITERS = (
 _MERGE_FIELD = re.compile(r"\$[A-Za-z_][\w.:\-]*+\$")
 # A click URL minted by any mailbeacon edge: never wrap one twice, whatever its host.
 _OUR_CLICK_URL = re.compile(r"/t/c/[A-Za-z0-9_-]{32,}\Z")
+# What the URL parser rewrites in the path of an http(s) URL: backslashes and dot
+# segments, percent-encoded ones too.
+_REWRITTEN_PATH = re.compile(r"\\|/\.|%2[eE]")
 _AUTHORITY = re.compile(r"https?://([^/?#\\]*)", re.IGNORECASE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _VISIBLE_TEXT = re.compile(rf"[^{INVISIBLE_CHARS}]")
@@ -192,7 +195,11 @@ def is_trackable_url(url: str, base_url: str | None = None) -> bool:
     stays as written and works as it always would, untracked.
     """
     # A click URL of ours, under any base, holds the click path.
-    if CLICK_PATH not in url and _PLAIN_WEB_URL.fullmatch(url) is not None:
+    if (
+        CLICK_PATH not in url
+        and _PLAIN_WEB_URL.fullmatch(url) is not None
+        and _REWRITTEN_PATH.search(url) is None
+    ):
         # ASCII: a character is a byte.
         return len(url) <= tokens.MAX_PLAIN_CLICK_URL_BYTES or click_token_fits(url)
     return _is_trackable_url_exact(url, base_url)
@@ -207,7 +214,14 @@ def _is_trackable_url_exact(url: str, base_url: str | None) -> bool:
     # Bytes that did not decode in the body's charset cannot be sealed as UTF-8 text.
     if not url.isascii() and _SURROGATE.search(url) is not None:
         return False
-    return is_web_destination(url) and click_token_fits(url)
+    if not is_web_destination(url) or not click_token_fits(url):
+        return False
+    if _REWRITTEN_PATH.search(url) is not None:
+        # The browser follows the path as parsed: "/t\c\<token>" and "/t/x/../c/<token>"
+        # are click URLs of ours, and wrapping one would count its clicks on another copy.
+        destination = web_destination(url)
+        return destination is not None and _OUR_CLICK_URL.search(destination) is None
+    return True
 
 
 def _text_is_visible(text: str | None) -> bool:
