@@ -136,9 +136,14 @@ _PLACEHOLDER_DELIMITERS = (
 _MERGE_FIELD = re.compile(r"\$[A-Za-z_][\w.:\-]*+\$")
 # A click URL minted by any mailbeacon edge: never wrap one twice, whatever its host.
 _OUR_CLICK_URL = re.compile(r"/t/c/[A-Za-z0-9_-]{32,}\Z")
-# What the URL parser rewrites in the path of an http(s) URL: backslashes and dot
-# segments, percent-encoded ones too.
-_REWRITTEN_PATH = re.compile(r"\\|/\.|%2[eE]")
+
+
+def _path_may_be_rewritten(url: str) -> bool:
+    """Whether the URL parser may rewrite the path: backslashes and dot segments,
+    percent-encoded ones too (`in` is far cheaper than a search with alternatives)."""
+    return "\\" in url or "/." in url or "%2e" in url or "%2E" in url
+
+
 _AUTHORITY = re.compile(r"https?://([^/?#\\]*)", re.IGNORECASE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _VISIBLE_TEXT = re.compile(rf"[^{INVISIBLE_CHARS}]")
@@ -198,7 +203,7 @@ def is_trackable_url(url: str, base_url: str | None = None) -> bool:
     if (
         CLICK_PATH not in url
         and _PLAIN_WEB_URL.fullmatch(url) is not None
-        and _REWRITTEN_PATH.search(url) is None
+        and not _path_may_be_rewritten(url)
     ):
         # ASCII: a character is a byte.
         return len(url) <= tokens.MAX_PLAIN_CLICK_URL_BYTES or click_token_fits(url)
@@ -216,7 +221,7 @@ def _is_trackable_url_exact(url: str, base_url: str | None) -> bool:
         return False
     if not is_web_destination(url) or not click_token_fits(url):
         return False
-    if _REWRITTEN_PATH.search(url) is not None:
+    if _path_may_be_rewritten(url):
         # The browser follows the path as parsed: "/t\c\<token>" and "/t/x/../c/<token>"
         # are click URLs of ours, and wrapping one would count its clicks on another copy.
         destination = web_destination(url)
