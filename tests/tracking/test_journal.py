@@ -217,6 +217,30 @@ def test_search_reports_a_record_cut_by_the_buffer_end() -> None:
 # --- writer ----------------------------------------------------------------
 
 
+class FirstSyncGate:
+    """Holds the journal's first fdatasync until ``release`` is set; counts every sync."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.syncs = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        real = journal._datasync
+
+        def gated(fd: int) -> None:
+            self.syncs += 1
+            if self.syncs == 1:
+                self.entered.set()
+                self.release.wait(30)
+            real(fd)
+
+        monkeypatch.setattr(journal, "_datasync", gated)
+
+
+@pytest.fixture
+def first_sync(monkeypatch: pytest.MonkeyPatch) -> FirstSyncGate:
+    return FirstSyncGate(monkeypatch)
+
+
 @pytest.mark.asyncio
 async def test_append_returns_only_after_its_record_was_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -249,57 +273,29 @@ async def test_append_returns_only_after_its_record_was_synced(
 
 @pytest.mark.asyncio
 async def test_appends_arriving_during_a_sync_share_the_next_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, first_sync: FirstSyncGate
 ) -> None:
-    syncs = 0
-    in_first_sync = threading.Event()
-    release = threading.Event()
-    real = journal._datasync
-
-    def gated(fd: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        if syncs == 1:
-            in_first_sync.set()
-            release.wait(30)
-        real(fd)
-
-    monkeypatch.setattr(journal, "_datasync", gated)
     async with JournalWriter(tmp_path) as writer:
         first = asyncio.create_task(writer.append(make_hit(0)))
-        assert await asyncio.to_thread(in_first_sync.wait, 30)
+        assert await asyncio.to_thread(first_sync.entered.wait, 30)
         rest = [asyncio.create_task(writer.append(make_hit(i))) for i in range(1, 500)]
         await asyncio.sleep(0)  # every task queues its record
-        release.set()
+        first_sync.release.set()
         await asyncio.gather(first, *rest)
-        assert syncs == 2
+        assert first_sync.syncs == 2
         assert writer.stats["commits"] == 2 and writer.stats["records"] == 500
 
 
 @pytest.mark.asyncio
 async def test_after_a_busy_batch_the_writer_waits_for_more_but_never_for_a_lone_hit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, first_sync: FirstSyncGate
 ) -> None:
-    syncs = 0
-    in_first_sync = threading.Event()
-    release = threading.Event()
-    real = journal._datasync
-
-    def gated(fd: int) -> None:
-        nonlocal syncs
-        syncs += 1
-        if syncs == 1:
-            in_first_sync.set()
-            release.wait(30)
-        real(fd)
-
-    monkeypatch.setattr(journal, "_datasync", gated)
     async with JournalWriter(tmp_path, busy_delay=1.0, busy_batch=5) as writer:
         first = asyncio.create_task(writer.append(make_hit(0)))
-        assert await asyncio.to_thread(in_first_sync.wait, 30)
+        assert await asyncio.to_thread(first_sync.entered.wait, 30)
         queued = [asyncio.create_task(writer.append(make_hit(i))) for i in range(1, 10)]
         await asyncio.sleep(0)
-        release.set()
+        first_sync.release.set()
         await asyncio.gather(first, *queued)
         assert writer.stats["commits"] == 2  # 1, then the 9 that queued: a busy batch
         # The next append waits for company: one that comes 0.2 s later shares its sync.

@@ -231,7 +231,10 @@ class HitPipeline:
             if self.forwarded is not None:
                 marked = self.forwarded.possibly_forwarded(session, events)
                 if marked:
-                    events = [_marked(e) if e.uid in marked else e for e in events]
+                    events = [
+                        replace(e, possibly_forwarded=True) if e.uid in marked else e
+                        for e in events
+                    ]
             rows = _event_rows(classified, events, datetime.now(UTC))
             hit_store.write_events(conn, rows, events)
             for observer in self.observers:
@@ -295,25 +298,6 @@ def _stored_events(classified: Sequence[ClassifiedHit]) -> list[StoredEvent]:
 # A hit's kind as the enum: journal hits carry the enum already, others its string
 # (equal to it, and hashed alike).
 _KINDS = {k: k for k in EventKind}
-
-
-def _marked(e: StoredEvent) -> StoredEvent:
-    """The event marked possibly forwarded (``dataclasses.replace`` costs several times
-    more per event)."""
-    return StoredEvent(
-        uid=e.uid,
-        copy_id=e.copy_id,
-        message_id=e.message_id,
-        sender_id=e.sender_id,
-        kind=e.kind,
-        label=e.label,
-        reason=e.reason,
-        link_position=e.link_position,
-        occurred_at=e.occurred_at,
-        ip_prefix=e.ip_prefix,
-        user_agent=e.user_agent,
-        possibly_forwarded=True,
-    )
 
 
 def _event_rows(
