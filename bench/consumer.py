@@ -45,6 +45,7 @@ from mailbeacon.kit.clock import utcnow  # noqa: E402
 from mailbeacon.kit.heap import freeze_startup_heap  # noqa: E402
 from mailbeacon.migrate import upgrade  # noqa: E402
 from mailbeacon.models import (  # noqa: E402
+    CopyBody,
     CopyStatus,
     EventKind,
     Message,
@@ -87,7 +88,7 @@ def _database(url: str | None, folder: Path) -> tuple[str, str | None]:
     return f"{url}{sep}options={quote(f'-csearch_path={schema}')}", schema
 
 
-def _seed(runtime: Runtime, messages: int, copies: int) -> list[int]:
+def _seed(runtime: Runtime, messages: int, copies: int, body_bytes: int = 0) -> list[int]:
     # Sent before the hits (which span the last hour): a hit timed before its send is
     # "too fast", and with every hit so labelled no notification, webhook or
     # forwarded-open check would ever run.
@@ -122,7 +123,22 @@ def _seed(runtime: Runtime, messages: int, copies: int) -> list[int]:
                 for c in range(copies)
             ],
         )
-        return [c for (c,) in s.execute(text("SELECT id FROM recipient_copies ORDER BY id"))]
+        copy_ids = [c for (c,) in s.execute(text("SELECT id FROM recipient_copies ORDER BY id"))]
+        if body_bytes > 0:
+            # Each copy's own bodies, as planning writes them (HTML, and text a third of it).
+            prose = "<p>Ordinary sales prose.</p>" * (body_bytes // 26)
+            s.execute(
+                insert(CopyBody),
+                [
+                    {
+                        "copy_id": c,
+                        "html_body": f"<p>Copy {c}</p>{prose}",
+                        "text_body": f"Copy {c} {prose[: body_bytes // 3]}",
+                    }
+                    for c in copy_ids
+                ],
+            )
+        return copy_ids
 
 
 def _hits(copy_ids: list[int], count: int, start: float, traffic: str) -> Iterator[Hit]:
@@ -243,6 +259,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2_000)
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument(
+        "--body-bytes",
+        type=int,
+        default=0,
+        help="each copy's HTML body size (the corpus's median is about 16,000)",
+    )
     parser.add_argument("--traffic", choices=("uniform", "recipients"), default="uniform")
     parser.add_argument("--database", help="postgresql://... (default: SQLite in a temp folder)")
     args = parser.parse_args()
@@ -258,7 +280,7 @@ def main() -> int:
             INGEST_BATCH_MAX=args.batch,
         )
         runtime = Runtime.from_settings(settings)
-        copy_ids = _seed(runtime, args.messages, args.copies)
+        copy_ids = _seed(runtime, args.messages, args.copies, args.body_bytes)
         # What `serve` and `mailbeacon ingest` run: the ingest's consumer pass, made and
         # then frozen into the heap as `ingest` does at its start (the references below
         # run in the same frozen heap).

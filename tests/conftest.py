@@ -109,6 +109,25 @@ def database(db_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
+def fresh_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the backend under test, that the test migrates itself."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path}/fresh.db"
+        return
+    schema = f"mb_search_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
 def hosts(monkeypatch: pytest.MonkeyPatch) -> HostTable:
     """Host names resolve from this table (``hosts.add``), never through DNS."""
     table = HostTable()

@@ -211,7 +211,9 @@ class Database:
 
     @property
     def is_sqlite(self) -> bool:
-        return is_sqlite(self.url)
+        # The engine's dialect, not the URL parsed again: the outbox worker asks twice
+        # per round.
+        return self.engine.dialect.name == "sqlite"
 
     @contextmanager
     def unit_of_work(self, *, immediate: bool = True) -> Iterator[Session]:

@@ -9,19 +9,14 @@ ways and must find the same emails.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from alembic import command
 from sqlalchemy import (
     Connection,
     Row,
-    create_engine,
     delete,
     func,
     insert,
@@ -32,14 +27,13 @@ from sqlalchemy import (
     update,
 )
 
-from mailbeacon.db import Database, normalise_url
+from mailbeacon.db import Database
 from mailbeacon.kit.clock import utcnow
 from mailbeacon.mail import reading
 from mailbeacon.mail.reading import mail_page
 from mailbeacon.mail.schemas import MailFilter, MailPageOut
 from mailbeacon.migrate import alembic_config, upgrade
 from mailbeacon.models import Message, RecipientCopy
-from tests.conftest import POSTGRES_URL
 from tests.factories.accounts import make_user
 from tests.factories.mail import make_message
 
@@ -515,25 +509,6 @@ def test_a_deleted_email_leaves_the_index(database: Database, sally: int) -> Non
             conn.execute(
                 text("INSERT INTO messages_search (messages_search) VALUES ('integrity-check')")
             )
-
-
-@pytest.fixture
-def fresh_url(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """An empty database of the backend under test, that the test migrates itself."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path}/fresh.db"
-        return
-    schema = f"mb_search_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _indexed(database: Database) -> list[int] | None:

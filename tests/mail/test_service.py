@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from mailbeacon.db import Database
 from mailbeacon.mail import repository
@@ -38,6 +38,8 @@ def copies_of(database: Database, message_id: int) -> list[RecipientCopy]:
                 select(RecipientCopy)
                 .where(RecipientCopy.message_id == message_id)
                 .order_by(RecipientCopy.id)
+                # Read after the session: the bodies (a table of their own) with them.
+                .options(selectinload(RecipientCopy.body))
             )
         )
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
 
 from mailbeacon.db import Database
 from mailbeacon.models import MailboxConnection, Message, RecipientCopy
@@ -200,7 +201,10 @@ async def test_a_copy_to_ones_own_address_is_sent_untracked_so_reading_it_is_no_
     )
     assert r.status_code == 303, r.text
     with database.sessions() as s:
-        copies = {c.address.lower(): c for c in s.scalars(select(RecipientCopy))}
+        copies = {
+            c.address.lower(): c
+            for c in s.scalars(select(RecipientCopy).options(selectinload(RecipientCopy.body)))
+        }
     assert set(copies) == {"ann@example.org", "sally@example.com", "sally@xn--bcher-kva.example"}
     assert copies["ann@example.org"].decision == "tracked"
     assert "/t/o/" in (copies["ann@example.org"].html_body or "")

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from mailbeacon.db import Database
-from mailbeacon.models import ConsentRecord, Contact, RecipientCopy
+from mailbeacon.models import ConsentRecord, Contact, CopyBody
 from tests.web.test_browser_send import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -81,7 +81,7 @@ async def test_the_opt_out_page_works_without_javascript(
             )
             assert sent.status == 202, await sent.text()
             with database.sessions() as s:
-                html = s.scalars(select(RecipientCopy.html_body)).one() or ""
+                html = s.scalars(select(CopyBody.html_body)).one() or ""
             link = OPT_OUT.search(html)
             assert link is not None, "the tracked copy has no opt-out footer"
 

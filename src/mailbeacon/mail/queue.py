@@ -20,6 +20,7 @@ told by the worker's row in ``outbox_crash_markers`` (see "Crash markers" below)
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import zlib
 from collections.abc import Collection, Container, Iterable, Sequence
@@ -173,7 +174,7 @@ _CLAIM_SQLITE = (
     " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
     " ORDER BY next_attempt_at LIMIT :limit)"
     " AND +status = 'queued' AND +claimed_by IS NULL"
-    " RETURNING id, message_id, address, html_body, text_body, attempts"
+    " RETURNING id, message_id, address, attempts"
 )
 # Reserved copies come back with the attempt that starting them will count.
 _RESERVE_SQLITE = (
@@ -183,7 +184,13 @@ _RESERVE_SQLITE = (
     " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
     " ORDER BY next_attempt_at LIMIT :limit)"
     " AND +status = 'queued' AND +claimed_by IS NULL"
-    " RETURNING id, message_id, address, html_body, text_body, attempts + 1"
+    " RETURNING id, message_id, address, attempts + 1"
+)
+# The bodies of the copies just claimed or reserved (kept apart from the copies' rows,
+# which the send path updates three times each: models.message.CopyBody).
+_BODIES_SQLITE = (
+    "SELECT copy_id, html_body, text_body FROM recipient_copy_bodies"
+    " WHERE copy_id IN (SELECT value FROM json_each(?))"
 )
 # A reserved copy starts only from `queued`. The one exception is a copy the worker
 # names in ``{restart}``: it asked to start it in a round whose answer was lost, so
@@ -223,13 +230,16 @@ _CLAIM_POSTGRESQL = (
     "WITH due AS (SELECT id FROM recipient_copies"
     " WHERE status = 'queued' AND coalesce(next_attempt_at, '-infinity') <= :now"
     " AND coalesce(claimed_by, '') = ''"
-    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+    "), claimed AS ("
     " UPDATE recipient_copies"
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
     " attempts = recipient_copies.attempts + 1"
     " FROM due WHERE recipient_copies.id = due.id AND recipient_copies.status = 'queued'"
     " RETURNING recipient_copies.id, recipient_copies.message_id, recipient_copies.address,"
-    " recipient_copies.html_body, recipient_copies.text_body, recipient_copies.attempts"
+    " recipient_copies.attempts"
+    ") SELECT c.id, c.message_id, c.address, b.html_body, b.text_body, c.attempts"
+    " FROM claimed AS c LEFT OUTER JOIN recipient_copy_bodies AS b ON b.copy_id = c.id"
 )
 _SETTLE_SENT = (
     "UPDATE recipient_copies"
@@ -320,16 +330,19 @@ _ROUND_POSTGRESQL = (
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
     " attempts = rc.attempts + 1"
     " FROM ranked WHERE rc.id = ranked.id AND ranked.n <= :limit"
-    " RETURNING rc.id, rc.message_id, rc.address, rc.html_body, rc.text_body, rc.attempts"
+    " RETURNING rc.id, rc.message_id, rc.address, rc.attempts"
     # Reserved copies come back with the attempt that starting them will count.
     "), reserved AS ("
     " UPDATE recipient_copies AS rc SET claimed_by = :worker, claimed_at = :now"
     " FROM ranked WHERE rc.id = ranked.id AND ranked.n > :limit"
-    " RETURNING rc.id, rc.message_id, rc.address, rc.html_body, rc.text_body,"
-    " rc.attempts + 1"
+    " RETURNING rc.id, rc.message_id, rc.address, rc.attempts + 1 AS attempts"
     ")"
-    " SELECT 'c', * FROM claimed"
-    " UNION ALL SELECT 'r', * FROM reserved" + _ROUND_TAIL_POSTGRESQL
+    " SELECT 'c', c.id, c.message_id, c.address, b.html_body, b.text_body, c.attempts"
+    " FROM claimed AS c LEFT OUTER JOIN recipient_copy_bodies AS b ON b.copy_id = c.id"
+    " UNION ALL SELECT 'r', r.id, r.message_id, r.address, b.html_body, b.text_body,"
+    " r.attempts"
+    " FROM reserved AS r LEFT OUTER JOIN recipient_copy_bodies AS b ON b.copy_id = r.id"
+    + _ROUND_TAIL_POSTGRESQL
 )
 # A round that only settles and starts: its commit does not wait for the disk.
 # set_config(..., true) is SET LOCAL, and the round is its own transaction, whose
@@ -590,17 +603,31 @@ class SendQueue:
         params = {"worker": worker_id, "now": now, "limit": limit}
         if self._sqlite:
             params["now"] = self._bind_ts(now)
-            rows = self._run(self._driver(), _CLAIM_SQLITE, params).fetchall()
-        else:
-            rows = self.conn.execute(_SQL["claim_postgresql"], params).all()
+            raw = self._driver()
+            return self._with_bodies(raw, self._run(raw, _CLAIM_SQLITE, params).fetchall())
+        rows = self.conn.execute(_SQL["claim_postgresql"], params).all()
         return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
 
     def _reserve(self, raw: Any, worker_id: str, now: datetime, limit: int) -> list[ClaimedCopy]:
         if limit <= 0:
             return []
         params = {"worker": worker_id, "now": self._bind_ts(now), "limit": limit}
-        rows = self._run(raw, _RESERVE_SQLITE, params).fetchall()
-        return sorted((ClaimedCopy(*row) for row in rows), key=lambda c: c.id)
+        return self._with_bodies(raw, self._run(raw, _RESERVE_SQLITE, params).fetchall())
+
+    def _with_bodies(self, raw: Any, rows: Sequence[Any]) -> list[ClaimedCopy]:
+        """SQLite: copies claimed or reserved (id, message, address, attempts), in id
+        order, with their bodies."""
+        if not rows:
+            return []
+        ids = sorted(row[0] for row in rows)
+        bodies = {
+            b[0]: b[1:] for b in self._run(raw, _BODIES_SQLITE, (json.dumps(ids),)).fetchall()
+        }
+        copies = []
+        for copy_id, message_id, address, attempts in sorted(rows):
+            html, text_ = bodies.get(copy_id, (None, None))
+            copies.append(ClaimedCopy(copy_id, message_id, address, html, text_, attempts))
+        return copies
 
     def _start(
         self,

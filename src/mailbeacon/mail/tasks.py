@@ -945,10 +945,12 @@ _OUTCOMES = {
     CopyStatus.UNKNOWN: "unknown",
     CopyStatus.QUEUED: "retry",
 }
+# The counter's children, looked up once (``labels()`` costs a lock and a dict per call).
+_SENDS_BY_STATUS = {status: SENDS.labels(name) for status, name in _OUTCOMES.items()}
 
 
 def _count_outcomes(settlements: Sequence[Settlement]) -> None:
     """Count written outcomes; a copy given back untried (worker stopping) was no attempt."""
     for settlement in settlements:
         if not settlement.release:
-            SENDS.labels(_OUTCOMES[settlement.status]).inc()
+            _SENDS_BY_STATUS[settlement.status].inc()

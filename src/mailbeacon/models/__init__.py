@@ -13,6 +13,7 @@ from mailbeacon.models.contact import Contact
 from mailbeacon.models.event import EventKind, EventLabel, LinkClickStat, TrackingEvent
 from mailbeacon.models.mailbox import MailboxConnection, Security
 from mailbeacon.models.message import (
+    CopyBody,
     CopyStatus,
     Message,
     MessageAttachment,
@@ -57,6 +58,7 @@ __all__ = [
     "ConsentRecord",
     "ConsentState",
     "Contact",
+    "CopyBody",
     "CopyStatus",
     "DeliveryStatus",
     "DemoMessage",
