@@ -27,6 +27,7 @@ import functools
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, Protocol
@@ -95,7 +96,12 @@ class Mailer(Protocol):
     #: True while the message octets may be on their way (after DATA, before the reply).
     in_data_phase: bool
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery: ...
+    async def send(
+        self, sender: str, recipient: str, data: bytes, gate: Awaitable[bool] | None = None
+    ) -> Delivery | None:
+        """One transaction. With a ``gate``, DATA waits for it: False (the copy did not
+        start) resets the transaction and returns None, nothing handed over."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -358,12 +364,20 @@ class SmtpMailer:
     def connected(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery:
-        """One transaction: MAIL FROM the sender, RCPT TO this one recipient, DATA."""
+    async def send(
+        self, sender: str, recipient: str, data: bytes, gate: Awaitable[bool] | None = None
+    ) -> Delivery | None:
+        """One transaction: MAIL FROM the sender, RCPT TO this one recipient, DATA.
+
+        With a ``gate``, the session is opened and MAIL and RCPT are said while the
+        outbox worker commits the copy's start; DATA, the only command that can hand
+        anything over, waits for the gate to say the start committed. False resets
+        the transaction and returns None.
+        """
         reused = self.connected
         while True:
             try:
-                return await self._transaction(sender, recipient, data)
+                return await self._transaction(sender, recipient, data, gate)
             except _StaleConnection as exc:
                 # A kept-open connection the server had already closed: nothing was
                 # handed over, so open a fresh one and try once more at once.
@@ -371,7 +385,9 @@ class SmtpMailer:
                     return Delivery(Outcome.TEMPORARY, str(exc))
                 reused = False
 
-    async def _transaction(self, sender: str, recipient: str, data: bytes) -> Delivery:
+    async def _transaction(
+        self, sender: str, recipient: str, data: bytes, gate: Awaitable[bool] | None
+    ) -> Delivery | None:
         self.in_data_phase = False
         if not self.connected:
             try:
@@ -397,6 +413,9 @@ class SmtpMailer:
             reply = await smtp.execute_command(b"RCPT", b"TO:" + envelope_to)
             if reply.code not in (250, 251):
                 raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+            if gate is not None and not await gate:
+                await self._reset()
+                return None
             self.in_data_phase = True
             response = await smtp.data(data)
         except aiosmtplib.SMTPResponseException as exc:

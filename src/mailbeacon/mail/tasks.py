@@ -511,7 +511,9 @@ class OutboxWorker:
 
     async def _drain_locked(self) -> int:
         handled = 0
-        in_flight: dict[asyncio.Task[Settlement], ClaimedCopy] = {}
+        in_flight: dict[asyncio.Task[Settlement | None], ClaimedCopy] = {}
+        # The gate of each task that began a reserved copy before its start committed.
+        gate_of: dict[asyncio.Task[Settlement | None], asyncio.Future[bool]] = {}
         # Outcomes an earlier pass could not write (database away) go first.
         finished, self._abandoned = self._abandoned, []
         reserved = self._reserved
@@ -535,18 +537,30 @@ class OutboxWorker:
                     reserve = self.reserve_ahead
                 dropped = False  # a reserved copy this round did not start
                 if finished or start or want > 0 or reserve:
+                    # The reserved copies to start begin their SMTP transactions while
+                    # the round commits their starts; DATA waits for it (_deliver).
+                    gates: dict[int, asyncio.Future[bool]] = {}
+                    for copy in start:
+                        if copy.message_id in self._plans:
+                            gate = gates[copy.id] = asyncio.get_running_loop().create_future()
+                            task = asyncio.create_task(self._deliver(copy, gate))
+                            in_flight[task], gate_of[task] = copy, gate
                     try:
                         got = await asyncio.to_thread(
                             self._settle_and_claim, finished, want, start, reserve
                         )
                     except Exception as exc:
+                        # None of them hands anything over: back to the reserve, below.
+                        for gate in gates.values():
+                            gate.set_result(False)
                         # The round may have committed these starts: see _start_in_doubt.
                         self._start_in_doubt.update(c.id for c in start)
                         reserved.extendleft(reversed(start))
                         # The outcomes stay in memory and are written when the database
                         # answers again (by this pass, or the next one); nothing new is
                         # claimed meanwhile. Any other failure ends the pass.
-                        if not in_flight or not isinstance(exc, SQLAlchemyError):
+                        sending = len(in_flight) > len(gates)
+                        if not sending or not isinstance(exc, SQLAlchemyError):
                             raise
                         log.exception("outbox worker cannot reach the database")
                         await asyncio.sleep(min(self.poll_seconds, 1.0))
@@ -561,9 +575,20 @@ class OutboxWorker:
                         )
                         finished = []
                         self._start_in_doubt.difference_update(c.id for c in start)
-                        claimed = [c for c in start if c.id in got.started]
-                        dropped = len(claimed) < len(start)
-                        claimed += self._take_new(got, in_flight.values(), finished)
+                        begun = [c for c in start if c.id in got.started]
+                        for copy_id, gate in gates.items():
+                            gate.set_result(copy_id in got.started)
+                        dropped = len(begun) < len(start)
+                        claimed = [c for c in begun if c.id not in gates]
+                        # A task whose start the round did not make sends nothing more
+                        # (it resets its transaction): the copy, claimed again by this
+                        # round (its reservation released meanwhile), is begun anew.
+                        flying = [
+                            c
+                            for t, c in in_flight.items()
+                            if not (t in gate_of and gate_of[t].done() and not gate_of[t].result())
+                        ]
+                        claimed += self._take_new(got, flying, finished)
                         dry = dry or len(got.reserved) < reserve
                     for copy in claimed:
                         task = asyncio.create_task(self._deliver(copy))
@@ -583,7 +608,10 @@ class OutboxWorker:
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     in_flight.pop(task)
-                    finished.append(task.result())
+                    gate_of.pop(task, None)
+                    settlement = task.result()
+                    if settlement is not None:  # None: a start its round did not make
+                        finished.append(settlement)
         except BaseException:
             for task in in_flight:
                 task.cancel()
@@ -638,7 +666,43 @@ class OutboxWorker:
             start_in_doubt=start_in_doubt,
         )
 
-    async def _deliver(self, copy: ClaimedCopy) -> Settlement:
+    async def _deliver(
+        self, copy: ClaimedCopy, gate: asyncio.Future[bool] | None = None
+    ) -> Settlement | None:
+        """Send one copy; its outcome to write.
+
+        With a ``gate``, the copy is a reserved one whose start the round under way is
+        committing: the SMTP session opens and MAIL and RCPT go out meanwhile, and
+        DATA waits for the gate (``SmtpMailer.send``). False (the copy did not start,
+        or the round failed) ends it with None: nothing was handed over, and the loop
+        accounts for the copy (gone, or back in the reserve with its start in doubt).
+        """
+        outcome = await self._attempt(copy, gate)
+        if gate is not None:
+            try:
+                # Shielded: cancelling this task must not cancel the gate, which only
+                # the loop resolves.
+                if not await asyncio.shield(gate):
+                    return None
+            except asyncio.CancelledError:
+                if not gate.done():
+                    self._abandoned.append(self._unreserved(copy, start_in_doubt=True))
+                elif gate.result():
+                    # Started, and ended before any DATA: that outcome is written.
+                    self._abandoned.append(
+                        outcome
+                        if isinstance(outcome, Settlement)
+                        else self._settlement(copy, outcome)
+                    )
+                raise
+        if isinstance(outcome, Settlement):
+            self.stats["failed"] += 1  # failed before any SMTP: no mailbox, or bad headers
+            return outcome
+        return self._settlement(copy, outcome)
+
+    async def _attempt(
+        self, copy: ClaimedCopy, gate: asyncio.Future[bool] | None
+    ) -> Settlement | Delivery | None:
         plan = self._plans[copy.message_id]
         if plan.smtp is None:
             return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, plan.problem)
@@ -650,14 +714,25 @@ class OutboxWorker:
             data = plan.render(copy)
         except MalformedHeaders as exc:
             # Never sent, and trying again would build the same bytes: fail it now.
-            self.stats["failed"] += 1
             return Settlement(copy.id, copy.message_id, CopyStatus.FAILED, str(exc))
         mailer = self.pool.take(plan.smtp)
         try:
-            delivery = await mailer.send(plan.context.sender_address, copy.address, data)
+            delivery = await mailer.send(
+                plan.context.sender_address,
+                copy.address,
+                data,
+                None if gate is None else asyncio.shield(gate),
+            )
         except asyncio.CancelledError:
             in_data = mailer.in_data_phase
             mailer.abort()
+            if gate is not None and not (gate.done() and gate.result()):
+                if not gate.done():
+                    # Its start may have committed with the round under way; it was
+                    # never begun (DATA waits for the gate). The loop holds it nowhere
+                    # else: give it back, from `sending` too.
+                    self._abandoned.append(self._unreserved(copy, start_in_doubt=True))
+                raise
             self._abandoned.append(
                 self._settlement(
                     copy,
@@ -680,12 +755,14 @@ class OutboxWorker:
             )
         else:
             self.pool.give_back(plan.smtp, mailer)
-        return self._settlement(copy, delivery)
+        return delivery
 
     def _settlement(
-        self, copy: ClaimedCopy, delivery: Delivery, *, release: bool = False
+        self, copy: ClaimedCopy, delivery: Delivery | None, *, release: bool = False
     ) -> Settlement:
         mid = copy.message_id
+        # None only from a gate that said no, which _deliver answers before this.
+        assert delivery is not None
         if delivery.outcome == Outcome.SENT:
             self.stats["sent"] += 1
             return Settlement(copy.id, mid, CopyStatus.SENT, delivery.reply)
