@@ -1,7 +1,9 @@
 """The outbox worker: delivers queued copies, one SMTP transaction per recipient.
 
 Per copy: claim it (queued -> sending, ``attempts + 1``), commit, and only then
-open the SMTP transaction; afterwards write the outcome. A crash between the
+say DATA; afterwards write the outcome. (A reserved copy's session, MAIL and RCPT
+go out while the commit that starts it is being written: none of them can hand a
+message over, and DATA waits for that commit; see ``_deliver``.) A crash between the
 claim and the outcome leaves the copy in ``sending``, and a later worker marks it
 ``unknown``: it may or may not have reached the server, so it is never resent
 without the user's say (``MessageService.retry_unknown``). That is how "at most
