@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -872,6 +873,18 @@ def drop_presence_session(database: Database, worker: Any) -> None:
     pid = worker.presence._pg.connection.driver_connection.info.backend_pid
     with database.engine.begin() as conn:
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    # pg_terminate_backend only signals the backend: wait until it has gone, and its
+    # locks with it (under load a test's next step came first, and found the lock held).
+    gone = text(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE pid = :pid)"
+    )
+    for _ in range(500):
+        with database.engine.connect() as conn:
+            if conn.scalar(gone, {"pid": pid}):
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"backend {pid} still there 5 s after it was terminated")
 
 
 async def settled(database: Database, message_id: int, pending: Any) -> None:
