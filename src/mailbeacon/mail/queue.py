@@ -619,10 +619,8 @@ class SendQueue:
         order, with their bodies."""
         if not rows:
             return []
-        ids = sorted(row[0] for row in rows)
-        bodies = {
-            b[0]: b[1:] for b in self._run(raw, _BODIES_SQLITE, (json.dumps(ids),)).fetchall()
-        }
+        ids = json.dumps([row[0] for row in rows])
+        bodies = {b[0]: b[1:] for b in self._run(raw, _BODIES_SQLITE, (ids,)).fetchall()}
         copies = []
         for copy_id, message_id, address, attempts in sorted(rows):
             html, text_ = bodies.get(copy_id, (None, None))

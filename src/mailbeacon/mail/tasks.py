@@ -691,15 +691,18 @@ class OutboxWorker:
                     self._abandoned.append(self._unreserved(copy, start_in_doubt=True))
                 elif gate.result():
                     # Started, and ended before any DATA: that outcome is written.
-                    self._abandoned.append(
-                        outcome
-                        if isinstance(outcome, Settlement)
-                        else self._settlement(copy, outcome)
-                    )
+                    self._abandoned.append(self._written(copy, outcome))
                 raise
         if isinstance(outcome, Settlement):
             self.stats["failed"] += 1  # failed before any SMTP: no mailbox, or bad headers
+        return self._written(copy, outcome)
+
+    def _written(self, copy: ClaimedCopy, outcome: Settlement | Delivery | None) -> Settlement:
+        """What to write for an attempt whose start committed (so SMTP answered, or it
+        failed before any: the mailer returns None only for a gate that said no)."""
+        if isinstance(outcome, Settlement):
             return outcome
+        assert outcome is not None
         return self._settlement(copy, outcome)
 
     async def _attempt(
@@ -760,11 +763,9 @@ class OutboxWorker:
         return delivery
 
     def _settlement(
-        self, copy: ClaimedCopy, delivery: Delivery | None, *, release: bool = False
+        self, copy: ClaimedCopy, delivery: Delivery, *, release: bool = False
     ) -> Settlement:
         mid = copy.message_id
-        # None only from a gate that said no, which _deliver answers before this.
-        assert delivery is not None
         if delivery.outcome == Outcome.SENT:
             self.stats["sent"] += 1
             return Settlement(copy.id, mid, CopyStatus.SENT, delivery.reply)
