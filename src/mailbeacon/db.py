@@ -145,7 +145,12 @@ def _redact_server_detail(context: ExceptionContext) -> None:
     for data exceptions only the condition's name and SQLSTATE. The full
     diagnostics stay on the driver's exception (``orig.diag``) for code that asks.
     """
-    orig = context.original_exception
+    redact_server_detail(context.original_exception, context.sqlalchemy_exception)
+
+
+def redact_server_detail(orig: BaseException, wrapped: BaseException | None) -> None:
+    """``_redact_server_detail`` for an error raised outside SQLAlchemy's execution
+    (a statement run on the driver's own connection), wrapped by the caller."""
     diag = getattr(orig, "diag", None)
     if diag is None:
         return
@@ -155,7 +160,6 @@ def _redact_server_detail(context: ExceptionContext) -> None:
     else:
         text = diag.message_primary
     orig.args = (text,)
-    wrapped = context.sqlalchemy_exception
     if wrapped is not None:
         wrapped.args = (f"({type(orig).__module__}.{type(orig).__name__}) {text}",)
 

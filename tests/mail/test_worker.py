@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -709,10 +710,18 @@ async def test_each_commit_of_the_worker_waits_for_the_disk_or_not_as_it_must(
         assert isinstance(value, str)
         return value
 
-    def after_round(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    # A round runs on the driver's own connection (queue.SendQueue._run): the setting
+    # is read on it right after the round's statement, before SQLAlchemy commits.
+    run = queue.SendQueue._run
+
+    def run_and_show(self: Any, raw: Any, statement: str, *args: Any, **kwargs: Any) -> Any:
+        result = run(self, raw, statement, *args, **kwargs)
         if statement.startswith("WITH marker"):
             kind = "durable" if "FOR UPDATE SKIP LOCKED" in statement else "lazy"
-            seen.append((kind, show(conn)))
+            rows = result.fetchall()
+            seen.append((kind, raw.execute("SHOW synchronous_commit").fetchone()[0]))
+            result = SimpleNamespace(fetchall=lambda: rows)
+        return result
 
     durable = "local" if default == "off" else default
     message_id = plan_send(
@@ -720,8 +729,8 @@ async def test_each_commit_of_the_worker_waits_for_the_disk_or_not_as_it_must(
     )
     # The worker runs its rounds in autocommit, each statement its own transaction;
     # here they run in one that stays open after the statement, to be read.
-    with engine.connect() as conn:
-        event.listen(conn, "after_cursor_execute", after_round)
+    with monkeypatch.context() as patched, engine.connect() as conn:
+        patched.setattr(queue.SendQueue, "_run", run_and_show)
         send = queue.SendQueue(conn)
         (ann,) = send.round(
             "w1",

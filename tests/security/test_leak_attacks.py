@@ -71,3 +71,30 @@ def test_a_failing_statement_keeps_its_values_out_of_logs_and_errors(
     for shown_text in shown:
         assert BODY not in shown_text
         assert ADDRESS not in shown_text
+
+
+def test_a_failing_send_round_keeps_its_values_out_of_errors(db_url: str) -> None:
+    # PostgreSQL's send rounds run on the driver's own connection, outside SQLAlchemy's
+    # execution (mail.queue.SendQueue): their errors are redacted there. An id the
+    # server cannot read as a number comes back quoted in its error text.
+    from mailbeacon.kit.clock import utcnow
+    from mailbeacon.mail import queue
+    from mailbeacon.models import CopyStatus
+
+    database = Database(db_url)
+    if database.is_sqlite:
+        database.dispose()
+        pytest.skip("PostgreSQL's round (SQLite's statements quote no values)")
+    bad = queue.Settlement(ADDRESS, 1, CopyStatus.SENT, BODY)  # type: ignore[arg-type]
+    try:
+        with database.engine.connect() as conn:
+            send = queue.SendQueue(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            with pytest.raises(DBAPIError) as raised:
+                send.round("w1", utcnow(), [bad], 0, messages_started=set(), known_messages=())
+    finally:
+        database.dispose()
+    error = raised.value
+    assert "SQLSTATE 22P02" in str(error)
+    for shown_text in (str(error), repr(error), "".join(traceback.format_exception(error))):
+        assert BODY not in shown_text
+        assert ADDRESS not in shown_text

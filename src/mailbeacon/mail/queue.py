@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from mailbeacon.db import redact_server_detail
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.mail import attachments
 from mailbeacon.mail.attachments import AttachmentFile
@@ -394,6 +395,10 @@ def _statement(sql: str) -> TextClause:
 
 
 _SQL = {name: _statement(sql) for name, sql in _STATEMENTS.items()}
+# PostgreSQL's rounds in psycopg's own placeholders, run on the driver's connection.
+_PSYCOPG = {
+    name: re.sub(r"(?<!:):(\w+)", r"%(\1)s", _STATEMENTS[name]) for name in ("round", "lazy_round")
+}
 
 
 class SendQueue:
@@ -403,9 +408,10 @@ class SendQueue:
     the transaction SQLAlchemy began: SQLAlchemy's execution layer costs several times
     the Python time of the SQL itself, time taken from the event loop (the worker's
     database thread holds the GIL meanwhile), and sqlite3 keeps each statement
-    prepared. PostgreSQL's round is one statement, one round trip to the server; it
-    stays on SQLAlchemy, whose error handling keeps values out of the server's
-    error text (``db._redact_server_detail``).
+    prepared. PostgreSQL's round is one statement, one round trip to the server, run
+    on psycopg's connection for the same reason (0.6 ms of client CPU a round through
+    SQLAlchemy, about 0.15 ms less without it); its errors are redacted as
+    SQLAlchemy's handler would (``db.redact_server_detail``).
     """
 
     def __init__(self, conn: Connection) -> None:
@@ -495,20 +501,23 @@ class SendQueue:
         return self.conn.connection.driver_connection
 
     def _run(self, raw: Any, sql: str, params: Any = None, *, many: bool = False) -> Any:
-        """Run one statement on the driver's connection; its errors as SQLAlchemy's."""
+        """Run one statement on the driver's connection; its errors as SQLAlchemy's,
+        the values kept out of their text as SQLAlchemy's own handling keeps them."""
         try:
             if many:
                 return raw.executemany(sql, params)
             return raw.execute(sql, params) if params is not None else raw.execute(sql)
         except self._dbapi_error as exc:
-            raise DBAPIError.instance(
+            wrapped = DBAPIError.instance(
                 sql,
                 None,
                 exc,
                 self._dbapi_error,
                 hide_parameters=True,
                 dialect=self.conn.dialect,
-            ) from exc
+            )
+            redact_server_detail(exc, wrapped)
+            raise wrapped from exc
 
     def _round_postgresql(
         self,
@@ -544,7 +553,8 @@ class SendQueue:
         }
         if not lazy:
             params.update(limit=limit, take=limit + reserve, establish=establish)
-        rows = self.conn.execute(_SQL["lazy_round" if lazy else "round"], params).all()
+        raw = self._driver()
+        rows = self._run(raw, _PSYCOPG["lazy_round" if lazy else "round"], params).fetchall()
         if any(row[0] == "m" for row in rows):
             return Round([], set(), [], {}, marker_missing=True)
         messages_started.update(started)
