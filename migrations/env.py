@@ -22,10 +22,14 @@ _MIGRATION_LOCK = 0x6D626D67
 def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
     """Leave the search indexes out of `alembic check`: they exist only where the backend
     offers them (FTS5 on SQLite, pg_trgm on PostgreSQL; migration a3d5f7b9c1e2), so
-    the models cannot describe them. The outbox workers' crash markers are PostgreSQL's
-    only, for the same reason (migration e7b9d1f3a5c6)."""
+    the models cannot describe them. The outbox workers' crash markers and their index
+    of due copies are PostgreSQL's only, for the same reason (migrations e7b9d1f3a5c6
+    and d2f4a6c8e0b1)."""
     name = name or ""
-    return not (name.startswith("messages_search") or name == "outbox_crash_markers")
+    return not (
+        name.startswith("messages_search")
+        or name in ("outbox_crash_markers", "ix_recipient_copies_due")
+    )
 
 
 def _run(connection: Connection) -> None:

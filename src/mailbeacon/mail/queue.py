@@ -221,17 +221,24 @@ _UNRESERVE_IN_DOUBT = (
 # A locking CTE runs exactly once. Written as "id IN (subquery)", PostgreSQL may
 # rescan the subquery, and each rescan skips the rows the earlier ones locked: the
 # UPDATE would then claim more rows than the LIMIT. Reserved copies (``claimed_by``
-# set) are skipped. Both tests besides the status are written with coalesce(), which
-# no index serves: the planner, which cannot know how many queued copies are due and
-# unreserved (its statistics are older than the send being planned), then reads the
-# index in due order and stops at the limit; written as ranges of the index, it at
-# times fetched every queued copy through a bitmap and sorted them (1.9-5.5 ms
-# against 0.15-0.6 ms for 600 queued copies).
+# set) are skipped. The filter and the order are those of the partial index
+# ix_recipient_copies_due (migration d2f4a6c8e0b1), which holds the queued unreserved
+# copies alone: the scan walks it in due order and stops at the limit. Through the
+# status index PostgreSQL planned a bitmap scan, which read every entry a send had
+# left behind in it, dead ones too, each time (1.3-1.5 ms for 600 queued copies after
+# 9,000 sent, against 0.05 ms).
+_DUE_POSTGRESQL = (
+    " FROM recipient_copies"
+    " WHERE status = 'queued' AND claimed_by IS NULL"
+    " AND coalesce(next_attempt_at, '-infinity'::timestamptz) <= :now"
+)
+_DUE_ORDER_POSTGRESQL = "coalesce(next_attempt_at, '-infinity'::timestamptz), id"
 _CLAIM_POSTGRESQL = (
-    "WITH due AS (SELECT id FROM recipient_copies"
-    " WHERE status = 'queued' AND coalesce(next_attempt_at, '-infinity') <= :now"
-    " AND coalesce(claimed_by, '') = ''"
-    " ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+    "WITH due AS (SELECT id"  # noqa: S608 (constants only)
+    + _DUE_POSTGRESQL
+    + " ORDER BY "
+    + _DUE_ORDER_POSTGRESQL
+    + " LIMIT :limit FOR UPDATE SKIP LOCKED"
     "), claimed AS ("
     " UPDATE recipient_copies"
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
@@ -317,15 +324,15 @@ _ROUND_POSTGRESQL = (
     " INSERT INTO outbox_crash_markers (worker_id) SELECT :worker WHERE :establish"
     " ON CONFLICT (worker_id) DO NOTHING"
     ")," + _SETTLE_AND_START_POSTGRESQL + ", due AS ("
-    " SELECT id, next_attempt_at FROM recipient_copies"
-    " WHERE status = 'queued' AND coalesce(next_attempt_at, '-infinity') <= :now"
-    " AND coalesce(claimed_by, '') = '' AND (SELECT ok FROM marker)"
-    " ORDER BY next_attempt_at LIMIT :take FOR UPDATE SKIP LOCKED"
+    " SELECT id, coalesce(next_attempt_at, '-infinity'::timestamptz) AS due_at"
+    + _DUE_POSTGRESQL
+    + " AND (SELECT ok FROM marker)"
+    " ORDER BY " + _DUE_ORDER_POSTGRESQL + " LIMIT :take FOR UPDATE SKIP LOCKED"
     # The rows `due` returns are locked and were checked again once locked: they are
     # still queued and unreserved. Checking the status again below would let the
     # planner walk every queued copy by the status index to find them.
     "), ranked AS ("
-    " SELECT id, row_number() OVER (ORDER BY next_attempt_at, id) AS n FROM due"
+    " SELECT id, row_number() OVER (ORDER BY due_at, id) AS n FROM due"
     "), claimed AS ("
     " UPDATE recipient_copies AS rc"
     " SET status = 'sending', claimed_by = :worker, claimed_at = :now,"
