@@ -14,6 +14,10 @@ over (0.32 ms the first time, 0.05 ms after, on the same table).
 SQLite leaves no dead entries behind (a row is updated in place, and so are its index
 entries): nothing changes there.
 
+Built in the migration's transaction (which holds the migration lock, so not
+CONCURRENTLY), as the other indexes are: writes to `recipient_copies` wait while the
+table is read once. Upgrade with the outbox workers stopped on a large installation.
+
 Revision ID: d2f4a6c8e0b1
 Revises: c1e3a5b7d9f2
 Create Date: 2026-12-01 00:30:00
@@ -30,7 +34,7 @@ depends_on: str | Sequence[str] | None = None
 
 # The expressions mail/queue.py's claims and rounds filter and order by.
 _INDEX = (
-    "CREATE INDEX IF NOT EXISTS ix_recipient_copies_due ON recipient_copies"
+    "CREATE INDEX ix_recipient_copies_due ON recipient_copies"
     " (coalesce(next_attempt_at, '-infinity'::timestamptz), id)"
     " WHERE status = 'queued' AND claimed_by IS NULL"
 )

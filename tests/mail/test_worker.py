@@ -1314,3 +1314,28 @@ async def test_a_copy_given_back_untried_is_begun_when_claimed_in_the_same_round
     ann_now = copies(database, message_id)["ann@example.org"]
     assert (ann_now.status, ann_now.attempts) == (CopyStatus.SENT, 1)
     assert [r.rcpt_tos for r in sink.handler.accepted] == [["ann@example.org"]]
+
+
+async def test_a_rounds_naive_time_is_utc_whatever_the_sessions_time_zone(
+    database: Database, runtime: Runtime, sink: SmtpPeer
+) -> None:
+    # The round binds its times as the models' UTCDateTime does: a naive value is UTC,
+    # not the database session's time zone (PostgreSQL's round runs on the driver's
+    # connection, outside SQLAlchemy's type handling).
+    from datetime import UTC, datetime
+
+    message_id = plan_send(database, runtime, sink.port, to=["ann@example.org"])
+    naive = datetime(2026, 12, 1, 12, 0, 0)
+    with database.engine.connect() as conn:
+        if not database.is_sqlite:
+            conn.exec_driver_sql("SET TimeZone = 'America/New_York'")
+            conn.commit()
+        send = queue.SendQueue(conn)
+        (ann,) = send.round(
+            "w1", naive, [], 1, messages_started=set(), known_messages=(), establish=True
+        ).claimed
+        sent = queue.Settlement(ann.id, message_id, CopyStatus.SENT, "250 OK")
+        send.round("w1", naive, [sent], 0, messages_started=set(), known_messages=())
+    stored = copies(database, message_id)["ann@example.org"].sent_at
+    assert stored is not None
+    assert stored.astimezone(UTC) == naive.replace(tzinfo=UTC)

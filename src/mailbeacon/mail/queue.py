@@ -402,9 +402,11 @@ def _statement(sql: str) -> TextClause:
 
 
 _SQL = {name: _statement(sql) for name, sql in _STATEMENTS.items()}
-# PostgreSQL's rounds in psycopg's own placeholders, run on the driver's connection.
+# PostgreSQL's rounds in psycopg's own placeholders, run on the driver's connection
+# (a literal "%" doubled, as SQLAlchemy's compiler does).
 _PSYCOPG = {
-    name: re.sub(r"(?<!:):(\w+)", r"%(\1)s", _STATEMENTS[name]) for name in ("round", "lazy_round")
+    name: re.sub(r"(?<!:):(\w+)", r"%(\1)s", _STATEMENTS[name].replace("%", "%%"))
+    for name in ("round", "lazy_round")
 }
 
 
@@ -548,7 +550,7 @@ class SendQueue:
             "statuses": [str(s.status) for s in settlements],
             "replies": [s.reply[:REPLY_MAX] for s in settlements],
             "nexts": [
-                (s.next_attempt_at or now) if s.status == CopyStatus.QUEUED else None
+                as_utc(s.next_attempt_at or now) if s.status == CopyStatus.QUEUED else None
                 for s in settlements
             ],
             "givebacks": [int(s.release) for s in settlements],
@@ -556,7 +558,9 @@ class SendQueue:
             "start": list(start),
             "restart": sorted(set(restart).intersection(start)),
             "worker": worker_id,
-            "now": now,
+            # As the models' UTCDateTime binds it: a naive value is UTC, not the
+            # session's time zone.
+            "now": as_utc(now),
         }
         if not lazy:
             params.update(limit=limit, take=limit + reserve, establish=establish)
