@@ -419,7 +419,7 @@ class SendQueue:
     database thread holds the GIL meanwhile), and sqlite3 keeps each statement
     prepared. PostgreSQL's round is one statement, one round trip to the server, run
     on psycopg's connection for the same reason (0.6 ms of client CPU a round through
-    SQLAlchemy, about 0.15 ms less without it); its errors are redacted as
+    SQLAlchemy, about 0.13 ms less without it); its errors are redacted as
     SQLAlchemy's handler would (``db.redact_server_detail``).
     """
 
