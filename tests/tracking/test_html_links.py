@@ -82,6 +82,18 @@ def test_attribute_decoding_matches_html5lib(value: str) -> None:
     assert decode_attribute(escaped) == tree.find(".//a").get("href")
 
 
+@given(
+    st.lists(
+        st.sampled_from(["&amp;", "&amp", "&AMP;", "&", ";", "=", "a", "x1", "&copy", "&#38;", "&lt"]),
+        max_size=12,
+    ).map("".join)
+)
+def test_ampersand_references_decode_as_html5lib_reads_them(value: str) -> None:
+    # "&amp;" alone takes a shortcut; it must agree with the reference-by-reference path.
+    tree = html5lib.parse(f'<a href="{value}">x</a>', namespaceHTMLElements=False)
+    assert decode_attribute(value) == tree.find(".//a").get("href")
+
+
 def test_first_of_duplicate_hrefs_wins() -> None:
     assert urls('<a href="https://x.com/1" href="https://x.com/2">') == ["https://x.com/1"]
     assert urls('<a href href="https://x.com/2">') == []
@@ -328,6 +340,26 @@ def test_fast_scanner_finds_what_the_exact_grammar_finds_in_the_corpus() -> None
         '<p>x</p><a href="https://no.com/',
         "<p>x</p><!-- never closed",
         "<p>x</p></body><!-- </body> --></BODY >",
+        # VML elements and link tags in the fast shapes, and just outside them.
+        '<v:fill type="tile" src="https://x.com/a.gif" color="#fff" /><a href="https://yes.com/">',
+        '<v:rect xmlns:v="urn:x" href="https://yes.com/" style="a-b:c;" fill="t">',
+        '<v:rect href="#" fill="t"><v:rect href="http://" fill="t"><v:rect href="">',
+        '<v:roundrect height="1" href="https://yes.com/"><v:oval hidden="x" href="#">',
+        '<v:rect href="https://yes.com/" data-mb-notrack="1"><v:rect dx="1" href="#">',
+        '<v:rect data-mb-notrack="1" href="https://yes.com/"><v:fill data-mb-notrack="" src="x">',
+        '<a data-mb-notrack="" href="https://yes.com/"><area data-x="1" href="https://yes.com/">',
+        '<v:rect href="https://yes.com/" href="https://no.com/"><V:RECT HREF="https://yes.com/">',
+        '<v:rect fill="t"  href="https://yes.com/"><v:rect\thref="https://yes.com/">',
+        '<v:rect title="<a href=https://no.com/>" href="https://yes.com/">',
+        '<area shape="rect" href="https://yes.com/"><a class="c" href="#"><a id="i" href="">',
+        '<a class="c" href="https://yes.com/?a=1&amp;b=2"><a class="c" href="https://yes.com/ ">',
+        '<a href="https://yes.com/\tb"><a href="https://yes.com/&#x20;"><a href="HTTPS://Y.com/">',
+        '<a href="https://yes.com/\x01"><a href="https://yes.com/\n">',
+        # Style sheets and scripts just within and just past the length read in one go.
+        f"<style>{'p{}' * (html_links.SHORT_RAW_CHARS // 3)}</style><a href=https://yes.com/>",
+        f"<style>{'x' * (html_links.SHORT_RAW_CHARS + 1)}</style><a href=https://yes.com/>",
+        f"<script>{'x' * html_links.SHORT_RAW_CHARS}<a href=https://no.com/></script>",
+        '<style>p{}</style ><script type="x">a</script\t><style>a<b</style><a href=https://yes.com/>',
     ],
 )
 def test_fast_scanner_agrees_on_adversarial_markup(document: str) -> None:
@@ -351,6 +383,10 @@ _PIECES = st.sampled_from(
         "<![endif]-->", "<!--", "-->", "<style>", "</style>", "<STYLE>", "</style ", "<script>",
         "</script>", "<title>", "</title>", "<textarea>", "</textarea>", "<plaintext>",
         "</body>", "<body>", '<v:rect href="https://v.com/">', "<v:fill/>", "<!DOCTYPE html>",
+        '<v:fill type="t" src="x" />', '<v:rect xmlns:v="u" href="https://v.com/" fill="t">',
+        '<v:rect href="#" style="s">', '<v:rect href="http://">', '<v:oval hx="1" href="#">',
+        '<area shape="r" href="https://w.com/">', '<a class="c" href="#">', "<style>p{}</style>",
+        '<a href="https://x.com/?a=1&amp;b=2">', '<a href="https://x.com/ ">', "<script>x</script>",
         "<?xml x?>", "</ x>", "text", " ", "\n", "&nbsp;", "a < b", "<", ">", '"', "'", "=",
     ]
 )  # fmt: skip

@@ -162,9 +162,11 @@ _NO_MARKER = rf"(?=[^<>dD]*+(?:[dD](?!{_ci(NOTRACK_ATTRIBUTE[1:])})[^<>dD]*+)*+>
 # Attributes whose values hold no "<" or ">" (the fast grammar otherwise), up to the ">".
 _PLAIN_ATTRS = r"""[^"'<>=]*+(?:(?:=(?<=[^\t\n\f\r /="'<>]=)(?:"[^"<>]*+"|'[^'<>]*+')
       |=[^"'<>=\t\n\f\r ]++(?=[\t\n\f\r >])|=(?=>))[^"'<>=]*+)*+>"""
+# (The marker's look-ahead comes after "href=", which holds no "d", so that a tag whose
+# first attribute is something else fails before it reads the whole tag.)
 _PLAIN_LINK = rf"""
-    {_names(*_LINK_TAGS)}{_NO_MARKER}
-    [\t\n\f\r /]++[hH][rR][eE][fF]=
+    {_names(*_LINK_TAGS)}
+    [\t\n\f\r /]++[hH][rR][eE][fF]={_NO_MARKER}
     (?:"(?:[^hH&<>\x00-\x20"][^"<>]*+)?"|'(?:[^hH&<>\x00-\x20'][^'<>]*+)?'
       |"[hH][tT][tT][pP][sS]?://"|'[hH][tT][tT][pP][sS]?://'
       |[hH][tT][tT][pP][sS]?://(?=[\t\n\f\r >])
@@ -187,6 +189,17 @@ def _raw_element(name: str) -> str:
     the step reports it, so that the scan can stop there."""
     end = rf"/{_ci(name)}{_DELIM}"
     return rf"{_ci(name)}{_NAME_END}(?>{_TAIL})[^<]*+(?:<(?!{end})[^<]*+)*+(?=<{end})"
+
+
+# A style sheet or script of up to this many characters, none of them "<", is passed over
+# inside the regex engine: a step through Python costs as much as sre reading some 4,000
+# characters of it. Longer ones, and those that hold "<", are reported (see `_scanner`).
+SHORT_RAW_CHARS = 4000
+
+
+def _short_raw(name: str) -> str:
+    """A short raw-text element in lower case, start tag, content and the end tag's start."""
+    return rf"{name}{_NAME_END}(?>{_TAIL})[^<]{{0,{SHORT_RAW_CHARS}}}+(?=</{_ci(name)}{_DELIM})"
 
 
 # The fast alternatives: the tags, comments and link tags of nearly every email, read in as
@@ -213,6 +226,27 @@ _FAST_LINK_REST = r"""(?:\x20[-.0-9:_a-ce-z][-.0-9:_a-z]*+="[^"]*+")*+[\x20/]*+>
 _FAST_PLAIN_LINK = (
     rf"""a\x20href="(?:[^hH&"\x00-\x20][^"]*+|[hH][tT][tT][pP][sS]?://)?"{_FAST_LINK_REST}"""
 )
+# Attributes before a link tag's href: none starts with "h", so the href after them is the
+# first (the one the tokenizer keeps), and none with "d", so the marker is not among them.
+_FAST_BEFORE_HREF = r"""(?:\x20[-.0-9:_a-ce-gi-z][-.0-9:_a-z]*+="[^"]*+")*+"""
+# A VML element (Outlook's buttons and backgrounds) without an href, or whose href cannot
+# lead to the web, passed over: `_PLAIN_VML` reads a tag three times. A bare "http://"
+# is not passed over here, as the exact grammar reports it in any VML element.
+_FAST_PLAIN_VML = (
+    rf"""v:{_SIMPLE_NAME}{_FAST_BEFORE_HREF}"""
+    rf"""(?:\x20href="(?:[^hH&"\x00-\x20][^"]*+)?"{_FAST_LINK_REST}|[\x20/]*+>)"""
+)
+# A link tag in the fast shape: reported with its href's value located. The tokenizer
+# reads it as `_read_link_tag` would: the first href, and no marker. A value that starts
+# with "http://" or "https://" and holds no "&" (so no character reference), no tab or
+# newline and no space or control at its end is the URL as a browser reads it: `fweb`.
+_FAST_LINK = (
+    rf"""(?P<flink><(?P<fname>a|area|v:{_SIMPLE_NAME}){_FAST_BEFORE_HREF}\x20href="""
+    r"""(?:"(?P<fweb>https?://[^"&\t\n\r]*+(?<![\x00-\x20]))"|"(?P<fhref>[^"]*+)")"""
+    rf"""{_FAST_LINK_REST})"""
+)
+# `_PLAIN_VML` fails on any VML element with an href; one in the fast shape fails first.
+_PLAIN_VML_UNLESS_LINK = rf"""(?!v:{_SIMPLE_NAME}{_FAST_BEFORE_HREF}\x20href="){_PLAIN_VML}"""
 # A comment without a dash in its text, none that Outlook reads ("<!--[if"), and not the
 # abruptly closed "<!-->".
 _FAST_COMMENT = r"!--[^->\[][^-]*+-->"
@@ -250,6 +284,8 @@ def _fast_tags(words: tuple[str, ...], prefix: str, *, links: bool) -> list[str]
         alts.append(f"{first}{_name_class(seconds)}{_SIMPLE_NAME}{_SIMPLE_ATTRS}")
         if first == "a" and links:
             alts.append(_FAST_PLAIN_LINK)
+        if first == prefix[0] and links:
+            alts.append(_FAST_PLAIN_VML)
         if "" not in ends:
             alts.append(f"{first}{_SIMPLE_ATTRS}")
         for second in seconds:
@@ -310,9 +346,13 @@ def _scanner(*, visible_mode: bool, links: bool = True, fast: bool = True) -> re
         if not (fast and n in _LONG_RAW) and not (visible_mode and n in _VISIBLE_TAGS)
     ]
     if links:
-        link_tags = rf"{_PLAIN_LINK_UNLESS_WEB if fast else _PLAIN_LINK} | {_PLAIN_VML}"
+        link_tags = (
+            rf"{_PLAIN_LINK_UNLESS_WEB} | {_PLAIN_VML_UNLESS_LINK}"
+            if fast
+            else rf"{_PLAIN_LINK} | {_PLAIN_VML}"
+        )
         comment = r"--(?!\[[iI][fF])"
-        fast_link = rf"""(?P<flink><a\x20href="(?P<fhref>[^"]*+)"{_FAST_LINK_REST})|"""
+        fast_link = rf"{_FAST_LINK}|"
         reported = rf"""
             {fast_link if fast else ""}
             (?P<link><(?P<lname>{_names(*_LINK_TAGS)}|{_ci("v:")}[^\t\n\f\r />]*+)
@@ -322,7 +362,11 @@ def _scanner(*, visible_mode: bool, links: bool = True, fast: bool = True) -> re
         link_tags = rf"{_ci('v:')}{_TAIL}"
         comment = "--"
         reported = "(?!)"
-    fast_alts = "|".join(_fast_tags(stop_tags, "v:", links=links)) + "|" if fast else ""
+    fast_alts = (
+        "|".join([*_fast_tags(stop_tags, "v:", links=links), *map(_short_raw, _LONG_RAW)]) + "|"
+        if fast
+        else ""
+    )
     return re.compile(
         rf"""{blank}
         (?:(?:
@@ -405,6 +449,11 @@ class LinkSite(NamedTuple):
     tag: str  # lower-case tag name: "a", "area", "v:roundrect", ...
     tag_end: int  # offset just past the start tag's ">"
     notrack: bool  # the tag carries the opt-out marker
+
+
+# A LinkSite from a tuple of its fields, without the Python-level __new__ that a named
+# tuple's constructor runs (some 2,000 instructions of the ~10,000 a reported link costs).
+_link_site = functools.partial(tuple.__new__, LinkSite)
 
 
 class HtmlScan:
@@ -534,12 +583,17 @@ def _scan_conditional(
 
 
 def _read_fast_link(html: str, m: re.Match[str], scan: HtmlScan) -> None:
-    """A link tag the scanner read whole: `<a href="...">` first, lower-case double-quoted
-    attributes after it, none of whose names starts with "d" (so no opt-out marker)."""
-    start, end = m.span("fhref")
-    url = normalise_url(decode_attribute(html[start:end]))
-    if _WEB_SCHEME.match(url) is not None:
-        scan.links.append(LinkSite(start - 1, end + 1, '"', url, "a", m.end(), False))
+    """A link tag the scanner read whole (`_FAST_LINK`): a lower-case name, lower-case
+    double-quoted attributes, the first href located, and no opt-out marker."""
+    start, end = m.span("fweb")
+    if start >= 0:
+        url = html[start:end]  # as a browser reads it (see `_FAST_LINK`)
+    else:
+        start, end = m.span("fhref")
+        url = normalise_url(decode_attribute(html[start:end]))
+        if _WEB_SCHEME.match(url) is None:
+            return
+    scan.links.append(_link_site((start - 1, end + 1, '"', url, m["fname"], m.end(), False)))
 
 
 def _read_link_tag(html: str, m: re.Match[str], scan: HtmlScan) -> None:
@@ -567,7 +621,7 @@ def _read_link_tag(html: str, m: re.Match[str], scan: HtmlScan) -> None:
     if _WEB_SCHEME.match(url) is None:
         return
     tag = m.group("lname").lower()
-    scan.links.append(LinkSite(start, end, quote, url, tag, m.end(), notrack))
+    scan.links.append(_link_site((start, end, quote, url, tag, m.end(), notrack)))
 
 
 def _find_href(
