@@ -334,7 +334,7 @@ def test_fast_scanner_finds_what_the_exact_grammar_finds_in_the_corpus() -> None
         '<!-- <!-- <a href="https://no.com/"> --><a href="https://yes.com/">',
         '<!--[if mso]><a href="https://mso.com/"><![endif]-->',
         '<!--[if mso]><table><tr><td style="a-b:c"><abbr>x</abbr><![endif]--><a href=https://yes.com/>',
-        '<!--[IF mso]><td>a - b<vx>-</td --!><a href=https://yes.com/><!--[if x]><table>--->',
+        "<!--[IF mso]><td>a - b<vx>-</td --!><a href=https://yes.com/><!--[if x]><table>--->",
         '<!--[if mso]><V:RECT HREF="https://mso.com/"><![endif]-->',
         '<!--[if mso]><td><AREA href="https://mso.com/"><![endif]-->',
         '<!--[if mso]><td><a\nhref="https://mso.com/"><![endif]-->',
