@@ -423,8 +423,6 @@ class _Scanners(NamedTuple):
 _SCANNERS = _Scanners.build(fast=True)
 _SCAN_VISIBLE, _SCAN_LINKS = _SCANNERS.visible, _SCANNERS.links
 _RAW_END = {name: re.compile(rf"</{_ci(name)}{_DELIM}") for name in _RAW_TEXT}
-# Where a tag that the scanner reports as a link could start.
-_LINK_OPENING = re.compile(rf"<{_LINK_NAME}")
 
 # Inside a link tag already matched: its first attribute named "href", the others passed
 # over inside the regex engine (the tokenizer drops later duplicates of an attribute, so
@@ -514,11 +512,10 @@ def _scan(html: str, stop_at_visible: bool, scanners: _Scanners) -> HtmlScan:
         elif kind == "cc":
             # Outlook renders what sits between <!--[if mso]> and <![endif]-->, so links there
             # (VML buttons above all) are followed by real readers. Most of them only open or
-            # close a table for Outlook: without a link tag's opening anywhere in the body,
-            # even in a value, there is nothing to read (checked here: a call costs more).
+            # close a table for Outlook: the fast scanner passes over those that hold no link
+            # tag's opening anywhere, even in a value (`_FAST_PLAIN_CC`), and reports the rest.
             start, stop = m.span("ccbody")
-            if _LINK_OPENING.search(html, start, stop) is not None:
-                _scan_conditional(html, start, stop, scan, scanners.links)
+            _scan_conditional(html, start, stop, scan, scanners.links)
             pos = m.end()
             if len(scan.links) >= MAX_LINK_SITES:
                 pattern = scanners.visible_rest if pattern is scanners.visible else scanners.rest
