@@ -166,8 +166,7 @@ _PLAIN_ATTRS = r"""[^"'<>=]*+(?:(?:=(?<=[^\t\n\f\r /="'<>]=)(?:"[^"<>]*+"|'[^'<>
       |=[^"'<>=\t\n\f\r ]++(?=[\t\n\f\r >])|=(?=>))[^"'<>=]*+)*+>"""
 # (The marker's look-ahead comes after "href=", which holds no "d", so that a tag whose
 # first attribute is something else fails before it reads the whole tag.)
-_PLAIN_LINK = rf"""
-    {_names(*_LINK_TAGS)}
+_PLAIN_LINK_ATTRS = rf"""
     [\t\n\f\r /]++[hH][rR][eE][fF]={_NO_MARKER}
     (?:"(?:[^hH&<>\x00-\x20"][^"<>]*+)?"|'(?:[^hH&<>\x00-\x20'][^'<>]*+)?'
       |"[hH][tT][tT][pP][sS]?://"|'[hH][tT][tT][pP][sS]?://'
@@ -176,13 +175,19 @@ _PLAIN_LINK = rf"""
     {_PLAIN_ATTRS}"""
 # The fast scanner tries it only where the first attribute is no href that fails it below:
 # it reads the whole tag once more.
+_PLAIN_LINK = f"{_names(*_LINK_TAGS)}{_PLAIN_LINK_ATTRS}"
+# Its guard comes after the first letter: sre passes over an alternative that opens with a
+# character or a set when the character at hand does not fit, and enters any other (some
+# 150 instructions) on every construct that falls through to the exact grammar.
 _PLAIN_LINK_UNLESS_WEB = (
-    rf"""(?!a\x20href="(?![hH][tT][tT][pP][sS]?://")[hH&\x00-\x20]){_PLAIN_LINK}"""
+    r"""[aA](?!(?<=a)\x20href="(?![hH][tT][tT][pP][sS]?://")[hH&\x00-\x20])"""
+    rf"""(?:[rR][eE][aA])?{_NAME_END}{_PLAIN_LINK_ATTRS}"""
 )
 # A VML element without any "href" in it (a fill, a text box), passed over likewise.
-_PLAIN_VML = rf"""
-    {_ci("v:")}[^\t\n\f\r />"'<=]*+(?=[\t\n\f\r />]){_NO_MARKER}
+_PLAIN_VML_ATTRS = rf"""
+    [^\t\n\f\r />"'<=]*+(?=[\t\n\f\r />]){_NO_MARKER}
     (?=[^<>hH]*+(?:[hH](?![rR][eE][fF])[^<>hH]*+)*+>){_PLAIN_ATTRS}"""
+_PLAIN_VML = f"{_ci('v:')}{_PLAIN_VML_ATTRS}"
 
 
 def _raw_element(name: str) -> str:
@@ -248,7 +253,9 @@ _FAST_LINK = (
     rf"""{_FAST_LINK_REST})"""
 )
 # `_PLAIN_VML` fails on any VML element with an href; one in the fast shape fails first.
-_PLAIN_VML_UNLESS_LINK = rf"""(?!v:{_SIMPLE_NAME}{_FAST_BEFORE_HREF}\x20href="){_PLAIN_VML}"""
+_PLAIN_VML_UNLESS_LINK = (
+    rf"""[vV](?!(?<=v):{_SIMPLE_NAME}{_FAST_BEFORE_HREF}\x20href="):{_PLAIN_VML_ATTRS}"""
+)
 # A comment without a dash in its text, none that Outlook reads ("<!--[if"), and not the
 # abruptly closed "<!-->".
 _FAST_COMMENT = r"!--[^->\[][^-]*+-->"
