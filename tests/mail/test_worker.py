@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1322,8 +1323,6 @@ async def test_a_rounds_naive_time_is_utc_whatever_the_sessions_time_zone(
     # The round binds its times as the models' UTCDateTime does: a naive value is UTC,
     # not the database session's time zone (PostgreSQL's round runs on the driver's
     # connection, outside SQLAlchemy's type handling).
-    from datetime import UTC, datetime
-
     message_id = plan_send(database, runtime, sink.port, to=["ann@example.org"])
     naive = datetime(2026, 12, 1, 12, 0, 0)
     with database.engine.connect() as conn:

@@ -173,12 +173,12 @@ _PLAIN_LINK_ATTRS = rf"""
       |[hH][tT][tT][pP][sS]?://(?=[\t\n\f\r >])
       |[^hH&<>\x00-\x20"'=][^\t\n\f\r <>"'=]*+(?=[\t\n\f\r >]))
     {_PLAIN_ATTRS}"""
-# The fast scanner tries it only where the first attribute is no href that fails it below:
-# it reads the whole tag once more.
 _PLAIN_LINK = f"{_names(*_LINK_TAGS)}{_PLAIN_LINK_ATTRS}"
-# Its guard comes after the first letter: sre passes over an alternative that opens with a
-# character or a set when the character at hand does not fit, and enters any other (some
-# 150 instructions) on every construct that falls through to the exact grammar.
+# The fast scanner tries it only where the first attribute is no href that fails it below:
+# it reads the whole tag once more. The guard comes after the first letter: sre passes
+# over an alternative that opens with a character or a set when the character at hand does
+# not fit, and enters any other (some 150 instructions) on every construct that falls
+# through to the exact grammar.
 _PLAIN_LINK_UNLESS_WEB = (
     r"""[aA](?!(?<=a)\x20href="(?![hH][tT][tT][pP][sS]?://")[hH&\x00-\x20])"""
     rf"""(?:[rR][eE][aA])?{_NAME_END}{_PLAIN_LINK_ATTRS}"""
@@ -230,8 +230,11 @@ _FREQUENT = "tdsabcipmhflou"
 # like `_PLAIN_LINK`; no later attribute name starts with "d", so the opt-out marker
 # (which must be removed) is not there.
 _FAST_LINK_REST = r"""(?:\x20[-.0-9:_a-ce-z][-.0-9:_a-z]*+="[^"]*+")*+[\x20/]*+>"""
+# A double-quoted value that neither starts with "h" nor holds a reference where it starts,
+# so cannot lead to the web once decoded.
+_FAST_NOT_WEB = r"""[^hH&"\x00-\x20][^"]*+"""
 _FAST_PLAIN_LINK = (
-    rf"""a\x20href="(?:[^hH&"\x00-\x20][^"]*+|[hH][tT][tT][pP][sS]?://)?"{_FAST_LINK_REST}"""
+    rf"""a\x20href="(?:{_FAST_NOT_WEB}|[hH][tT][tT][pP][sS]?://)?"{_FAST_LINK_REST}"""
 )
 # Attributes before a link tag's href: none starts with "h", so the href after them is the
 # first (the one the tokenizer keeps), and none with "d", so the marker is not among them.
@@ -241,7 +244,7 @@ _FAST_BEFORE_HREF = r"""(?:\x20[-.0-9:_a-ce-gi-z][-.0-9:_a-z]*+="[^"]*+")*+"""
 # is not passed over here, as the exact grammar reports it in any VML element.
 _FAST_PLAIN_VML = (
     rf"""v:{_SIMPLE_NAME}{_FAST_BEFORE_HREF}"""
-    rf"""(?:\x20href="(?:[^hH&"\x00-\x20][^"]*+)?"{_FAST_LINK_REST}|[\x20/]*+>)"""
+    rf"""(?:\x20href="(?:{_FAST_NOT_WEB})?"{_FAST_LINK_REST}|[\x20/]*+>)"""
 )
 # A link tag in the fast shape: reported with its href's value located. The tokenizer
 # reads it as `_read_link_tag` would: the first href, and no marker. A value that starts
