@@ -49,6 +49,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import NullType
 
+from mailbeacon.config import DEFAULT_SQLITE_CACHE_MB
+
 log = logging.getLogger(__name__)
 
 # How long a SQLite writer waits for the write lock. A big send (a thousand
@@ -111,15 +113,20 @@ def _private_sqlite_files(dbapi_conn: Any, _record: Any) -> None:
                 log.warning("cannot make %s private to its owner", name)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL lets readers run beside the single writer; synchronous=FULL makes every
-    # commit durable (fsync of the WAL).
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cur.close()
+def _sqlite_pragmas(cache_mb: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        # WAL lets readers run beside the single writer; synchronous=FULL makes every
+        # commit durable (fsync of the WAL).
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # Negative: a size in KiB rather than in pages (Settings.SQLITE_CACHE_MB says why).
+        cur.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
+        cur.close()
+
+    return on_connect
 
 
 def _disable_pysqlite_begin(dbapi_conn: Any, _record: Any) -> None:
@@ -164,14 +171,16 @@ def redact_server_detail(orig: BaseException, wrapped: BaseException | None) -> 
         wrapped.args = (f"({type(orig).__module__}.{type(orig).__name__}) {text}",)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, sqlite_cache_mb: int = DEFAULT_SQLITE_CACHE_MB, **kwargs: Any
+) -> Engine:
     url = normalise_url(url)
     # Statement parameters are email bodies and addresses: never in logs or errors.
     kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _private_sqlite_files)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(sqlite_cache_mb))
         event.listen(engine, "connect", _disable_pysqlite_begin)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
@@ -203,9 +212,11 @@ def in_transaction(session: Session, event: object) -> None:
 class Database:
     """One engine, its session factories and the unit of work."""
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(
+        self, url: str, *, sqlite_cache_mb: int = DEFAULT_SQLITE_CACHE_MB, **engine_kwargs: Any
+    ) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url, **engine_kwargs)
+        self.engine = make_engine(self.url, sqlite_cache_mb=sqlite_cache_mb, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Connections of this engine that begin with the write lock (SQLite).
         self.writer_engine = self.engine.execution_options(sqlite_immediate=True)

@@ -182,7 +182,7 @@ class Runtime:
         secrets = load_secrets(settings.DATA_DIR)
         return cls(
             settings=settings,
-            database=Database(settings.database_url()),
+            database=Database(settings.database_url(), sqlite_cache_mb=settings.SQLITE_CACHE_MB),
             codec=codec_from_secrets(secrets),
             networks=NetworkMap.load(settings.DATA_DIR),
             policy=Policy(

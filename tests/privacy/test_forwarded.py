@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from mailbeacon.asgi import MailbeaconApp
 from mailbeacon.models import Message, RecipientCopy, TrackingEvent, User
+from mailbeacon.tracking.hits import USER_AGENT_BYTES
 from tests.factories.hits import CHROME, GMAIL_PROXY, THUNDERBIRD, hit, record
 from tests.factories.privacy import copies_of, set_policy
 
@@ -120,3 +121,24 @@ async def test_opens_in_one_batch_compare_with_each_other_and_marked_ones_never_
         assert copy is not None
         assert copy.forwarded_open_count == 3
     assert marked == {stranger.uid, stranger_again.uid, phone.uid}
+
+
+async def test_a_very_long_agent_is_stored_cut_and_still_compared(
+    app: MailbeaconApp, admin: httpx.AsyncClient
+) -> None:
+    # Not from the edge (which reads a header's bytes, two UTF-8 bytes a character at
+    # most): four bytes a character, hardly alike. Whole, on PostgreSQL, it would neither
+    # compress nor fit in an entry of the sources' index; nor would its first thousand.
+    agent = "".join(chr(0x1F300 + (i * 37) % 700) for i in range(3000))
+    _, copy_id = await ann_copy(app, admin)
+    first = hit(copy_id, ua=agent, ip_prefix=HOME)
+    record(app.runtime, first)
+    # The same agent again from elsewhere: compared with the stored (cut) one, not marked.
+    again = hit(copy_id, ua=agent, ip_prefix=OFFICE, at=first.occurred_at + 60)
+    record(app.runtime, again)
+    with app.runtime.database.sessions() as s:
+        stored = {e.uid: e for e in s.scalars(select(TrackingEvent))}
+    assert set(stored) == {first.uid, again.uid}
+    kept = stored[first.uid].user_agent
+    assert agent.startswith(kept) and len(kept.encode()) == USER_AGENT_BYTES
+    assert not stored[again.uid].possibly_forwarded

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import inspect
+from datetime import datetime
 
-from mailbeacon.db import Database
-from mailbeacon.migrate import check
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from mailbeacon.config import DEFAULT_SQLITE_CACHE_MB, Settings
+from mailbeacon.db import Database, is_sqlite, normalise_url
+from mailbeacon.migrate import check, upgrade
 from mailbeacon.models import Base
+from mailbeacon.runtime import Runtime
 
 
 def test_models_and_migrations_agree(db_url: str) -> None:
@@ -25,3 +29,52 @@ def test_sqlite_runs_in_wal_mode_with_durable_commits(database: Database) -> Non
     with database.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_sqlite_connections_take_the_page_cache_the_settings_give(settings: Settings) -> None:
+    if not is_sqlite(settings.database_url()):
+        pytest.skip("SQLite only")
+    for given, expected_kib in ((None, DEFAULT_SQLITE_CACHE_MB * 1024), (24, 24 * 1024)):
+        chosen = (
+            settings if given is None else settings.model_copy(update={"SQLITE_CACHE_MB": given})
+        )
+        database = Runtime.from_settings(chosen).database
+        try:
+            # Every connection of the pool, not only the first: the pragma is per connection.
+            with database.engine.connect() as first, database.engine.connect() as second:
+                for conn in (first, second):
+                    assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -expected_kib
+        finally:
+            database.dispose()
+
+
+def test_the_human_sources_index_is_built_over_agents_too_long_for_it(fresh_url: str) -> None:
+    """An agent the edge would never keep (it came from elsewhere) is cut where it must be,
+    so that the index can be built on PostgreSQL; SQLite has no bound and keeps it whole."""
+    upgrade(fresh_url, "d2f4a6c8e0b1")
+    agent = "".join(chr(0x1F300 + i % 700) for i in range(3000))  # 12,000 bytes of UTF-8
+    engine = create_engine(normalise_url(fresh_url))  # no foreign keys on SQLite
+    postgresql = engine.dialect.name == "postgresql"
+    try:
+        with engine.begin() as conn:
+            if postgresql:  # the events only: no email or copy behind them
+                conn.exec_driver_sql("ALTER TABLE tracking_events DISABLE TRIGGER ALL")
+            for n, (label, ua) in enumerate((("human", agent), ("scanner", agent))):
+                conn.execute(
+                    text(
+                        "INSERT INTO tracking_events (uid, copy_id, message_id, kind,"
+                        " occurred_at, recorded_at, label, reason, user_agent, is_head,"
+                        " possibly_forwarded) VALUES (:uid, 1, 1, 'open', :at, :at, :label,"
+                        " '', :ua, false, false)"
+                    ),
+                    {"uid": f"{n:032x}", "at": datetime(2026, 12, 1), "label": label, "ua": ua},
+                )
+            if postgresql:
+                conn.exec_driver_sql("ALTER TABLE tracking_events ENABLE TRIGGER ALL")
+        upgrade(fresh_url)
+        with engine.connect() as conn:
+            kept = dict(conn.execute(text("SELECT label, user_agent FROM tracking_events")).all())
+    finally:
+        engine.dispose()
+    # Only an open the index holds is cut (to 500 characters: 2,000 bytes at most).
+    assert kept == {"human": agent[:500] if postgresql else agent, "scanner": agent}

@@ -10,7 +10,13 @@ from mailbeacon.models.account import (
 )
 from mailbeacon.models.base import Base
 from mailbeacon.models.contact import Contact
-from mailbeacon.models.event import EventKind, EventLabel, LinkClickStat, TrackingEvent
+from mailbeacon.models.event import (
+    HUMAN_SOURCE_OPENS,
+    EventKind,
+    EventLabel,
+    LinkClickStat,
+    TrackingEvent,
+)
 from mailbeacon.models.mailbox import MailboxConnection, Security
 from mailbeacon.models.message import (
     CopyBody,
@@ -50,6 +56,7 @@ from mailbeacon.models.webhook import (
 )
 
 __all__ = [
+    "HUMAN_SOURCE_OPENS",
     "AnonymousHit",
     "ApiToken",
     "AuditEntry",

@@ -19,7 +19,7 @@ from mailbeacon.kit.metrics import HITS_ACKNOWLEDGED
 from mailbeacon.kit.net import client_address
 from mailbeacon.kit.urls import web_destination
 from mailbeacon.models.event import EventKind
-from mailbeacon.tracking.hits import Hit, new_uid
+from mailbeacon.tracking.hits import USER_AGENT_CHARS, Hit, new_uid
 from mailbeacon.tracking.networks import NetworkMap
 from mailbeacon.tracking.tokens import InvalidToken, TokenCodec
 
@@ -178,7 +178,7 @@ class TrackingEdge:
         forwarded: list[str] = []
         for name, value in scope["headers"]:
             if name == b"user-agent":
-                ua = value.decode("latin-1")[:1000]
+                ua = value.decode("latin-1")[:USER_AGENT_CHARS]
             elif name in _PREFETCH_HEADERS:
                 hint = f"{name.decode()}: {value.decode('latin-1')[:60]}"
             elif name == b"cookie" and viewer is None:

@@ -10,6 +10,27 @@ from typing import Any
 
 from mailbeacon.models.event import EventKind
 
+# The most of a user agent a hit keeps: a longer one tells a classifier nothing more.
+# The edge cuts what it reads here, and its characters (a header's bytes, read as
+# Latin-1) take at most two bytes each in UTF-8.
+USER_AGENT_CHARS = 1000
+# The most UTF-8 bytes of it the database gets: with the copy, network prefix and time
+# it must fit in an entry of a PostgreSQL b-tree index (2,704 bytes), that of
+# ix_tracking_events_human_sources.
+USER_AGENT_BYTES = 2000
+
+
+def kept_user_agent(agent: str) -> str:
+    """``agent`` as stored: cut to ``USER_AGENT_CHARS`` characters and, for a hit that did
+    not come from the edge, to ``USER_AGENT_BYTES`` bytes of UTF-8 (whole characters)."""
+    if len(agent) <= USER_AGENT_BYTES // 4:  # whatever its characters: nearly every agent
+        return agent
+    agent = agent[:USER_AGENT_CHARS]
+    raw = agent.encode("utf-8", "surrogatepass")
+    if len(raw) <= USER_AGENT_BYTES:
+        return agent
+    return raw[:USER_AGENT_BYTES].decode("utf-8", "ignore")
+
 
 def new_uid(at: float) -> str:
     """A hit's uid: the milliseconds of ``at`` (48 bits), then 80 random bits, in hex.

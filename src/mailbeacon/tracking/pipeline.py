@@ -58,7 +58,7 @@ from mailbeacon.tracking.events import (
     Treatment,
 )
 from mailbeacon.tracking.hit_store import CopyContext, RecentEvent
-from mailbeacon.tracking.hits import Hit
+from mailbeacon.tracking.hits import Hit, kept_user_agent
 
 # Burst and duplicate rules look only at the most recent hits of a copy; a copy
 # hammered by a scanner must not make every batch read its whole history.
@@ -289,7 +289,7 @@ def _stored_events(classified: Sequence[ClassifiedHit]) -> list[StoredEvent]:
                 link_position=hit.link_position,
                 occurred_at=at(hit.occurred_at, UTC),
                 ip_prefix=hit.ip_prefix,
-                user_agent=hit.user_agent,
+                user_agent=kept_user_agent(hit.user_agent),
             )
         )
     return events
