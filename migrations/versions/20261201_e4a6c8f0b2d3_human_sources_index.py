@@ -37,8 +37,8 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         # An entry of a b-tree index holds at most 2,704 bytes. The edge has always cut
         # agents to 1,000 characters of a header (2,000 bytes at most); one longer came
-        # from elsewhere and is cut as the pipeline now cuts it (tracking.hits), or the
-        # index could not be built.
+        # from elsewhere. It is cut to 500 characters (2,000 bytes at most, the bound the
+        # pipeline now keeps, tracking.hits), or the index could not be built.
         op.execute(
             "UPDATE tracking_events SET user_agent = left(user_agent, 500)"
             f" WHERE octet_length(user_agent) > 2000 AND {_OPENS}"
