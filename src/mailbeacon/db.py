@@ -212,11 +212,10 @@ def in_transaction(session: Session, event: object) -> None:
 class Database:
     """One engine, its session factories and the unit of work."""
 
-    def __init__(
-        self, url: str, *, sqlite_cache_mb: int = DEFAULT_SQLITE_CACHE_MB, **engine_kwargs: Any
-    ) -> None:
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url, sqlite_cache_mb=sqlite_cache_mb, **engine_kwargs)
+        # make_engine's arguments, sqlite_cache_mb among them.
+        self.engine = make_engine(self.url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Connections of this engine that begin with the write lock (SQLite).
         self.writer_engine = self.engine.execution_options(sqlite_immediate=True)

@@ -55,8 +55,7 @@ class TrackingEvent(Base):
         Index("ix_tracking_events_copy_time", "copy_id", "occurred_at"),
         Index("ix_tracking_events_message_time", "message_id", "occurred_at"),
         # Where each copy's human opens came from, in the order the forwarded-open
-        # check groups them: it reads a batch's copies here, without visiting their
-        # rows, whatever else those copies were hit by.
+        # check groups them: it reads those opens here, not every event of the copies.
         Index(
             "ix_tracking_events_human_sources",
             "copy_id",
