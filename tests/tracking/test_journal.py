@@ -558,19 +558,104 @@ async def test_a_live_segment_is_read_no_further_than_its_synced_length(
     writer = JournalWriter(tmp_path, max_segment_age=3600)
     synced = make_hit(1)
     await writer.append(synced)
-    assert writer.segment_path is not None
-    # What a write not yet covered by fdatasync looks like to another process.
+    path = writer.segment_path
+    assert path is not None
+    # What a write not yet covered by fdatasync looks like to another process: bytes
+    # in the zeros the file was grown by, past the published durable length.
     unsynced = make_hit(2)
-    with writer.segment_path.open("ab") as f:
-        f.write(encode_hit(unsynced) + encode_hit(make_hit(3))[:20])
+    written = encode_hit(unsynced) + encode_hit(make_hit(3))[:20]
+    end = durable_length(path)
+    with path.open("r+b") as f:
+        f.seek(end)
+        f.write(written)
+    assert path.stat().st_size > end + len(written)
     assert consumer.consume_available() == 1
     assert store.hits == [synced]
     assert damage == []
     await writer.aclose()
-    # Closed: read to the end, the half record is a torn tail.
+    # What a crash in that write leaves of a closed segment: the segment read to its
+    # end, the half record is a torn tail.
+    with path.open("ab") as f:
+        f.write(written)
     assert consumer.consume_available() == 1
     assert store.hits == [synced, unsynced]
     assert [d.kind for d in damage] == ["torn_tail"]
+
+
+def durable_length(segment: Path) -> int:
+    length, check = struct.unpack("<QQ", segment.with_suffix(".durable").read_bytes())
+    assert length ^ check == 2**64 - 1
+    return int(length)
+
+
+@pytest.mark.asyncio
+async def test_a_segment_is_grown_ahead_of_its_records_and_cut_to_them_when_closed(
+    tmp_path: Path,
+) -> None:
+    writer = JournalWriter(tmp_path, max_segment_age=3600)
+    first = [make_hit(i) for i in range(20)]
+    await writer.append(first[0])
+    path = writer.segment_path
+    assert path is not None
+    grown = path.stat().st_size
+    end = durable_length(path)
+    assert grown >= journal._GROW_MIN > end
+    assert path.read_bytes()[end:] == bytes(grown - end)
+    # The next records go into those zeros: the syncs that acknowledge them need not
+    # commit a new file size.
+    for hit in first[1:]:
+        await writer.append(hit)
+    assert path.stat().st_size == grown
+    assert durable_length(path) > end
+    # Past them the file grows again, never by more than _GROW_MAX ahead of its records.
+    more = [make_hit(i, user_agent="A" * 700) for i in range(20, 4020)]
+    sizes = []
+    for at in range(0, len(more), 100):
+        await asyncio.to_thread(writer.append_many, more[at : at + 100])
+        sizes.append(path.stat().st_size - durable_length(path))
+    assert path.stat().st_size > 3 * journal._GROW_MAX
+    assert max(sizes) <= journal._GROW_MAX
+    await writer.aclose()
+    assert path.stat().st_size == durable_length(path)
+    store = Collect()
+    damage: list[JournalDamage] = []
+    JournalConsumer(tmp_path, store, on_damage=damage.append).consume_available()
+    assert store.hits == first + more
+    assert damage == []
+
+
+@pytest.mark.asyncio
+async def test_the_backlog_of_a_live_segment_counts_its_records_not_its_zeros(
+    tmp_path: Path,
+) -> None:
+    async with JournalWriter(tmp_path) as writer:
+        for i in range(40):
+            await writer.append(make_hit(i))
+        # Past the sample the count is estimated from the bytes left: the records'.
+        for sample in (400, 1 << 20):
+            records, oldest = journal.journal_backlog(tmp_path, sample_bytes=sample)
+            assert records == 40 and oldest == make_hit(0).occurred_at
+
+
+def test_the_zeros_a_crash_leaves_past_the_records_are_a_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cut at close is not synced: a crash may lose it, or come before it.
+    monkeypatch.setattr(journal.os, "ftruncate", lambda fd, length: None)
+    hits = [make_hit(i) for i in range(50)]
+    with JournalWriter(tmp_path) as writer:
+        writer.append_many(hits)
+        path = writer.segment_path
+        assert path is not None
+    end = durable_length(path)
+    assert path.stat().st_size > end
+    monkeypatch.undo()
+    store = Collect()
+    damage: list[JournalDamage] = []
+    JournalConsumer(tmp_path, store, on_damage=damage.append).consume_available()
+    assert sorted(h.uid for h in store.hits) == sorted(h.uid for h in hits)
+    assert [(d.kind, d.offset) for d in damage] == [("torn_tail", end)]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("keep", [1, 5, 30, -1])

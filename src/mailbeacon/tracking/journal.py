@@ -106,10 +106,13 @@ Locks and lifecycle
 * A consumer takes ``flock(LOCK_EX | LOCK_NB)`` on ``.pos`` (created if
   missing) and keeps it while it reads, stores and checkpoints; another
   consumer skips a segment it cannot lock.
+* The writer grows a segment's file ahead of its records by writing zeros,
+  and cuts it to its last record when it closes it (the cut is not synced).
 * A live segment is read up to its ``.durable`` length; its records are
   complete there, so any invalid byte before it is damage. A closed segment is
   read to its end; invalid bytes with no valid record after them are a torn
-  tail (a write cut short by a crash, never acknowledged) and are ignored.
+  tail (a write cut short by a crash, never acknowledged, or the zeros a crash
+  left past the records) and are ignored.
 * A closed segment read to its end is deleted (``.seg``, then ``.durable``,
   then ``.pos``) under its lock, without a last checkpoint: if the deletion is
   lost in a crash, the segment is delivered again from the last checkpoint.
@@ -202,14 +205,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_disown_after_fork)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write may write less than asked (a full disk): write the rest or raise."""
+def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
+    """os.write may write less than asked (a full disk): write the rest or raise.
+
+    At ``offset`` if one is given (``pwrite``), else at the file's position.
+    """
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
         if written <= 0:
             raise OSError("the journal segment accepted no more bytes")
         view = view[written:]
+        if offset is not None:
+            offset += written
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -234,6 +242,16 @@ def _settle_async(futures: list[asyncio.Future[None]], error: BaseException | No
 # before taking the next one (see JournalWriter._run).
 BUSY_DELAY_SECONDS = 0.0003
 BUSY_BATCH = 8
+
+# A segment's file is grown ahead of its records by writing zeros, first this much,
+# then twice what it holds, at most _GROW_MAX at a time. An fdatasync that must also
+# commit a new file size to the filesystem's journal costs far more than one that
+# only flushes data into blocks already written (ext4 here: 160 against 98 us of
+# wall clock, 70 against 44 us of CPU): with the file grown ahead, the syncs that
+# acknowledge hits are the cheap kind, and one in hundreds pays for the growth.
+_GROW_MIN = 64 << 10
+_GROW_MAX = 1 << 20
+_ZEROS_VIEW = memoryview(bytes(_GROW_MAX))
 
 
 class JournalWriter:
@@ -273,6 +291,7 @@ class JournalWriter:
         self._fd = -1
         self._durable_fd = -1
         self._size = 0
+        self._allocated = 0  # the segment file's length: records, then zeros
         self._opened_at = 0.0
         self.segment_path: Path | None = None
         self.stats = {"records": 0, "commits": 0, "segments": 0, "failed_commits": 0}
@@ -389,7 +408,9 @@ class JournalWriter:
         try:
             if self._fd < 0:
                 self._open_segment()
-            _write_all(self._fd, data)
+            if self._size + len(data) > self._allocated:
+                self._grow(self._size + len(data))
+            _write_all(self._fd, data, self._size)
             _datasync(self._fd)
         except OSError as exc:
             # After a failed write or fdatasync the file's state is unknown (Linux
@@ -435,7 +456,7 @@ class JournalWriter:
         stem = f"{time.time_ns():020d}-{self._pid}-{self._nonce}-{self._sequence:06d}"
         creating = self.directory / (stem + _CREATING_SUFFIX)
         path = self.directory / (stem + SEGMENT_SUFFIX)
-        fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         durable_fd = -1
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -453,12 +474,28 @@ class JournalWriter:
             raise
         self._fd = fd
         self._durable_fd = durable_fd
-        self._size = HEADER_SIZE
+        self._size = self._allocated = HEADER_SIZE
         self._opened_at = time.monotonic()
         self.segment_path = path
         self.stats["segments"] += 1
 
+    def _grow(self, needed: int) -> None:
+        """Write zeros past the records so that the file holds at least ``needed`` bytes;
+        the coming fdatasync makes them durable with the batch's records."""
+        step = min(max(_GROW_MIN, self._allocated), _GROW_MAX)
+        target = max(needed, self._allocated + step)
+        while self._allocated < target:
+            n = min(target - self._allocated, _GROW_MAX)
+            _write_all(self._fd, _ZEROS_VIEW[:n], self._allocated)
+            self._allocated += n
+
     def _close_segment(self) -> None:
+        # The zeros past the records go, so that a closed segment ends with its last
+        # record. Not synced: a crash that loses the cut leaves zeros, which a
+        # consumer reads as a torn tail (no record in them was ever acknowledged).
+        if self._allocated > self._size:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
         # Closing releases the flock: from now on consumers may finish and delete it.
         os.close(self._durable_fd)
         os.close(self._fd)
@@ -541,15 +578,21 @@ def _read_checkpoint(fd: int) -> tuple[int, int]:
 
 
 def _read_durable_length(path: Path) -> int:
+    length = _published_length(path)
+    return HEADER_SIZE if length is None else length
+
+
+def _published_length(path: Path) -> int | None:
+    """The length a ``.durable`` file publishes, or None if it holds none."""
     try:
         data = Path(path).read_bytes()[: _DURABLE.size]
     except FileNotFoundError:
-        return HEADER_SIZE
+        return None
     if len(data) < _DURABLE.size:
-        return HEADER_SIZE
+        return None
     length, check = _DURABLE.unpack(data)
     # A read racing the writer's pwrite could in principle see half of each.
-    return int(length) if length ^ check == _ALL_ONES else HEADER_SIZE
+    return int(length) if length ^ check == _ALL_ONES else None
 
 
 def journal_backlog(directory: Path | str, *, sample_bytes: int = 1 << 20) -> tuple[int, float]:
@@ -573,6 +616,10 @@ def journal_backlog(directory: Path | str, *, sample_bytes: int = 1 << 20) -> tu
         position = HEADER_SIZE
         try:
             size = path.stat().st_size
+            # A live segment's file runs on in zeros past its records (see _GROW_MIN).
+            published = _published_length(path.with_suffix(_DURABLE_SUFFIX))
+            if published is not None:
+                size = min(size, published)
             with contextlib.suppress(FileNotFoundError):
                 fd = os.open(path.with_suffix(_POSITION_SUFFIX), os.O_RDONLY)
                 try:
