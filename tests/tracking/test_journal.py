@@ -637,6 +637,35 @@ async def test_the_backlog_of_a_live_segment_counts_its_records_not_its_zeros(
             assert records == 40 and oldest == make_hit(0).occurred_at
 
 
+def test_a_disk_without_room_ahead_still_takes_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwrite
+
+    def full_for_zeros(fd: int, data: bytes, offset: int) -> int:
+        if len(data) >= journal._GROW_MIN and not any(data):
+            # What ENOSPC halfway through the zeros looks like.
+            real(fd, bytes(4096), offset)
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(journal.os, "pwrite", full_for_zeros)
+    hits = [make_hit(i) for i in range(30)]
+    with JournalWriter(tmp_path) as writer:
+        for at in range(0, 30, 10):
+            writer.append_many(hits[at : at + 10])
+        path = writer.segment_path
+        assert path is not None
+        assert writer.stats["failed_commits"] == 0
+    assert path.stat().st_size == durable_length(path)
+    monkeypatch.undo()
+    store = Collect()
+    damage: list[JournalDamage] = []
+    JournalConsumer(tmp_path, store, on_damage=damage.append).consume_available()
+    assert store.hits == hits
+    assert damage == []
+
+
 def test_the_zeros_a_crash_leaves_past_the_records_are_a_torn_tail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

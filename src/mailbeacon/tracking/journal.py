@@ -409,7 +409,12 @@ class JournalWriter:
             if self._fd < 0:
                 self._open_segment()
             if self._size + len(data) > self._allocated:
-                self._grow(self._size + len(data))
+                try:
+                    self._grow(self._size + len(data))
+                except OSError as exc:
+                    # A nearly full disk may take the records though not the room
+                    # ahead: they are written as before, making the file longer.
+                    log.warning("could not grow the journal segment ahead: %s", exc)
             _write_all(self._fd, data, self._size)
             _datasync(self._fd)
         except OSError as exc:
@@ -422,6 +427,9 @@ class JournalWriter:
             self._settle(items, exc)
             return
         self._size += len(data)
+        # Records written without room ahead (see above) made the file longer: zeros
+        # are never written where they are.
+        self._allocated = max(self._allocated, self._size)
         try:
             os.pwrite(self._durable_fd, _DURABLE.pack(self._size, self._size ^ _ALL_ONES), 0)
         except OSError as exc:
@@ -493,9 +501,8 @@ class JournalWriter:
         # The zeros past the records go, so that a closed segment ends with its last
         # record. Not synced: a crash that loses the cut leaves zeros, which a
         # consumer reads as a torn tail (no record in them was ever acknowledged).
-        if self._allocated > self._size:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._size)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)
         # Closing releases the flock: from now on consumers may finish and delete it.
         os.close(self._durable_fd)
         os.close(self._fd)
