@@ -413,8 +413,8 @@ def test_a_failed_write_fails_its_batch_and_the_writer_goes_on_in_a_new_segment(
     delivered = [h.uid for h in store.hits]
     assert acked <= set(delivered)
     assert len(delivered) == len(set(delivered))
-    # The refused batch was cut short at the end of its segment.
-    assert {d.kind for d in damage} <= {"torn_tail"}
+    # The refused batch was cut off its segment when the writer gave the segment up.
+    assert damage == []
 
 
 def test_a_forked_child_neither_writes_nor_keeps_the_segment_locked(tmp_path: Path) -> None:
@@ -628,9 +628,10 @@ async def test_a_segment_is_grown_ahead_of_its_records_and_cut_to_them_when_clos
 async def test_the_backlog_of_a_live_segment_counts_its_records_not_its_zeros(
     tmp_path: Path,
 ) -> None:
-    async with JournalWriter(tmp_path) as writer:
+    async with JournalWriter(tmp_path, max_segment_age=3600) as writer:
         for i in range(40):
             await writer.append(make_hit(i))
+        assert writer.segment_path is not None and is_locked(writer.segment_path)
         # Past the sample the count is estimated from the bytes left: the records'.
         for sample in (400, 1 << 20):
             records, oldest = journal.journal_backlog(tmp_path, sample_bytes=sample)
@@ -664,6 +665,98 @@ def test_a_disk_without_room_ahead_still_takes_the_records(
     JournalConsumer(tmp_path, store, on_damage=damage.append).consume_available()
     assert store.hits == hits
     assert damage == []
+
+
+def test_a_failed_sync_cuts_its_batch_off_and_the_next_starts_a_new_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = journal._datasync
+    calls = 0
+
+    def second_fails(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(journal, "_datasync", second_fails)
+    first, failed, after = ([make_hit(i + n) for i in range(10)] for n in (0, 10, 20))
+    with JournalWriter(tmp_path, max_segment_age=3600) as writer:
+        writer.append_many(first)
+        given_up = writer.segment_path
+        with pytest.raises(OSError, match="Input/output error"):
+            writer.append_many(failed)
+        writer.append_many(after)
+        assert writer.segment_path != given_up
+    assert given_up is not None and given_up.stat().st_size == durable_length(given_up)
+    store = Collect()
+    damage: list[JournalDamage] = []
+    JournalConsumer(tmp_path, store, on_damage=damage.append).consume_available()
+    assert store.hits == first + after
+    assert damage == []
+
+
+def crash_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, acked: list[Hit]) -> Path:
+    """A closed segment as a crash leaves it: records, then the zeros grown ahead."""
+    with monkeypatch.context() as m:
+        m.setattr(journal.os, "ftruncate", lambda fd, length: None)
+        with JournalWriter(tmp_path) as writer:
+            writer.append_many(acked)
+            path = writer.segment_path
+    assert path is not None and path.stat().st_size > durable_length(path)
+    return path
+
+
+def test_zeros_before_records_past_the_published_length_are_a_torn_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acked = [make_hit(i) for i in range(10)]
+    path = crash_image(tmp_path, monkeypatch, acked)
+    end = durable_length(path)
+    # A batch written into the zeros and synced when the power failed: its later
+    # blocks reached the disk, the first did not.
+    later = [make_hit(i) for i in range(10, 80)]
+    records = [encode_hit(h) for h in later]
+    cut = 4096 - end % 4096
+    with path.open("r+b") as f:
+        f.seek(end + cut)
+        f.write(b"".join(records)[cut:])
+    starts = [sum(len(r) for r in records[:i]) for i in range(len(records))]
+    whole = next(i for i, at in enumerate(starts) if at >= cut)
+    store = Collect()
+    damage: list[JournalDamage] = []
+    JournalConsumer(tmp_path, store, on_damage=damage.append).consume_available()
+    # Records of a write nobody was told had succeeded may come or not: these come.
+    assert store.hits == acked + later[whole:]
+    assert [(d.kind, d.offset) for d in damage] == [
+        ("torn_write", end),
+        ("torn_tail", end + sum(len(r) for r in records)),
+    ]
+
+
+def test_zeros_among_acknowledged_records_are_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acked = [make_hit(i) for i in range(100)]
+    path = crash_image(tmp_path, monkeypatch, acked)
+    end = durable_length(path)
+    # A block lost from the record 40 on, as a torn write looks, but among records
+    # acknowledged: the disk lost what it had said was written.
+    offsets = [at for at, _ in record_offsets(path)[:100]]
+    block_end = offsets[40] + 4096 - offsets[40] % 4096
+    with path.open("r+b") as f:
+        f.seek(offsets[40])
+        f.write(bytes(block_end - offsets[40]))
+    after = next(i for i, at in enumerate(offsets) if at >= block_end)
+    store = Collect()
+    damage: list[JournalDamage] = []
+    JournalConsumer(tmp_path, store, on_damage=damage.append).consume_available()
+    assert store.hits == acked[:40] + acked[after:]
+    assert [(d.kind, d.offset) for d in damage] == [
+        ("damaged", offsets[40]),
+        ("torn_tail", end),
+    ]
 
 
 def test_the_zeros_a_crash_leaves_past_the_records_are_a_torn_tail(
@@ -949,7 +1042,10 @@ def test_a_writer_killed_under_load_loses_no_acknowledged_hit(
     acked = writer.acked()
     assert len(acked) >= 3000
     store = Collect()
-    JournalConsumer(directory, store).consume_available()
+    damage: list[JournalDamage] = []
+    JournalConsumer(directory, store, on_damage=damage.append).consume_available()
+    # The zeros past the dead writer's last records are no damage.
+    assert {d.kind for d in damage} <= {"torn_tail"}
     delivered = [h.uid for h in store.hits]
     assert len(delivered) == len(set(delivered))
     assert acked <= set(delivered)

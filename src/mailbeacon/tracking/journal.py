@@ -112,7 +112,10 @@ Locks and lifecycle
   complete there, so any invalid byte before it is damage. A closed segment is
   read to its end; invalid bytes with no valid record after them are a torn
   tail (a write cut short by a crash, never acknowledged, or the zeros a crash
-  left past the records) and are ignored.
+  left past the records) and are ignored. So are zeros before a valid record
+  past the length the writer last published (a torn write: after a power
+  loss, a later block of a batch written into the zeros may be on disk and an
+  earlier one not; none of it was acknowledged).
 * A closed segment read to its end is deleted (``.seg``, then ``.durable``,
   then ``.pos``) under its lock, without a last checkpoint: if the deletion is
   lost in a crash, the segment is delivered again from the last checkpoint.
@@ -292,6 +295,7 @@ class JournalWriter:
         self._durable_fd = -1
         self._size = 0
         self._allocated = 0  # the segment file's length: records, then zeros
+        self._may_grow = True
         self._opened_at = 0.0
         self.segment_path: Path | None = None
         self.stats = {"records": 0, "commits": 0, "segments": 0, "failed_commits": 0}
@@ -408,13 +412,15 @@ class JournalWriter:
         try:
             if self._fd < 0:
                 self._open_segment()
-            if self._size + len(data) > self._allocated:
+            if self._size + len(data) > self._allocated and self._may_grow:
                 try:
                     self._grow(self._size + len(data))
                 except OSError as exc:
                     # A nearly full disk may take the records though not the room
-                    # ahead: they are written as before, making the file longer.
+                    # ahead: they are written as before, making the file longer, and
+                    # this segment is not grown again.
                     log.warning("could not grow the journal segment ahead: %s", exc)
+                    self._may_grow = False
             _write_all(self._fd, data, self._size)
             _datasync(self._fd)
         except OSError as exc:
@@ -483,6 +489,7 @@ class JournalWriter:
         self._fd = fd
         self._durable_fd = durable_fd
         self._size = self._allocated = HEADER_SIZE
+        self._may_grow = True
         self._opened_at = time.monotonic()
         self.segment_path = path
         self.stats["segments"] += 1
@@ -517,7 +524,7 @@ class JournalWriter:
         self.segment_path = None
 
 
-DamageKind = Literal["damaged", "torn_tail", "unknown_record_type", "unknown_version"]
+DamageKind = Literal["damaged", "torn_tail", "torn_write", "unknown_record_type", "unknown_version"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,6 +609,18 @@ def _published_length(path: Path) -> int | None:
     return int(length) if length ^ check == _ALL_ONES else None
 
 
+def _is_live(path: Path) -> bool:
+    """Whether a writer still holds the segment (see "Locks and lifecycle")."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def journal_backlog(directory: Path | str, *, sample_bytes: int = 1 << 20) -> tuple[int, float]:
     """Records the segments hold past their checkpoints, and the oldest one's time (or 0).
 
@@ -623,10 +642,10 @@ def journal_backlog(directory: Path | str, *, sample_bytes: int = 1 << 20) -> tu
         position = HEADER_SIZE
         try:
             size = path.stat().st_size
-            # A live segment's file runs on in zeros past its records (see _GROW_MIN).
-            published = _published_length(path.with_suffix(_DURABLE_SUFFIX))
-            if published is not None:
-                size = min(size, published)
+            if _is_live(path):
+                # Its file runs on in zeros past its records (see _GROW_MIN).
+                published = _published_length(path.with_suffix(_DURABLE_SUFFIX))
+                size = min(size, HEADER_SIZE if published is None else published)
             with contextlib.suppress(FileNotFoundError):
                 fd = os.open(path.with_suffix(_POSITION_SUFFIX), os.O_RDONLY)
                 try:
@@ -866,7 +885,10 @@ class JournalConsumer:
             offset, status = find_record(buf, 0, len(buf))
             if status is Scan.FOUND:
                 found = search + offset
-                self._report(claim, start, found - start, "damaged")
+                kind: DamageKind = (
+                    "torn_write" if self._unacknowledged_zeros(claim, start, found) else "damaged"
+                )
+                self._report(claim, start, found - start, kind)
                 claim.position = found
                 return
             if status is Scan.PARTIAL and not at_end:
@@ -880,9 +902,25 @@ class JournalConsumer:
         # Nothing valid follows. In a live segment everything up to the durable
         # length was written whole, so it is damage; in a closed one it is the
         # write a crash cut short, which nobody was told had succeeded.
-        kind: DamageKind = "damaged" if claim.live else "torn_tail"
+        kind = "damaged" if claim.live else "torn_tail"
         self._report(claim, start, claim.limit - start, kind)
         claim.position = claim.limit
+
+    def _unacknowledged_zeros(self, claim: _Claim, start: int, end: int) -> bool:
+        """Whether bytes a closed segment holds before a valid record are what a crash
+        leaves of a write into the zeros ahead: past the length its writer last
+        published (so no record there was acknowledged), beginning with zeros to the
+        end of a block where the write's first block did not reach the disk. A sync
+        of blocks already allocated keeps no order between them, so a later block
+        may be on disk and an earlier one not."""
+        if claim.live:
+            return False
+        published = _published_length(claim.path.with_suffix(_DURABLE_SUFFIX))
+        if published is None or start < published:
+            return False
+        block = os.fstat(claim.seg_fd).st_blksize or 4096
+        head = os.pread(claim.seg_fd, min(end, start + block - start % block) - start, start)
+        return bool(head) and head.count(0) == len(head)
 
     def _report(self, claim: _Claim, offset: int, length: int, kind: DamageKind) -> None:
         key = (claim.path.name, offset, kind)
@@ -900,12 +938,14 @@ class JournalConsumer:
                 offset,
                 copy,
             )
-        elif kind == "torn_tail":
+        elif kind in ("torn_tail", "torn_write"):
             log.warning(
-                "journal segment %s: ignoring a torn tail of %d bytes at offset %d",
+                "journal segment %s: ignoring %d bytes at offset %d that a crash left of a"
+                " write never acknowledged (%s)",
                 claim.path.name,
                 length,
                 offset,
+                kind.replace("_", " "),
             )
         else:
             log.error(
