@@ -24,6 +24,7 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -246,6 +247,44 @@ def _timed(label: str, count: int, work: object) -> float:
     return rate
 
 
+def _probe_writes(url: str, every: float, out: Path) -> None:
+    """Run in a process of its own: one small write every ``every`` seconds (the kind
+    a settings page or a send makes) until SIGTERM, then each one's time in ``out``."""
+    from mailbeacon.db import Database
+
+    database = Database(url)
+    stop = False
+
+    def on_term(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    times: list[float] = []
+    while not stop:
+        began = time.perf_counter()
+        with database.unit_of_work() as s:
+            s.execute(text("UPDATE organisations SET name = name WHERE id = 1"))
+        times.append(time.perf_counter() - began)
+        time.sleep(every)
+    out.write_text("\n".join(f"{t:.6f}" for t in times))
+    database.dispose()
+
+
+def _probe_report(path: Path) -> str:
+    times = sorted(float(x) for x in path.read_text().split())
+    if not times:
+        return "  other writers: no write finished"
+
+    def at(q: float) -> str:
+        return f"{times[min(len(times) - 1, int(q * len(times)))] * 1000:,.0f}"
+
+    return (
+        f"  other writers during it ({len(times)} small writes, ms): p50 {at(0.5)},"
+        f" p90 {at(0.9)}, p99 {at(0.99)}, max {times[-1] * 1000:,.0f}"
+    )
+
+
 def _empty_events(runtime: Runtime) -> None:
     with runtime.database.unit_of_work() as s:
         s.execute(text("DELETE FROM notifications"))
@@ -267,7 +306,16 @@ def main() -> int:
     )
     parser.add_argument("--traffic", choices=("uniform", "recipients"), default="uniform")
     parser.add_argument("--database", help="postgresql://... (default: SQLite in a temp folder)")
+    parser.add_argument(
+        "--probe-writes",
+        action="store_true",
+        help="during the pass, time a small write every 20 ms from a process on another core",
+    )
+    parser.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)  # URL, output file
     args = parser.parse_args()
+    if args.probe:
+        _probe_writes(args.probe[0], 0.02, Path(args.probe[1]))
+        return 0
     _pin()
     folder = Path(tempfile.mkdtemp(prefix="mb-bench-consumer-"))
     url, schema = _database(args.database, folder)
@@ -315,11 +363,22 @@ def main() -> int:
         _empty_events(runtime)
 
         _journal(ingest.directory, hits())
+        probe = None
+        if args.probe_writes:
+            probe_out = folder / "probe.txt"
+            probe = subprocess.Popen(
+                # The other core: the consumer keeps its own to itself, as in the runs without.
+                ["taskset", "-c", "1", sys.executable, __file__, "--probe", url, str(probe_out)]
+            )
         rate = _timed(
             "mailbeacon: consumer -> hit pipeline (exactly once)",
             args.hits,
             ingest.consume_once,
         )
+        if probe is not None:
+            probe.send_signal(signal.SIGTERM)
+            probe.wait(60)
+            print(_probe_report(probe_out))
         with runtime.database.unit_of_work(immediate=False) as s:
             stored = s.scalar(text("SELECT count(*) FROM tracking_events"))
             labels = s.execute(
