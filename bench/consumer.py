@@ -297,7 +297,9 @@ def main() -> int:
     parser.add_argument("--hits", type=int, default=200_000)
     parser.add_argument("--messages", type=int, default=2_000)
     parser.add_argument("--copies", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument(
+        "--batch", type=int, help="INGEST_BATCH_MAX (default: the product's for the database)"
+    )
     parser.add_argument(
         "--body-bytes",
         type=int,
@@ -329,6 +331,7 @@ def main() -> int:
         )
         runtime = Runtime.from_settings(settings)
         copy_ids = _seed(runtime, args.messages, args.copies, args.body_bytes)
+        batch_size = runtime.ingest_batch_max()
         # What `serve` and `mailbeacon ingest` run: the ingest's consumer pass, made and
         # then frozen into the heap as `ingest` does at its start (the references below
         # run in the same frozen heap).
@@ -342,18 +345,18 @@ def main() -> int:
         backend = runtime.database.engine.dialect.name
         cpu = subprocess.run(["taskset", "-p", str(os.getpid())], capture_output=True, text=True)
         print(
-            f"{backend}: {args.hits:,} hits on {len(copy_ids):,} copies, {args.traffic} traffic;"
-            f" {cpu.stdout.strip()}"
+            f"{backend}: {args.hits:,} hits on {len(copy_ids):,} copies, {args.traffic} traffic,"
+            f" batches of {batch_size:,}; {cpu.stdout.strip()}"
         )
         print(f"  load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
         journal = folder / "journal"
         _journal(journal, hits())
-        consumer = JournalConsumer(journal, lambda batch: None, batch_size=args.batch)
+        consumer = JournalConsumer(journal, lambda batch: None, batch_size=batch_size)
         _timed("reference: read and decode the journal only", args.hits, consumer.consume_available)
 
         def plain_insert() -> None:
-            for batch in _batches(hits(), args.batch):
+            for batch in _batches(hits(), batch_size):
                 now = utcnow()
                 rows = [_plain_row(h, now) for h in batch]
                 with runtime.database.unit_of_work() as s:

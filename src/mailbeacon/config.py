@@ -27,6 +27,10 @@ def send_request_room(attachment_bytes: int) -> int:
 
 # SQLite's page cache per connection, in MiB; SQLite's own default is 2 (see Settings).
 DEFAULT_SQLITE_CACHE_MB = 64
+# Hits one transaction of the journal consumer carries unless INGEST_BATCH_MAX says
+# otherwise (see Settings).
+DEFAULT_INGEST_BATCH_SQLITE = 5000
+DEFAULT_INGEST_BATCH_POSTGRESQL = 20000
 
 
 class Settings(BaseSettings):
@@ -109,8 +113,13 @@ class Settings(BaseSettings):
     # journal into the database. `serve` runs one unless RUN_INGEST is off (then run
     # `mailbeacon ingest`, as many as you like: they share the segments).
     RUN_INGEST: bool = True
-    # How many hits one database transaction of the consumer may carry.
-    INGEST_BATCH_MAX: int = Field(default=5000, ge=1)
+    # How many hits one database transaction of the consumer may carry; unset, 5,000 on
+    # SQLite and 20,000 on PostgreSQL. Larger batches store a backlog faster (each page
+    # of the events' indexes a batch writes carries more of its hits), but on SQLite a
+    # batch holds the database's one write lock while it is stored, and every other
+    # writer waits for it; PostgreSQL locks only the rows a batch updates
+    # (bench/README.md: the consumer, sixth round).
+    INGEST_BATCH_MAX: int | None = Field(default=None, ge=1)
     # Seconds before the consumer tries the database again after it failed (the
     # hits wait in the journal meanwhile).
     INGEST_RETRY_SECONDS: float = Field(default=1.0, gt=0)

@@ -43,7 +43,11 @@ from mailbeacon.accounts.service import (
     SmtpParams,
     SmtpProbeBox,
 )
-from mailbeacon.config import Settings
+from mailbeacon.config import (
+    DEFAULT_INGEST_BATCH_POSTGRESQL,
+    DEFAULT_INGEST_BATCH_SQLITE,
+    Settings,
+)
 from mailbeacon.db import Database
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.kit.credentials import CredentialBox
@@ -238,13 +242,21 @@ class Runtime:
             settings.journal_dir,
             self.store_journal_batch,
             consume=settings.RUN_INGEST if consume is None else consume,
-            batch_size=settings.INGEST_BATCH_MAX,
+            batch_size=self.ingest_batch_max(),
             retry_seconds=settings.INGEST_RETRY_SECONDS,
             segment_bytes=settings.JOURNAL_SEGMENT_BYTES,
             segment_seconds=settings.JOURNAL_SEGMENT_SECONDS,
             database_ready=lambda: self.database_ready,
             legacy_spool=settings.legacy_spool_dir,
         )
+
+    def ingest_batch_max(self) -> int:
+        """INGEST_BATCH_MAX, or the default for this database."""
+        if self.settings.INGEST_BATCH_MAX is not None:
+            return self.settings.INGEST_BATCH_MAX
+        if self.database.is_sqlite:
+            return DEFAULT_INGEST_BATCH_SQLITE
+        return DEFAULT_INGEST_BATCH_POSTGRESQL
 
     def make_outbox_worker(self, **options: Any) -> OutboxWorker:
         # Settled send requests become webhook events in the transaction closing them.

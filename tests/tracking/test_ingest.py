@@ -417,6 +417,19 @@ def test_mailbeacon_ingest_once_stores_what_the_journal_holds(
     assert not list(settings.journal_dir.glob(f"*{SEGMENT_SUFFIX}"))
 
 
+def test_the_consumer_takes_larger_batches_on_postgresql_unless_told(
+    settings: Settings, database: Database
+) -> None:
+    # On SQLite a batch holds the one write lock every other writer waits for.
+    expected = 5000 if database.is_sqlite else 20000
+    for given, size in ((None, expected), (300, 300)):
+        runtime = Runtime.from_settings(settings.model_copy(update={"INGEST_BATCH_MAX": given}))
+        try:
+            assert runtime.make_ingest(consume=True).consumer.batch_size == size
+        finally:
+            runtime.database.dispose()
+
+
 def test_the_lag_counts_what_the_journal_holds_past_the_checkpoints(
     settings: Settings, database: Database
 ) -> None:
