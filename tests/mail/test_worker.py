@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1324,7 +1324,8 @@ async def test_a_rounds_naive_time_is_utc_whatever_the_sessions_time_zone(
     # not the database session's time zone (PostgreSQL's round runs on the driver's
     # connection, outside SQLAlchemy's type handling).
     message_id = plan_send(database, runtime, sink.port, to=["ann@example.org"])
-    naive = datetime(2026, 12, 1, 12, 0, 0)
+    # Ahead of the clock, so the copy planned just now is due whatever day the suite runs.
+    naive = datetime.now(UTC).replace(tzinfo=None, microsecond=0) + timedelta(hours=1)
     with database.engine.connect() as conn:
         if not database.is_sqlite:
             conn.exec_driver_sql("SET TimeZone = 'America/New_York'")
