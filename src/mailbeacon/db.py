@@ -416,6 +416,30 @@ def list_value(dialect: Dialect, values: Sequence[int | str]) -> str:
     return json.dumps(list(values))
 
 
+def copy_rows(conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """PostgreSQL: rows into a table through COPY, on the connection's own transaction.
+
+    For the hot path's bulk inserts: an executemany is one statement per row on the
+    server and about 25 us of client CPU per row in psycopg; COPY is one stream.
+    COPY is not a statement SQLAlchemy runs, so its errors are raised here as
+    SQLAlchemy raises a statement's (an ``IntegrityError`` for a key stored twice, an
+    ``OperationalError`` when the server is away): what the callers tell apart.
+    """
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    dbapi = conn.dialect.loaded_dbapi
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        with driver.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:
+        away = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+        raise DBAPIError.instance(
+            sql, None, exc, dbapi.Error, connection_invalidated=away, dialect=conn.dialect
+        ) from exc
+
+
 def pg_array(values: Iterable[int | str | datetime | None]) -> str:
     """An array literal for PostgreSQL (cast in the statement to its type).
 

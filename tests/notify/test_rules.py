@@ -69,6 +69,38 @@ def test_opens_inside_the_quiet_period_collapse_and_after_it_notify_again(
     assert again.title == "ann@example.org opened “Our offer” again"
 
 
+def test_one_batch_bumps_several_copies_notifications_each_by_its_own(
+    database: Database, runtime: Runtime
+) -> None:
+    """PostgreSQL bumps a batch's notifications in one update joined to arrays: each
+    row takes its own count and time, none another's."""
+    sally = make_demo_sender(database)
+    sent = send_mail(database, runtime, sally, ("ann@example.org", "bob@example.org"))
+    ann, bob = sent.copies["ann@example.org"], sent.copies["bob@example.org"]
+    t0 = time.time()
+    record(runtime, hit(ann, at=t0), hit(bob, at=t0 + 1))
+    record(
+        runtime,
+        hit(ann, at=t0 + 5 * MINUTE),
+        hit(bob, at=t0 + 6 * MINUTE),
+        hit(bob, at=t0 + 9 * MINUTE),
+    )
+    by_copy = {n.copy_id: n for n in notifications(database)}
+    assert (by_copy[ann].occurrences, by_copy[bob].occurrences) == (2, 3)
+    assert by_copy[ann].updated_at.timestamp() == pytest.approx(t0 + 5 * MINUTE, abs=0.01)
+    assert by_copy[bob].updated_at.timestamp() == pytest.approx(t0 + 9 * MINUTE, abs=0.01)
+
+
+def test_a_title_keeps_what_a_bulk_load_escapes(database: Database, runtime: Runtime) -> None:
+    """Backslashes and COPY's own NULL and end markers in a subject come back as written."""
+    sally = make_demo_sender(database)
+    subject = "Q4 \\N prices C:\\deals \\."
+    sent = send_mail(database, runtime, sally, ("ann@example.org",), subject=subject)
+    record(runtime, hit(sent.copies["ann@example.org"]))
+    (note,) = notifications(database)
+    assert note.title == f"ann@example.org opened “{subject}”"
+
+
 def test_the_quiet_period_is_each_users_own(database: Database, runtime: Runtime) -> None:
     sally = make_demo_sender(database)
     set_user(database, sally, notify_quiet_minutes=5)

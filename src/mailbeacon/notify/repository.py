@@ -3,8 +3,10 @@
 The batch queries (``open_state``, ``click_state``, ``insert_notifications``,
 ``bump_notifications``) run inside the ingest writer's transaction on its plain
 connection, so they use SQLAlchemy Core and load the state of a whole batch at
-once. The feed queries take the request's session, and every one of them is
-scoped to the signed-in user: another user's notification does not exist.
+once; on PostgreSQL the batch's notifications go in with COPY and its bumps with one
+update joined to arrays, as the hit pipeline writes its events and figures. The feed
+queries take the request's session, and every one of them is scoped to the signed-in
+user: another user's notification does not exist.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailbeacon.db import BatchStatement, in_list, list_value
+from mailbeacon.db import BatchStatement, copy_rows, in_list, list_value, pg_array
 from mailbeacon.models import (
     Contact,
     LinkClickStat,
@@ -176,17 +178,40 @@ _NOTIFICATION_ROW = operator.itemgetter(*NOTIFICATION_COLUMNS)
 
 
 def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        _statements(conn)[0].run(conn, [_NOTIFICATION_ROW(r) for r in rows])
+    """Insert in the order given (ids follow it)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        # An executemany is a statement per row on PostgreSQL: COPY is one stream.
+        copy_rows(conn, _notifications.name, NOTIFICATION_COLUMNS, map(_NOTIFICATION_ROW, rows))
+        return
+    _statements(conn)[0].run(conn, [_NOTIFICATION_ROW(r) for r in rows])
+
+
+# PostgreSQL: one update joined to the bumps passed as arrays, its rows locked first in
+# id order (a join locks them in whatever order it yields them).
+_PG_LOCK_NOTIFICATIONS = (
+    "SELECT 1 FROM notifications WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE"
+)
+_PG_BUMP = (
+    "UPDATE notifications AS t SET occurrences = t.occurrences + v.more, updated_at = v.at"
+    " FROM unnest(%s::bigint[], %s::integer[], %s::timestamptz[]) AS v(id, more, at)"
+    " WHERE t.id = v.id"
+)
 
 
 def bump_notifications(conn: Connection, bumps: dict[int, tuple[int, datetime]]) -> None:
     """Add occurrences to existing notifications (repeated opens inside the quiet period)."""
-    if bumps:
-        # In id order, as every writer of these rows goes.
-        _statements(conn)[1].run(
-            conn, [(nid, more, at) for nid, (more, at) in sorted(bumps.items())]
-        )
+    if not bumps:
+        return
+    # In id order, as every writer of these rows goes.
+    rows = [(nid, more, at) for nid, (more, at) in sorted(bumps.items())]
+    if conn.dialect.name == "postgresql":
+        ids, more, at = (pg_array(c) for c in zip(*rows, strict=True))
+        conn.exec_driver_sql(_PG_LOCK_NOTIFICATIONS, (ids,))
+        conn.exec_driver_sql(_PG_BUMP, (ids, more, at))
+        return
+    _statements(conn)[1].run(conn, rows)
 
 
 def announce(conn: Connection | Session, wake: Wake) -> None:

@@ -33,11 +33,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
 
-from mailbeacon.db import BatchStatement, in_list, list_value, pg_array
+from mailbeacon.db import BatchStatement, copy_rows, in_list, list_value, pg_array
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.models import (
     AnonymousHit,
@@ -419,7 +418,7 @@ def write_events(conn: Connection, rows: list[tuple[Any, ...]], events: list[Sto
     copies = [f.row(k) for k, f in sorted(copy_figs.items())]
     messages = [f.row(k) for k, f in sorted(message_figs.items())]
     if conn.dialect.name == "postgresql":
-        _copy_events(conn, rows)
+        copy_rows(conn, _events.name, EVENT_COLUMNS, rows)
         _pg_add_figures(conn, _copies, copies)
         _pg_add_figures(conn, _messages, messages)
         _pg_upsert_links(conn, links)
@@ -438,30 +437,6 @@ def write_events(conn: Connection, rows: list[tuple[Any, ...]], events: list[Sto
 # few statements: COPY for the events, and updates joined to the batch's figures
 # passed as arrays (unnest). Core has no COPY and no multi-array unnest, so they
 # are written as text, from the same column lists as the statements above.
-
-
-_COPY_EVENTS = f"COPY {_events.name} ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
-
-
-def _copy_events(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """The events through COPY, on the connection's own transaction.
-
-    COPY is not a statement SQLAlchemy runs, so its errors are raised here as
-    SQLAlchemy raises a statement's (an ``IntegrityError`` for a uid stored twice, an
-    ``OperationalError`` when the server is away): what the consumer tells apart.
-    """
-    dbapi = conn.dialect.loaded_dbapi
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    try:
-        with driver.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-            for row in rows:
-                copy.write_row(row)
-    except dbapi.Error as exc:
-        away = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
-        raise DBAPIError.instance(
-            _COPY_EVENTS, None, exc, dbapi.Error, connection_invalidated=away, dialect=conn.dialect
-        ) from exc
 
 
 def _pg_figures_update(table: str, last_event: str) -> str:
