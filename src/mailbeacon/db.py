@@ -12,14 +12,13 @@ SQLite has one writer at a time. A transaction that reads and then writes in
 SQLite's default deferred mode can fail at its first write with "database is
 locked" (another writer committed since its read snapshot began, and waiting
 cannot help). So a unit of work that may write starts with ``BEGIN IMMEDIATE``:
-it takes the write lock first, and concurrent writers queue on the busy timeout
-instead of failing. Read-only units (safe HTTP methods) begin deferred and
-never block writers (WAL).
+it takes the write lock first, and concurrent writers wait for it (asking again
+every few milliseconds, up to the busy timeout) instead of failing. Read-only
+units (safe HTTP methods) begin deferred and never block writers (WAL).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import operator
@@ -145,16 +144,24 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
         return
     raw = conn.connection.driver_connection
-    raw.execute(f"PRAGMA busy_timeout={SQLITE_BEGIN_POLL_MS}")
+    restore = f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
     try:
-        if not _poll_write_lock(raw, SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raw.execute(f"PRAGMA busy_timeout={SQLITE_BEGIN_POLL_MS}")
+        got = _poll_write_lock(raw, SQLITE_BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error:
+        got = False  # the statements below raise it, as SQLAlchemy raises any statement's
+    try:
+        if not got:
             # Not a busy lock, or busy past the timeout: once more as SQLAlchemy runs
             # a statement, so that the error is raised as any statement's is.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
     finally:
-        # A connection that cannot take this is broken: the error above says why.
-        with contextlib.suppress(sqlite3.Error):
-            raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        try:
+            raw.execute(restore)
+        except sqlite3.Error:
+            # Never back in the pool with a 2 ms timeout: once more through SQLAlchemy,
+            # which raises what it meets as its own (and drops a connection it finds gone).
+            conn.exec_driver_sql(restore)
 
 
 def _poll_write_lock(raw: sqlite3.Connection, seconds: float) -> bool:
@@ -173,7 +180,7 @@ def _poll_write_lock(raw: sqlite3.Connection, seconds: float) -> bool:
         try:
             raw.execute("BEGIN IMMEDIATE")
             return True
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
                 return False
         if time.monotonic() >= deadline:
@@ -421,6 +428,7 @@ def copy_rows(conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequ
 
     For the hot path's bulk inserts: an executemany is one statement per row on the
     server and about 25 us of client CPU per row in psycopg; COPY is one stream.
+    Timestamps must be aware: a naive one would be read in the session's time zone.
     COPY is not a statement SQLAlchemy runs, so its errors are raised here as
     SQLAlchemy raises a statement's (an ``IntegrityError`` for a key stored twice, an
     ``OperationalError`` when the server is away): what the callers tell apart.
@@ -435,9 +443,20 @@ def copy_rows(conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequ
                 copy.write_row(row)
     except dbapi.Error as exc:
         away = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
-        raise DBAPIError.instance(
-            sql, None, exc, dbapi.Error, connection_invalidated=away, dialect=conn.dialect
-        ) from exc
+        wrapped = DBAPIError.instance(
+            sql,
+            None,
+            exc,
+            dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=away,
+            dialect=conn.dialect,
+        )
+        # The server quotes the row it refused (DETAIL, CONTEXT): addresses, subjects.
+        redact_server_detail(exc, wrapped)
+        if away:
+            conn.invalidate(exc)  # as SQLAlchemy does for a statement's lost connection
+        raise wrapped from exc
 
 
 def pg_array(values: Iterable[int | str | datetime | None]) -> str:
@@ -445,12 +464,17 @@ def pg_array(values: Iterable[int | str | datetime | None]) -> str:
 
     psycopg adapts a list element by element in Python, which for the few thousand
     values of a batch costs more than the statement; one string costs next to
-    nothing. For integers, timestamps, NULL and strings that need no quoting only.
+    nothing. For integers, timestamps (naive ones are UTC, as everything stored is),
+    NULL and strings that need no quoting only.
     """
     return (
         "{"
         + ",".join(
-            "NULL" if v is None else v.isoformat() if isinstance(v, datetime) else str(v)
+            "NULL"
+            if v is None
+            else (v.isoformat() if v.tzinfo else v.isoformat() + "+00:00")
+            if isinstance(v, datetime)
+            else str(v)
             for v in values
         )
         + "}"

@@ -98,3 +98,65 @@ def test_a_failing_send_round_keeps_its_values_out_of_errors(db_url: str) -> Non
     for shown_text in (str(error), repr(error), "".join(traceback.format_exception(error))):
         assert BODY not in shown_text
         assert ADDRESS not in shown_text
+
+
+@pytest.mark.parametrize(
+    ("rows", "state"),
+    [
+        ([(1, ADDRESS), (1, BODY)], "duplicate key"),  # DETAIL: Key (id)=(1) already exists
+        ([(2, BODY + ADDRESS)], "SQLSTATE 22001"),  # CONTEXT: ... column title: "<the value>"
+    ],
+)
+def test_a_failing_bulk_load_keeps_its_values_out_of_errors(
+    db_url: str, rows: list[tuple[int, str]], state: str
+) -> None:
+    # The hit pipeline's events and the notifications go in with COPY on PostgreSQL,
+    # outside SQLAlchemy's execution (db.copy_rows): the server quotes the row it
+    # refused, in its DETAIL and CONTEXT.
+    from mailbeacon.db import copy_rows
+
+    database = Database(db_url)
+    if database.is_sqlite:
+        database.dispose()
+        pytest.skip("COPY is PostgreSQL's")
+    try:
+        with database.engine.connect() as conn:
+            conn.exec_driver_sql(
+                "CREATE TEMP TABLE bulk (id integer PRIMARY KEY, title varchar(60))"
+            )
+            with pytest.raises(DBAPIError) as raised:
+                copy_rows(conn, "bulk", ("id", "title"), rows)
+    finally:
+        database.dispose()
+    error = raised.value
+    assert state in str(error), str(error)
+    for shown_text in (str(error), repr(error), "".join(traceback.format_exception(error))):
+        assert BODY not in shown_text
+        assert ADDRESS not in shown_text
+        assert "(id)=(1)" not in shown_text
+
+
+def test_a_bulk_load_that_loses_its_server_drops_the_connection(db_url: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from mailbeacon.db import copy_rows
+
+    database = Database(db_url)
+    if database.is_sqlite:
+        database.dispose()
+        pytest.skip("COPY is PostgreSQL's")
+    try:
+        with database.engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with database.engine.connect() as admin:
+                admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid or 0)})")
+            with pytest.raises(OperationalError) as raised:
+                copy_rows(conn, "organisations", ("name",), [("Acme",)])
+            assert raised.value.connection_invalidated
+            # As SQLAlchemy leaves a connection a statement found gone: the next one
+            # reconnects instead of failing on the dead one.
+            assert conn.invalidated
+            conn.rollback()
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    finally:
+        database.dispose()

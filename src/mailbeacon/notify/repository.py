@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from mailbeacon.db import BatchStatement, copy_rows, in_list, list_value, pg_array
+from mailbeacon.kit.clock import as_utc
 from mailbeacon.models import (
     Contact,
     LinkClickStat,
@@ -175,6 +176,16 @@ def _statements(conn: Connection) -> tuple[BatchStatement, BatchStatement]:
 
 
 _NOTIFICATION_ROW = operator.itemgetter(*NOTIFICATION_COLUMNS)
+_TIMES = tuple(NOTIFICATION_COLUMNS.index(c) for c in ("created_at", "updated_at", "read_at"))
+
+
+def _aware_row(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row for COPY, its times in UTC: COPY reads a naive time in the session's zone."""
+    values = list(_NOTIFICATION_ROW(row))
+    for i in _TIMES:
+        if values[i] is not None:
+            values[i] = as_utc(values[i])
+    return tuple(values)
 
 
 def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -183,7 +194,7 @@ def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
         return
     if conn.dialect.name == "postgresql":
         # An executemany is a statement per row on PostgreSQL: COPY is one stream.
-        copy_rows(conn, _notifications.name, NOTIFICATION_COLUMNS, map(_NOTIFICATION_ROW, rows))
+        copy_rows(conn, _notifications.name, NOTIFICATION_COLUMNS, map(_aware_row, rows))
         return
     _statements(conn)[0].run(conn, [_NOTIFICATION_ROW(r) for r in rows])
 
