@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect, ExceptionContext, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import NullType
 
@@ -216,6 +216,25 @@ def redact_server_detail(orig: BaseException, wrapped: BaseException | None) -> 
     orig.args = (text,)
     if wrapped is not None:
         wrapped.args = (f"({type(orig).__module__}.{type(orig).__name__}) {text}",)
+
+
+def driver_error(
+    sql: str, orig: Exception, dialect: Dialect, *, connection_invalidated: bool = False
+) -> StatementError:
+    """A driver's error from a statement run on its own connection, as SQLAlchemy
+    would raise it (``IntegrityError``, ``OperationalError``...), its values hidden and
+    the server's quoting of them redacted."""
+    wrapped = DBAPIError.instance(
+        sql,
+        None,
+        orig,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=connection_invalidated,
+        dialect=dialect,
+    )
+    redact_server_detail(orig, wrapped)
+    return wrapped
 
 
 def make_engine(
@@ -443,17 +462,8 @@ def copy_rows(conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequ
                 copy.write_row(row)
     except dbapi.Error as exc:
         away = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
-        wrapped = DBAPIError.instance(
-            sql,
-            None,
-            exc,
-            dbapi.Error,
-            hide_parameters=True,
-            connection_invalidated=away,
-            dialect=conn.dialect,
-        )
         # The server quotes the row it refused (DETAIL, CONTEXT): addresses, subjects.
-        redact_server_detail(exc, wrapped)
+        wrapped = driver_error(sql, exc, conn.dialect, connection_invalidated=away)
         if away:
             conn.invalidate(exc)  # as SQLAlchemy does for a statement's lost connection
         raise wrapped from exc

@@ -25,6 +25,14 @@ BODY = "Dear Ann, the contract for Project Nightingale is attached"
 ADDRESS = "ann.private@example.org"
 
 
+@pytest.fixture
+def pg_database(database: Database) -> Database:
+    """The PostgreSQL backend only: what runs outside SQLAlchemy's execution there."""
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL's driver-level statements (SQLite's quote no values)")
+    return database
+
+
 def duplicate_address(session: Session) -> None:
     """A unique violation, flushed with a message body."""
     org_id = session.scalars(text("SELECT id FROM organisations")).first()
@@ -73,7 +81,7 @@ def test_a_failing_statement_keeps_its_values_out_of_logs_and_errors(
         assert ADDRESS not in shown_text
 
 
-def test_a_failing_send_round_keeps_its_values_out_of_errors(db_url: str) -> None:
+def test_a_failing_send_round_keeps_its_values_out_of_errors(pg_database: Database) -> None:
     # PostgreSQL's send rounds run on the driver's own connection, outside SQLAlchemy's
     # execution (mail.queue.SendQueue): their errors are redacted there. An id the
     # server cannot read as a number comes back quoted in its error text.
@@ -81,18 +89,11 @@ def test_a_failing_send_round_keeps_its_values_out_of_errors(db_url: str) -> Non
     from mailbeacon.mail import queue
     from mailbeacon.models import CopyStatus
 
-    database = Database(db_url)
-    if database.is_sqlite:
-        database.dispose()
-        pytest.skip("PostgreSQL's round (SQLite's statements quote no values)")
     bad = queue.Settlement(ADDRESS, 1, CopyStatus.SENT, BODY)  # type: ignore[arg-type]
-    try:
-        with database.engine.connect() as conn:
-            send = queue.SendQueue(conn.execution_options(isolation_level="AUTOCOMMIT"))
-            with pytest.raises(DBAPIError) as raised:
-                send.round("w1", utcnow(), [bad], 0, messages_started=set(), known_messages=())
-    finally:
-        database.dispose()
+    with pg_database.engine.connect() as conn:
+        send = queue.SendQueue(conn.execution_options(isolation_level="AUTOCOMMIT"))
+        with pytest.raises(DBAPIError) as raised:
+            send.round("w1", utcnow(), [bad], 0, messages_started=set(), known_messages=())
     error = raised.value
     assert "SQLSTATE 22P02" in str(error)
     for shown_text in (str(error), repr(error), "".join(traceback.format_exception(error))):
@@ -108,26 +109,17 @@ def test_a_failing_send_round_keeps_its_values_out_of_errors(db_url: str) -> Non
     ],
 )
 def test_a_failing_bulk_load_keeps_its_values_out_of_errors(
-    db_url: str, rows: list[tuple[int, str]], state: str
+    pg_database: Database, rows: list[tuple[int, str]], state: str
 ) -> None:
     # The hit pipeline's events and the notifications go in with COPY on PostgreSQL,
     # outside SQLAlchemy's execution (db.copy_rows): the server quotes the row it
     # refused, in its DETAIL and CONTEXT.
     from mailbeacon.db import copy_rows
 
-    database = Database(db_url)
-    if database.is_sqlite:
-        database.dispose()
-        pytest.skip("COPY is PostgreSQL's")
-    try:
-        with database.engine.connect() as conn:
-            conn.exec_driver_sql(
-                "CREATE TEMP TABLE bulk (id integer PRIMARY KEY, title varchar(60))"
-            )
-            with pytest.raises(DBAPIError) as raised:
-                copy_rows(conn, "bulk", ("id", "title"), rows)
-    finally:
-        database.dispose()
+    with pg_database.engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TEMP TABLE bulk (id integer PRIMARY KEY, title varchar(60))")
+        with pytest.raises(DBAPIError) as raised:
+            copy_rows(conn, "bulk", ("id", "title"), rows)
     error = raised.value
     assert state in str(error), str(error)
     for shown_text in (str(error), repr(error), "".join(traceback.format_exception(error))):
@@ -136,27 +128,20 @@ def test_a_failing_bulk_load_keeps_its_values_out_of_errors(
         assert "(id)=(1)" not in shown_text
 
 
-def test_a_bulk_load_that_loses_its_server_drops_the_connection(db_url: str) -> None:
+def test_a_bulk_load_that_loses_its_server_drops_the_connection(pg_database: Database) -> None:
     from sqlalchemy.exc import OperationalError
 
     from mailbeacon.db import copy_rows
 
-    database = Database(db_url)
-    if database.is_sqlite:
-        database.dispose()
-        pytest.skip("COPY is PostgreSQL's")
-    try:
-        with database.engine.connect() as conn:
-            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-            with database.engine.connect() as admin:
-                admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid or 0)})")
-            with pytest.raises(OperationalError) as raised:
-                copy_rows(conn, "organisations", ("name",), [("Acme",)])
-            assert raised.value.connection_invalidated
-            # As SQLAlchemy leaves a connection a statement found gone: the next one
-            # reconnects instead of failing on the dead one.
-            assert conn.invalidated
-            conn.rollback()
-            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
-    finally:
-        database.dispose()
+    with pg_database.engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with pg_database.engine.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid or 0)})")
+        with pytest.raises(OperationalError) as raised:
+            copy_rows(conn, "organisations", ("name",), [("Acme",)])
+        assert raised.value.connection_invalidated
+        # As SQLAlchemy leaves a connection a statement found gone: the next one
+        # reconnects instead of failing on the dead one.
+        assert conn.invalidated
+        conn.rollback()
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1

@@ -45,9 +45,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from mailbeacon.db import redact_server_detail
+from mailbeacon.db import driver_error
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.mail import attachments
 from mailbeacon.mail.attachments import AttachmentFile
@@ -420,7 +420,7 @@ class SendQueue:
     prepared. PostgreSQL's round is one statement, one round trip to the server, run
     on psycopg's connection for the same reason (0.6 ms of client CPU a round through
     SQLAlchemy, about 0.13 ms less without it); its errors are redacted as
-    SQLAlchemy's handler would (``db.redact_server_detail``).
+    SQLAlchemy's handler would (``db.driver_error``).
     """
 
     def __init__(self, conn: Connection) -> None:
@@ -517,16 +517,7 @@ class SendQueue:
                 return raw.executemany(sql, params)
             return raw.execute(sql, params) if params is not None else raw.execute(sql)
         except self._dbapi_error as exc:
-            wrapped = DBAPIError.instance(
-                sql,
-                None,
-                exc,
-                self._dbapi_error,
-                hide_parameters=True,
-                dialect=self.conn.dialect,
-            )
-            redact_server_detail(exc, wrapped)
-            raise wrapped from exc
+            raise driver_error(sql, exc, self.conn.dialect) from exc
 
     def _round_postgresql(
         self,
