@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import pytest_asyncio
-from hypothesis import settings
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 
 from mailbeacon.asgi import MailbeaconApp
@@ -35,8 +35,8 @@ BACKENDS = os.environ.get("MAILBEACON_TEST_BACKENDS", "sqlite,postgresql").split
 # deadline per example is off for the suite: test_generated_text_changes_only_addresses
 # failed once on this machine and passed in seven reruns of the same code, its saved
 # example included (a failure that does not replay is what a deadline gives).
-settings.register_profile("mailbeacon", deadline=None)
-settings.load_profile("mailbeacon")
+hypothesis_settings.register_profile("mailbeacon", deadline=None)
+hypothesis_settings.load_profile("mailbeacon")
 
 
 def _postgres_available() -> str | None:
