@@ -70,12 +70,19 @@ class TrackingFigures:
     forwarded_open_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+# Every batch of hits updates the figures of the copies and messages it touches; room
+# left on each page lets PostgreSQL update them in place (HOT: no new index entries).
+# The migration a1c3e5f7b9d2 says what it saves.
+FIGURES_FILLFACTOR = 70
+
+
 class Message(TrackingFigures, Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_user_created", "user_id", "created_at"),
         # Sync matches replies and bounces to what was sent by this header.
         Index("ix_messages_message_id_header", "message_id_header"),
+        {"postgresql_with": {"fillfactor": FIGURES_FILLFACTOR}},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -117,6 +124,7 @@ class RecipientCopy(TrackingFigures, Base):
             postgresql_where=text("kind = 'bcc'"),
             sqlite_where=text("kind = 'bcc'"),
         ),
+        {"postgresql_with": {"fillfactor": FIGURES_FILLFACTOR}},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
