@@ -402,6 +402,36 @@ def write_events(conn: Connection, rows: list[tuple[Any, ...]], events: list[Sto
     ``rows`` are the event rows (in ``EVENT_COLUMNS`` order); ``events`` the same
     events typed.
     """
+    if conn.dialect.name == "postgresql":
+        # The figures are summed and put into arrays while the server stores the rows.
+        arrays = copy_rows(
+            conn, _events.name, EVENT_COLUMNS, rows, meanwhile=lambda: _pg_figure_arrays(events)
+        )
+        assert arrays is not None
+        copies, messages, links = arrays
+        _pg_add_figures(conn, _copies, copies)
+        _pg_add_figures(conn, _messages, messages)
+        _pg_upsert_links(conn, links)
+        return
+    figures = _figure_rows(events)
+    sql = _statements(conn.dialect)
+    sql.insert_events.run(conn, rows)
+    sql.update_copies.run(conn, figures.copies)
+    sql.update_messages.run(conn, figures.messages)
+    sql.upsert_links.run(conn, figures.links)
+
+
+@dataclass(slots=True)
+class _FigureRows:
+    """What a batch adds to each copy, message and link, as the updates' rows (in key
+    order: the order every writer locks them in)."""
+
+    copies: list[tuple[Any, ...]]
+    messages: list[tuple[Any, ...]]
+    links: list[tuple[Any, ...]]
+
+
+def _figure_rows(events: list[StoredEvent]) -> _FigureRows:
     copy_figs: dict[int, _Figures] = defaultdict(_Figures)
     message_figs: dict[int, _Figures] = defaultdict(_Figures)
     link_figs: dict[tuple[int, int], _LinkFigures] = defaultdict(_LinkFigures)
@@ -411,23 +441,31 @@ def write_events(conn: Connection, rows: list[tuple[Any, ...]], events: list[Sto
         message_figs[event.message_id].add(event, person)
         if event.kind == EventKind.CLICK and event.link_position is not None:
             link_figs[(event.copy_id, event.link_position)].add(event, person)
-    links = [
-        (cid, pos, lf.clicks, lf.machine, lf.first, lf.last)
-        for (cid, pos), lf in sorted(link_figs.items())
-    ]
-    copies = [f.row(k) for k, f in sorted(copy_figs.items())]
-    messages = [f.row(k) for k, f in sorted(message_figs.items())]
-    if conn.dialect.name == "postgresql":
-        copy_rows(conn, _events.name, EVENT_COLUMNS, rows)
-        _pg_add_figures(conn, _copies, copies)
-        _pg_add_figures(conn, _messages, messages)
-        _pg_upsert_links(conn, links)
-        return
-    sql = _statements(conn.dialect)
-    sql.insert_events.run(conn, rows)
-    sql.update_copies.run(conn, copies)
-    sql.update_messages.run(conn, messages)
-    sql.upsert_links.run(conn, links)
+    return _FigureRows(
+        copies=[f.row(k) for k, f in sorted(copy_figs.items())],
+        messages=[f.row(k) for k, f in sorted(message_figs.items())],
+        links=[
+            (cid, pos, lf.clicks, lf.machine, lf.first, lf.last)
+            for (cid, pos), lf in sorted(link_figs.items())
+        ],
+    )
+
+
+_Arrays = tuple[str, ...] | None
+
+
+def _pg_figure_arrays(events: list[StoredEvent]) -> tuple[_Arrays, _Arrays, _Arrays]:
+    """The figures' rows as the PostgreSQL updates' array parameters (None: no rows)."""
+    figures = _figure_rows(events)
+    return (
+        _pg_columns(figures.copies),
+        _pg_columns(figures.messages),
+        _pg_columns(figures.links),
+    )
+
+
+def _pg_columns(rows: list[tuple[Any, ...]]) -> _Arrays:
+    return tuple(pg_array(c) for c in zip(*rows, strict=True)) if rows else None
 
 
 # ------------------------------------------------------------------ PostgreSQL's bulk forms
@@ -476,11 +514,10 @@ _PG_LOCK = {
 }
 
 
-def _pg_add_figures(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
-    """Add a batch's figures to copies or messages: rows in ``_FIGURE_COLUMNS`` order."""
-    if not rows:
+def _pg_add_figures(conn: Connection, table: Table, columns: _Arrays) -> None:
+    """Add a batch's figures to copies or messages: ``_FIGURE_COLUMNS`` as arrays."""
+    if columns is None:
         return
-    columns = tuple(pg_array(c) for c in zip(*rows, strict=True))
     conn.exec_driver_sql(_PG_LOCK[table.name], (columns[0],))
     conn.exec_driver_sql(_PG_FIGURES[table.name], columns)
 
@@ -499,10 +536,10 @@ _PG_UPSERT_LINKS = (
 )
 
 
-def _pg_upsert_links(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+def _pg_upsert_links(conn: Connection, columns: _Arrays) -> None:
     """Add a batch's clicks to the link figures, in (copy, position) order as given."""
-    if rows:
-        conn.exec_driver_sql(_PG_UPSERT_LINKS, tuple(pg_array(c) for c in zip(*rows, strict=True)))
+    if columns is not None:
+        conn.exec_driver_sql(_PG_UPSERT_LINKS, columns)
 
 
 def count_anonymously(conn: Connection, events: list[StoredEvent], recorded_at: datetime) -> None:
@@ -515,7 +552,7 @@ def count_anonymously(conn: Connection, events: list[StoredEvent], recorded_at: 
         message_figs[event.message_id].add(event, event.by_person)
     rows = [f.row(k) for k, f in sorted(message_figs.items())]
     if conn.dialect.name == "postgresql":
-        _pg_add_figures(conn, _messages, rows)
+        _pg_add_figures(conn, _messages, _pg_columns(rows))
     else:
         _statements(conn.dialect).update_messages.run(conn, rows)
     conn.execute(insert(_anonymous), [{"uid": e.uid, "recorded_at": recorded_at} for e in events])
