@@ -24,13 +24,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
-from mailbeacon.kit.clock import as_utc
 from mailbeacon.models import EventKind, EventLabel
 from mailbeacon.privacy import repository
 from mailbeacon.tracking.events import StoredEvent
+
+# A row of repository.human_sources: copy, network prefix, agent, first seen.
+_Source = tuple[int, str | None, str, datetime]
 
 
 class ForwardedOpens:
@@ -45,46 +48,61 @@ class ForwardedOpens:
                 by_copy[e.copy_id].append(e)
         if not by_copy:
             return set()
-        known: dict[int, list[tuple[datetime, str | None, str]]] = defaultdict(list)
-        for row in repository.human_sources(session, sorted(by_copy)):
-            known[row.copy_id].append((as_utc(row.first_at), row.ip_prefix, row.user_agent))
+        # When each network prefix and each agent was first seen among the copy's stored
+        # sources: one dictionary update per source, and a lookup per open.
+        prefixes: dict[int, dict[str | None, datetime]] = defaultdict(dict)
+        agents: dict[int, dict[str, datetime]] = defaultdict(dict)
+        sources = repository.human_sources(session, sorted(by_copy))
+        for copy_id, prefix, agent, first_at in cast(list[_Source], sources):
+            _keep_earliest(prefixes[copy_id], prefix, first_at)
+            _keep_earliest(agents[copy_id], agent, first_at)
         return {
             event.uid
             for copy_id, opens in by_copy.items()
-            for event in _unlike_earlier(opens, sorted(known[copy_id], key=lambda k: k[0]))
+            for event in _unlike_earlier(opens, prefixes[copy_id], agents[copy_id])
         }
 
 
+def _keep_earliest(first: dict[Any, datetime], key: Any, at: datetime) -> None:
+    known = first.get(key)
+    if known is None or at < known:
+        first[key] = at
+
+
 def _unlike_earlier(
-    opens: Sequence[StoredEvent], sources: Sequence[tuple[datetime, str | None, str]]
+    opens: Sequence[StoredEvent],
+    prefixes: dict[str | None, datetime],
+    agents: dict[str, datetime],
 ) -> list[StoredEvent]:
     """The opens (one copy's, oldest first) from another network *and* another agent than
     every earlier open of the copy that was not itself marked.
 
-    ``sources`` are the copy's stored sources with the time each was first seen,
-    oldest first; a source seen at the very time of an open counts as earlier (it
-    was stored before it). An open with no network prefix is never marked: there is
-    nothing to compare.
+    ``prefixes`` and ``agents`` say when the copy's stored opens first came from each;
+    one seen at the very time of an open counts as earlier (it was stored before it).
+    An open with no network prefix is never marked: there is nothing to compare.
     """
-    prefixes: set[str | None] = set()
-    agents: set[str] = set()
-    taken = 0
+    first_stored = min(agents.values(), default=None)
+    # The batch's own opens before this one, those not marked.
+    batch_prefixes: set[str | None] = set()
+    batch_agents: set[str] = set()
     out: list[StoredEvent] = []
     for event in opens:
-        while taken < len(sources) and sources[taken][0] <= event.occurred_at:
-            _, prefix, agent = sources[taken]
-            prefixes.add(prefix)
-            agents.add(agent)
-            taken += 1
-        earlier = bool(agents)
+        at = event.occurred_at
         if (
-            earlier
+            (batch_agents or (first_stored is not None and first_stored <= at))
             and event.ip_prefix is not None
-            and event.ip_prefix not in prefixes
-            and event.user_agent not in agents
+            and not _seen(event.ip_prefix, at, prefixes, batch_prefixes)
+            and not _seen(event.user_agent, at, agents, batch_agents)
         ):
             out.append(event)
             continue
-        prefixes.add(event.ip_prefix)
-        agents.add(event.user_agent)
+        batch_prefixes.add(event.ip_prefix)
+        batch_agents.add(event.user_agent)
     return out
+
+
+def _seen(key: Any, at: datetime, stored: dict[Any, datetime], batch: set[Any]) -> bool:
+    if key in batch:
+        return True
+    first = stored.get(key)
+    return first is not None and first <= at
