@@ -76,9 +76,18 @@ SHAPES: dict[str, Callable[[], str]] = {
 
 
 def _cpu(work: Callable[[], object]) -> float:
-    start = time.process_time()
-    work()
-    return time.process_time() - start
+    """The CPU time of the work: the least of up to three tries when one is over the
+    bound. A blow-up is slow every time; a stall of the machine around one try is not
+    (a CI run once timed 2.1 s for a text that takes 0.04 s here, between two green
+    runs of the same code)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        work()
+        best = min(best, time.process_time() - start)
+        if best < CPU_SECONDS:
+            break
+    return best
 
 
 @pytest.mark.slow
