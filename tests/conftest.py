@@ -117,6 +117,15 @@ def database(db_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
+def pg_database(database: Database) -> Database:
+    """The PostgreSQL backend only: what runs outside SQLAlchemy's execution there (COPY,
+    driver-level statements) or exists only there (storage parameters)."""
+    if database.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    return database
+
+
+@pytest.fixture
 def fresh_url(db_url: str, tmp_path: Path) -> Iterator[str]:
     """An empty database of the backend under test, that the test migrates itself."""
     if db_url.startswith("sqlite"):

@@ -25,14 +25,6 @@ BODY = "Dear Ann, the contract for Project Nightingale is attached"
 ADDRESS = "ann.private@example.org"
 
 
-@pytest.fixture
-def pg_database(database: Database) -> Database:
-    """The PostgreSQL backend only: what runs outside SQLAlchemy's execution there."""
-    if database.is_sqlite:
-        pytest.skip("PostgreSQL's driver-level statements (SQLite's quote no values)")
-    return database
-
-
 def duplicate_address(session: Session) -> None:
     """A unique violation, flushed with a message body."""
     org_id = session.scalars(text("SELECT id FROM organisations")).first()

@@ -8,21 +8,15 @@ from datetime import timedelta
 
 import pytest
 from psycopg import pq
-from sqlalchemy import insert, text
 
 from mailbeacon.config import Settings
 from mailbeacon.db import Database, copy_rows
 from mailbeacon.kit.clock import utcnow
-from mailbeacon.models import Base, CopyStatus, Message, Organisation, RecipientCopy, User
+from mailbeacon.models import Base
 from mailbeacon.runtime import Runtime
+from tests.factories.accounts import make_user
 from tests.factories.hits import hit, record
-
-
-@pytest.fixture
-def pg_database(database: Database) -> Database:
-    if database.is_sqlite:
-        pytest.skip("PostgreSQL's COPY and storage parameters (SQLite has neither)")
-    return database
+from tests.factories.mail import make_message
 
 
 @pytest.fixture
@@ -88,33 +82,14 @@ def test_the_figures_tables_keep_the_room_their_models_declare(pg_database: Data
 
 
 def _seed_copies(database: Database, count: int) -> list[int]:
-    sent = utcnow() - timedelta(hours=2)
     with database.unit_of_work() as s:
-        org = Organisation(name="Figures", consent_required=False)
-        s.add(org)
-        s.flush()
-        user = User(organisation_id=org.id, email="figures@example.com", display_name="F")
-        s.add(user)
-        s.flush()
-        message = Message(user_id=user.id, subject="Offer", created_at=sent, sent_at=sent)
-        s.add(message)
-        s.flush()
-        s.execute(
-            insert(RecipientCopy),
-            [
-                {
-                    "message_id": message.id,
-                    "address": f"r{n}@example.org",
-                    "decision": "tracked",
-                    "status": CopyStatus.SENT,
-                    "sent_at": sent,
-                    "open_tracked": True,
-                    "links_tracked": True,
-                }
-                for n in range(count)
-            ],
+        _, copies = make_message(
+            s,
+            make_user(s),
+            recipients=tuple(f"r{n}@example.org" for n in range(count)),
+            sent_at=utcnow() - timedelta(hours=2),
         )
-        return list(s.scalars(text("SELECT id FROM recipient_copies ORDER BY id")))
+        return [c.id for c in copies]
 
 
 def _pages(database: Database) -> dict[int, int]:
