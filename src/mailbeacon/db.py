@@ -483,6 +483,12 @@ def copy_rows(
     return result
 
 
+def pg_columns(rows: Iterable[Sequence[Any]]) -> tuple[str, ...]:
+    """Rows as one :func:`pg_array` per column: the parameters of a statement joined to
+    ``unnest`` of them."""
+    return tuple(pg_array(c) for c in zip(*rows, strict=True))
+
+
 def pg_array(values: Iterable[int | str | datetime | None]) -> str:
     """An array literal for PostgreSQL (cast in the statement to its type).
 

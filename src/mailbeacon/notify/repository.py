@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailbeacon.db import BatchStatement, copy_rows, in_list, list_value, pg_array
+from mailbeacon.db import BatchStatement, copy_rows, in_list, list_value, pg_columns
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.models import (
     Contact,
@@ -218,7 +218,7 @@ def bump_notifications(conn: Connection, bumps: dict[int, tuple[int, datetime]])
     # In id order, as every writer of these rows goes.
     rows = [(nid, more, at) for nid, (more, at) in sorted(bumps.items())]
     if conn.dialect.name == "postgresql":
-        ids, more, at = (pg_array(c) for c in zip(*rows, strict=True))
+        ids, more, at = pg_columns(rows)
         conn.exec_driver_sql(_PG_LOCK_NOTIFICATIONS, (ids,))
         conn.exec_driver_sql(_PG_BUMP, (ids, more, at))
         return

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
 
-from mailbeacon.db import BatchStatement, copy_rows, in_list, list_value, pg_array
+from mailbeacon.db import BatchStatement, copy_rows, in_list, list_value, pg_columns
 from mailbeacon.kit.clock import as_utc
 from mailbeacon.models import (
     AnonymousHit,
@@ -465,7 +465,7 @@ def _pg_figure_arrays(events: list[StoredEvent]) -> tuple[_Arrays, _Arrays, _Arr
 
 
 def _pg_columns(rows: list[tuple[Any, ...]]) -> _Arrays:
-    return tuple(pg_array(c) for c in zip(*rows, strict=True)) if rows else None
+    return pg_columns(rows) if rows else None
 
 
 # ------------------------------------------------------------------ PostgreSQL's bulk forms
