@@ -42,6 +42,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal_column,
     select,
 )
 from sqlalchemy import cast as sql_cast
@@ -442,6 +443,46 @@ def list_value(dialect: Dialect, values: Sequence[int | str]) -> str:
     if dialect.name == "postgresql":
         return pg_array(values)
     return json.dumps(list(values))
+
+
+def json_rows(name: str, dialect: Dialect, **columns: Any) -> Any:
+    """A derived table of the rows in one bound parameter, a JSON array of arrays
+    (:func:`json_rows_value`): ``columns`` name each position and give its type, in order.
+
+    For a batch's lookups keyed by more than one value (a copy and a text of any
+    characters), which an array literal of :func:`in_list` cannot carry.
+    """
+    names = list(columns)
+    if dialect.name == "postgresql":
+        source = func.json_array_elements(
+            sql_cast(bindparam(name, type_=NullType()), postgresql.JSON)
+        ).table_valued("value", name=f"{name}_rows")
+        picked = [
+            _json_pick(f"{name}_rows.value ->> {n}", columns[key], dialect)
+            for n, key in enumerate(names)
+        ]
+    else:
+        source = func.json_each(bindparam(name, type_=String())).table_valued(
+            "value", name=f"{name}_rows"
+        )
+        picked = [
+            literal_column(f"json_extract({name}_rows.value, '$[{n}]')", columns[key])
+            for n, key in enumerate(names)
+        ]
+    labelled = (c.label(key) for c, key in zip(picked, names, strict=True))
+    return select(*labelled).select_from(source).subquery(f"{name}_lookups")
+
+
+def _json_pick(expression: str, type_: Any, dialect: Dialect) -> Any:
+    # ->> gives text: cast back to the column's type, so that the comparison with the
+    # column is the column's own (an index on it is usable).
+    sql_type = type_.compile(dialect=dialect)
+    return literal_column(f"({expression})::{sql_type}", type_)
+
+
+def json_rows_value(rows: Iterable[Sequence[int | str | None]]) -> str:
+    """The value of a :func:`json_rows` parameter."""
+    return json.dumps([list(r) for r in rows], ensure_ascii=False)
 
 
 def copy_rows(

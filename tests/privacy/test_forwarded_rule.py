@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailbeacon.models import EventKind, EventLabel
-from mailbeacon.privacy.forwarding import _keep_earliest, _unlike_earlier
+from mailbeacon.privacy.forwarding import _unlike_earlier
 from mailbeacon.tracking.events import StoredEvent
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -35,6 +35,24 @@ def walked_out(opens: list[StoredEvent], sources: list[Source]) -> list[StoredEv
     return marked
 
 
+def first_seen(
+    opens: list[StoredEvent], sources: list[Source]
+) -> tuple[datetime | None, dict[str, datetime], dict[str, datetime]]:
+    """What the repository answers: the first stored open, and when the batch's networks
+    and agents were first seen (those never seen absent)."""
+    first = min((at for _, _, at in sources), default=None)
+    prefixes: dict[str, datetime] = {}
+    agents: dict[str, datetime] = {}
+    for e in opens:
+        times = [at for p, _, at in sources if p == e.ip_prefix]
+        if e.ip_prefix is not None and times:
+            prefixes[e.ip_prefix] = min(times)
+        times = [at for _, a, at in sources if a == e.user_agent]
+        if times:
+            agents[e.user_agent] = min(times)
+    return first, prefixes, agents
+
+
 def _open(n: int, prefix: str | None, agent: str, minute: int) -> StoredEvent:
     return StoredEvent(
         uid=f"{n:032x}",
@@ -59,28 +77,16 @@ def test_the_lookups_mark_what_the_rule_marks(
     stored: list[tuple[str | None, str, int]], batch: list[tuple[str | None, str, int]]
 ) -> None:
     sources = [(p, a, T0 + timedelta(minutes=m)) for p, a, m in stored]
-    # The repository gives each (prefix, agent) once with its first time; the check
-    # keeps the first time of each prefix and of each agent.
-    prefixes: dict[str | None, datetime] = {}
-    agents: dict[str, datetime] = {}
-    for prefix, agent, at in sources:
-        _keep_earliest(prefixes, prefix, at)
-        _keep_earliest(agents, agent, at)
     opens = sorted(
         (_open(n, p, a, m) for n, (p, a, m) in enumerate(batch)), key=lambda e: e.occurred_at
     )
-    assert _unlike_earlier(opens, prefixes, agents) == walked_out(opens, sources)
+    assert _unlike_earlier(opens, *first_seen(opens, sources)) == walked_out(opens, sources)
 
 
 def test_a_source_first_seen_after_an_open_does_not_count_for_it() -> None:
     later = T0 + timedelta(minutes=5)
     opens = [_open(1, "192.0.2.0/24", "Mail", 1), _open(2, "192.0.2.0/24", "Mail", 6)]
     sources: list[Source] = [("198.51.100.0/24", "Chrome", T0), ("192.0.2.0/24", "Mail", later)]
-    prefixes: dict[str | None, datetime] = {}
-    agents: dict[str, datetime] = {}
-    for prefix, agent, at in sources:
-        _keep_earliest(prefixes, prefix, at)
-        _keep_earliest(agents, agent, at)
     # The first open came before its source was seen (and is marked); the second after.
-    assert _unlike_earlier(opens, prefixes, agents) == [opens[0]]
+    assert _unlike_earlier(opens, *first_seen(opens, sources)) == [opens[0]]
     assert walked_out(opens, sources) == [opens[0]]

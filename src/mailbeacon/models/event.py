@@ -54,12 +54,22 @@ class TrackingEvent(Base):
     __table_args__ = (
         Index("ix_tracking_events_copy_time", "copy_id", "occurred_at"),
         Index("ix_tracking_events_message_time", "message_id", "occurred_at"),
-        # Where each copy's human opens came from, in the order the forwarded-open
-        # check groups them: it reads those opens here, not every event of the copies.
+        # When each copy's human opens first came, first came from a network, and from an
+        # agent: the forwarded-open check's lookups (privacy.repository.first_human_opens)
+        # are each the first entry of a range of one of these, whatever the copy's
+        # history. All three lead with the copy: a planner without statistics, which can
+        # take any of them for any lookup, then reads one copy's opens, not the index.
         Index(
-            "ix_tracking_events_human_sources",
+            "ix_tracking_events_human_prefixes",
             "copy_id",
             "ip_prefix",
+            "occurred_at",
+            postgresql_where=text(HUMAN_SOURCE_OPENS),
+            sqlite_where=text(HUMAN_SOURCE_OPENS),
+        ),
+        Index(
+            "ix_tracking_events_human_agents",
+            "copy_id",
             "user_agent",
             "occurred_at",
             postgresql_where=text(HUMAN_SOURCE_OPENS),

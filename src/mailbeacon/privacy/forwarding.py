@@ -11,9 +11,9 @@ those were possibly forwarded beside it.
 Why a step of its own and not the classifier: the classifier's verdict (the label) is
 about whether a person or a machine fetched the pixel, and it sees only the copy's last
 few hits within the burst window, loaded for every batch. Telling a forward apart needs
-where all the copy's earlier human opens came from (each network and agent once, with
-when it was first seen); reading that here, just before the batch is written and only
-for the copies of its human opens, keeps the hot path's loading unchanged and leaves the
+the copy's whole history: when its human opens first came from each network and agent
+the batch's opens come from. Looking that up here, just before the batch is written and
+only for the batch's human opens, keeps the hot path's loading unchanged and leaves the
 label as it was (a forwarded reader is still a human), so figures of machines and people
 mean what they did. An open with no network prefix kept (the organisation stores none)
 is never marked: there is nothing to compare.
@@ -32,8 +32,8 @@ from mailbeacon.models import EventKind, EventLabel
 from mailbeacon.privacy import repository
 from mailbeacon.tracking.events import StoredEvent
 
-# A row of repository.human_sources: copy, network prefix, agent, first seen.
-_Source = tuple[int, str | None, str, datetime]
+# A row of repository.first_human_opens: what it answers for, copy, key, first seen.
+_FirstSeen = tuple[int, int, str | None, datetime | None]
 
 
 class ForwardedOpens:
@@ -48,40 +48,48 @@ class ForwardedOpens:
                 by_copy[e.copy_id].append(e)
         if not by_copy:
             return set()
-        # When each network prefix and each agent was first seen among the copy's stored
-        # sources: one dictionary update per source, and a lookup per open.
-        prefixes: dict[int, dict[str | None, datetime]] = defaultdict(dict)
-        agents: dict[int, dict[str, datetime]] = defaultdict(dict)
-        sources = repository.human_sources(session, sorted(by_copy))
-        for copy_id, prefix, agent, first_at in cast(list[_Source], sources):
-            _keep_earliest(prefixes[copy_id], prefix, first_at)
-            _keep_earliest(agents[copy_id], agent, first_at)
+        # Only the batch's own networks and agents are looked up: whether one was seen
+        # before is all the rule asks of the copy's history.
+        prefixes = {
+            (e.copy_id, e.ip_prefix) for o in by_copy.values() for e in o if e.ip_prefix is not None
+        }
+        agents = {(e.copy_id, e.user_agent) for o in by_copy.values() for e in o}
+        first_open: dict[int, datetime | None] = {}
+        # Per copy, when each of those was first seen (absent: never).
+        first_from: dict[int, dict[str, datetime]] = defaultdict(dict)
+        first_with: dict[int, dict[str, datetime]] = defaultdict(dict)
+        found = repository.first_human_opens(
+            session, sorted(by_copy), sorted(prefixes), sorted(agents)
+        )
+        for what, copy_id, key, at in cast(list[_FirstSeen], found):
+            if what == repository.COPY:
+                first_open[copy_id] = at
+            elif at is not None and key is not None:
+                (first_from if what == repository.PREFIX else first_with)[copy_id][key] = at
         return {
             event.uid
             for copy_id, opens in by_copy.items()
-            for event in _unlike_earlier(opens, prefixes[copy_id], agents[copy_id])
+            for event in _unlike_earlier(
+                opens, first_open.get(copy_id), first_from[copy_id], first_with[copy_id]
+            )
         }
-
-
-def _keep_earliest(first: dict[Any, datetime], key: Any, at: datetime) -> None:
-    known = first.get(key)
-    if known is None or at < known:
-        first[key] = at
 
 
 def _unlike_earlier(
     opens: Sequence[StoredEvent],
-    prefixes: dict[str | None, datetime],
+    first_stored: datetime | None,
+    prefixes: dict[str, datetime],
     agents: dict[str, datetime],
 ) -> list[StoredEvent]:
     """The opens (one copy's, oldest first) from another network *and* another agent than
     every earlier open of the copy that was not itself marked.
 
-    ``prefixes`` and ``agents`` say when the copy's stored opens first came from each;
-    one seen at the very time of an open counts as earlier (it was stored before it).
-    An open with no network prefix is never marked: there is nothing to compare.
+    ``first_stored`` is when the copy's first stored open came; ``prefixes`` and
+    ``agents`` say when its stored opens first came from each network and agent (at least
+    from those of these opens; absent: never). One seen at the very time of an open
+    counts as earlier (it was stored before it). An open with no network prefix is never
+    marked: there is nothing to compare.
     """
-    first_stored = min(agents.values(), default=None)
     # The batch's own opens before this one, those not marked.
     batch_prefixes: set[str | None] = set()
     batch_agents: set[str] = set()
@@ -101,7 +109,7 @@ def _unlike_earlier(
     return out
 
 
-def _seen(key: Any, at: datetime, stored: dict[Any, datetime], batch: set[Any]) -> bool:
+def _seen(key: Any, at: datetime, stored: dict[str, datetime], batch: set[Any]) -> bool:
     if key in batch:
         return True
     first = stored.get(key)

@@ -21,17 +21,20 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
+    null,
     or_,
     select,
     text,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
-from sqlalchemy.types import String
+from sqlalchemy.types import BigInteger, Integer, String, Text
 
-from mailbeacon.db import in_list, list_value
+from mailbeacon.db import in_list, json_rows, json_rows_value, list_value
 from mailbeacon.models import (
     HUMAN_SOURCE_OPENS,
     AnonymousHit,
@@ -496,28 +499,70 @@ def gate_facts(session: Session, copy_ids: Sequence[int]) -> list[Row[Any]]:
 
 # ------------------------------------------------------------------ possibly forwarded opens
 
+# What a row of first_human_opens answers for: a copy, or one of its prefixes or agents.
+COPY, PREFIX, AGENT = 0, 1, 2
 
-def human_sources(session: Session, copy_ids: Sequence[int]) -> list[Row[Any]]:
-    """Where the stored human opens of some copies came from: each (copy, network prefix,
-    agent) once, with the time of its first open, leaving out opens marked possibly
-    forwarded.
 
-    One row per source rather than per open: a copy opened a hundred times from two
-    devices gives two rows. The database groups them from
-    ``ix_tracking_events_human_sources``, which holds those opens alone, in the order of
-    the grouping and with every column the query reads: the copies' other events (their
-    machines' hits) are never read.
+def first_human_opens(
+    session: Session,
+    copy_ids: Sequence[int],
+    prefixes: Sequence[tuple[int, str]],
+    agents: Sequence[tuple[int, str]],
+) -> list[Row[Any]]:
+    """When the stored human opens (those not marked possibly forwarded) of some copies
+    were first seen: each copy's first of all, and its first from each given network
+    prefix and from each given agent.
+
+    Rows of (what, copy, key, first seen or None): ``what`` is ``COPY`` (key None),
+    ``PREFIX`` or ``AGENT``.
+
+    Each answer is the first entry of an index range of
+    ``ix_tracking_events_human_prefixes`` or ``_human_agents``, which hold those opens
+    alone, keyed by copy and source, then time; or, for the copy's first, the first
+    human open among its events in time order (``ix_tracking_events_copy_time``), which
+    only the machines' hits that came before it delay. So what a batch costs does not
+    grow with the number of times its copies were opened before.
     """
     e = _events.c
     dialect = session.get_bind().dialect
-    query = (
-        select(e.copy_id, e.ip_prefix, e.user_agent, func.min(e.occurred_at).label("first_at"))
-        # The index's own condition, as written there (see HUMAN_SOURCE_OPENS).
-        .where(in_list(e.copy_id, "ids", dialect), text(HUMAN_SOURCE_OPENS))
-        .group_by(e.copy_id, e.ip_prefix, e.user_agent)
+    copies = json_rows("copies", dialect, copy_id=BigInteger())
+    by_prefix = json_rows("prefixes", dialect, copy_id=BigInteger(), key=Text())
+    by_agent = json_rows("agents", dialect, copy_id=BigInteger(), key=Text())
+    # The indexes' own condition, as written there (see HUMAN_SOURCE_OPENS).
+    opens = text(HUMAN_SOURCE_OPENS)
+
+    def first(*where: ColumnElement[bool]) -> Any:
+        return select(func.min(e.occurred_at)).where(*where, opens).scalar_subquery()
+
+    query = union_all(
+        select(
+            literal_column(str(COPY), Integer()),
+            copies.c.copy_id,
+            null().label("key"),
+            first(e.copy_id == copies.c.copy_id),
+        ),
+        select(
+            literal_column(str(PREFIX), Integer()),
+            by_prefix.c.copy_id,
+            by_prefix.c.key,
+            first(e.copy_id == by_prefix.c.copy_id, e.ip_prefix == by_prefix.c.key),
+        ),
+        select(
+            literal_column(str(AGENT), Integer()),
+            by_agent.c.copy_id,
+            by_agent.c.key,
+            first(e.copy_id == by_agent.c.copy_id, e.user_agent == by_agent.c.key),
+        ),
     )
     # all(): one fetch for the whole result, not a call through the result per row.
-    rows = session.execute(query, {"ids": list_value(dialect, sorted(copy_ids))}).all()
+    rows = session.execute(
+        query,
+        {
+            "copies": json_rows_value((c,) for c in copy_ids),
+            "prefixes": json_rows_value(prefixes),
+            "agents": json_rows_value(agents),
+        },
+    ).all()
     return cast(list[Row[Any]], rows)
 
 

@@ -14,9 +14,9 @@ from mailbeacon.models.event import EventKind
 # The edge cuts what it reads here, and its characters (a header's bytes, read as
 # Latin-1) take at most two bytes each in UTF-8.
 USER_AGENT_CHARS = 1000
-# The most UTF-8 bytes of it the database gets: with the copy, network prefix and time
+# The most UTF-8 bytes of it the database gets: with the copy and the time
 # it must fit in an entry of a PostgreSQL b-tree index (2,704 bytes), that of
-# ix_tracking_events_human_sources.
+# ix_tracking_events_human_agents.
 USER_AGENT_BYTES = 2000
 
 
