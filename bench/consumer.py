@@ -14,6 +14,10 @@ this process pinned to one core:
 
 Target (issue 11): at least 20,000 hits/s into SQLite and into PostgreSQL.
 
+On a PostgreSQL server with autovacuum off (this machine's is), the tables are analysed
+during the pass as autovacuum would, every 10 s, so that the planner has statistics as
+on a server in service (``--no-analyze``: not).
+
     .venv/bin/python bench/consumer.py                       # SQLite, 200,000 hits
     .venv/bin/python bench/consumer.py --hits 1000000 --database postgresql://postgres@127.0.0.1:5432/test
 """
@@ -28,9 +32,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -271,6 +277,50 @@ def _probe_writes(url: str, every: float, out: Path) -> None:
     database.dispose()
 
 
+class _Autovacuum:
+    """What autovacuum would do during the pass, where the server has it off (this
+    machine's does: conf.d/90-ci.conf). Every few seconds, each table of the bench's
+    schema changed by more than autovacuum's default threshold since its last analysis
+    (50 rows + 10% of it) is analysed, from a connection of its own: a server in service
+    has statistics, and without any the planner takes a partial index built on an empty
+    table for an empty one."""
+
+    def __init__(self, url: str, every: float) -> None:
+        self.engine = create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
+        self.every = every
+        self.runs = 0
+        self.seconds = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def needed(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql("SHOW autovacuum").scalar() == "off"
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every):
+            with self.engine.connect() as conn:
+                due = conn.exec_driver_sql(
+                    "SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c"
+                    " ON c.oid = s.relid WHERE s.schemaname = current_schema()"
+                    " AND s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0)"
+                ).scalars()
+                for table in list(due):
+                    began = time.perf_counter()
+                    conn.exec_driver_sql(f'ANALYZE "{table}"')
+                    self.seconds += time.perf_counter() - began
+                    self.runs += 1
+
+    def __enter__(self) -> _Autovacuum:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.engine.dispose()
+
+
 def _probe_report(path: Path) -> str:
     times = sorted(float(x) for x in path.read_text().split())
     if not times:
@@ -312,6 +362,11 @@ def main() -> int:
         "--probe-writes",
         action="store_true",
         help="during the pass, time a small write every 20 ms from a process on another core",
+    )
+    parser.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="PostgreSQL with autovacuum off: do not analyse tables during the pass",
     )
     parser.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)  # URL, output file
     args = parser.parse_args()
@@ -373,11 +428,23 @@ def main() -> int:
                 # The other core: the consumer keeps its own to itself, as in the runs without.
                 ["taskset", "-c", "1", sys.executable, __file__, "--probe", url, str(probe_out)]
             )
-        rate = _timed(
-            "mailbeacon: consumer -> hit pipeline (exactly once)",
-            args.hits,
-            ingest.consume_once,
-        )
+        autovacuum = None
+        if backend == "postgresql" and not args.no_analyze:
+            autovacuum = _Autovacuum(url, every=10.0)
+            if not autovacuum.needed():
+                autovacuum.engine.dispose()
+                autovacuum = None
+        with autovacuum or nullcontext():
+            rate = _timed(
+                "mailbeacon: consumer -> hit pipeline (exactly once)",
+                args.hits,
+                ingest.consume_once,
+            )
+        if autovacuum is not None:
+            print(
+                f"  autovacuum is off on the server: the bench analysed tables"
+                f" {autovacuum.runs} times meanwhile ({autovacuum.seconds:.1f} s)"
+            )
         if probe is not None:
             probe.send_signal(signal.SIGTERM)
             probe.wait(60)
