@@ -54,11 +54,12 @@ class TrackingEvent(Base):
     __table_args__ = (
         Index("ix_tracking_events_copy_time", "copy_id", "occurred_at"),
         Index("ix_tracking_events_message_time", "message_id", "occurred_at"),
-        # When each copy's human opens first came, first came from a network, and from an
-        # agent: the forwarded-open check's lookups (privacy.repository.first_human_opens)
-        # are each the first entry of a range of one of these, whatever the copy's
-        # history. All three lead with the copy: a planner without statistics, which can
-        # take any of them for any lookup, then reads one copy's opens, not the index.
+        # When each copy's human opens first came from a network, and from an agent: the
+        # forwarded-open check's lookups (privacy.repository.first_human_opens) are each
+        # the first entry of a range of one of these, whatever the copy's history (its
+        # first human open comes from copy_time). Both lead with the copy: a planner
+        # without statistics, which can take either for any lookup, then reads one copy's
+        # opens, not the whole index.
         Index(
             "ix_tracking_events_human_prefixes",
             "copy_id",
