@@ -34,6 +34,8 @@ from mailbeacon.tracking.events import StoredEvent
 
 # A row of repository.first_human_opens: what it answers for, copy, key, first seen.
 _FirstSeen = tuple[int, int, str | None, datetime | None]
+# A copy and a network prefix or agent.
+Pair = tuple[int, str]
 
 
 class ForwardedOpens:
@@ -48,24 +50,39 @@ class ForwardedOpens:
                 by_copy[e.copy_id].append(e)
         if not by_copy:
             return set()
-        # Only the batch's own networks and agents are looked up: whether one was seen
-        # before is all the rule asks of the copy's history.
-        prefixes = {
-            (e.copy_id, e.ip_prefix) for o in by_copy.values() for e in o if e.ip_prefix is not None
-        }
-        agents = {(e.copy_id, e.user_agent) for o in by_copy.values() for e in o}
+        # Only the batch's own agents and networks are looked up: whether one was seen
+        # before is all the rule asks of the copy's history. Agents first: an open from an
+        # agent the copy's stored opens came from before it is not marked, whatever else
+        # (a recipient's few devices, seen again and again), and needs nothing more.
         first_open: dict[int, datetime | None] = {}
-        # Per copy, when each of those was first seen (absent: never).
+        # Per copy, when each of those was first seen (absent: never, or not asked).
         first_from: dict[int, dict[str, datetime]] = defaultdict(dict)
         first_with: dict[int, dict[str, datetime]] = defaultdict(dict)
-        found = repository.first_human_opens(
-            session, sorted(by_copy), sorted(prefixes), sorted(agents)
-        )
-        for what, copy_id, key, at in cast(list[_FirstSeen], found):
-            if what == repository.COPY:
-                first_open[copy_id] = at
-            elif at is not None and key is not None:
-                (first_from if what == repository.PREFIX else first_with)[copy_id][key] = at
+
+        def look_up(copies: set[int], prefixes: set[Pair], agents: set[Pair]) -> None:
+            found = repository.first_human_opens(
+                session, sorted(copies), sorted(prefixes), sorted(agents)
+            )
+            for what, copy_id, key, at in cast(list[_FirstSeen], found):
+                if what == repository.COPY:
+                    first_open[copy_id] = at
+                elif at is not None and key is not None:
+                    (first_from if what == repository.PREFIX else first_with)[copy_id][key] = at
+
+        opens = [e for o in by_copy.values() for e in o]
+        look_up(set(), set(), {(e.copy_id, e.user_agent) for e in opens})
+        undecided = [
+            e
+            for e in opens
+            if e.ip_prefix is not None
+            and not _seen(e.user_agent, e.occurred_at, first_with[e.copy_id], set())
+        ]
+        if undecided:
+            look_up(
+                {e.copy_id for e in undecided},
+                {(e.copy_id, cast(str, e.ip_prefix)) for e in undecided},
+                set(),
+            )
         return {
             event.uid
             for copy_id, opens in by_copy.items()
@@ -85,9 +102,10 @@ def _unlike_earlier(
     every earlier open of the copy that was not itself marked.
 
     ``first_stored`` is when the copy's first stored open came; ``prefixes`` and
-    ``agents`` say when its stored opens first came from each network and agent (at least
-    from those of these opens; absent: never). One seen at the very time of an open
-    counts as earlier (it was stored before it). An open with no network prefix is never
+    ``agents`` say when its stored opens first came from each network and agent (absent:
+    never, or not asked: an open whose agent was seen before it needs no more, and a copy
+    whose opens all are such needs no ``first_stored``). One seen at the very time of an
+    open counts as earlier (it was stored before it). An open with no network prefix is never
     marked: there is nothing to compare.
     """
     # The batch's own opens before this one, those not marked.
