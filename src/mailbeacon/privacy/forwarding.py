@@ -35,7 +35,7 @@ from mailbeacon.tracking.events import StoredEvent
 # A row of repository.first_human_opens: what it answers for, copy, key, first seen.
 _FirstSeen = tuple[int, int, str | None, datetime | None]
 # A copy and a network prefix or agent.
-Pair = tuple[int, str]
+_Pair = tuple[int, str]
 
 
 class ForwardedOpens:
@@ -59,7 +59,7 @@ class ForwardedOpens:
         first_from: dict[int, dict[str, datetime]] = defaultdict(dict)
         first_with: dict[int, dict[str, datetime]] = defaultdict(dict)
 
-        def look_up(copies: set[int], prefixes: set[Pair], agents: set[Pair]) -> None:
+        def look_up(copies: set[int], prefixes: set[_Pair], agents: set[_Pair]) -> None:
             found = repository.first_human_opens(
                 session, sorted(copies), sorted(prefixes), sorted(agents)
             )
@@ -69,11 +69,11 @@ class ForwardedOpens:
                 elif at is not None and key is not None:
                     (first_from if what == repository.PREFIX else first_with)[copy_id][key] = at
 
-        opens = [e for o in by_copy.values() for e in o]
-        look_up(set(), set(), {(e.copy_id, e.user_agent) for e in opens})
+        batch_opens = [e for o in by_copy.values() for e in o]
+        look_up(set(), set(), {(e.copy_id, e.user_agent) for e in batch_opens})
         undecided = [
             e
-            for e in opens
+            for e in batch_opens
             if e.ip_prefix is not None
             and not _seen(e.user_agent, e.occurred_at, first_with[e.copy_id], set())
         ]
