@@ -3,9 +3,9 @@
 Their condition must be the indexes', written the same way: a planner uses a partial
 index only where it can prove the query's condition implies the index's, and a lookup
 that no longer matches falls back to visiting every event of the copies, silently. Each
-index leads with the copy, so that a planner without statistics (PostgreSQL with
-autovacuum off takes a partial index built on an empty table for an empty one) can pick
-the wrong one of them, and then read one copy's opens, never the whole index.
+index leads with the copy: a planner without statistics (PostgreSQL with autovacuum off
+takes a partial index built on an empty table for an empty one) may pick the wrong one,
+and then reads one copy's opens, never the whole index.
 """
 
 from __future__ import annotations
