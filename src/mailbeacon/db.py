@@ -457,8 +457,10 @@ def json_rows(name: str, dialect: Dialect, **columns: Any) -> Any:
         source = func.json_array_elements(
             sql_cast(bindparam(name, type_=NullType()), postgresql.JSON)
         ).table_valued("value", name=f"{name}_rows")
-        picked = [
-            _json_pick(f"{name}_rows.value ->> {n}", columns[key], dialect)
+        # ->> gives text: cast back to the column's type, so that the comparison with
+        # the column is the column's own (an index on it is usable).
+        picked: list[Any] = [
+            sql_cast(literal_column(f"{name}_rows.value ->> {n}"), columns[key])
             for n, key in enumerate(names)
         ]
     else:
@@ -471,13 +473,6 @@ def json_rows(name: str, dialect: Dialect, **columns: Any) -> Any:
         ]
     labelled = (c.label(key) for c, key in zip(picked, names, strict=True))
     return select(*labelled).select_from(source).subquery(f"{name}_lookups")
-
-
-def _json_pick(expression: str, type_: Any, dialect: Dialect) -> Any:
-    # ->> gives text: cast back to the column's type, so that the comparison with the
-    # column is the column's own (an index on it is usable).
-    sql_type = type_.compile(dialect=dialect)
-    return literal_column(f"({expression})::{sql_type}", type_)
 
 
 def json_rows_value(rows: Iterable[Sequence[int | str | None]]) -> str:

@@ -531,28 +531,20 @@ def first_human_opens(
     # The indexes' own condition, as written there (see HUMAN_SOURCE_OPENS).
     opens = text(HUMAN_SOURCE_OPENS)
 
-    def first(*where: ColumnElement[bool]) -> Any:
-        return select(func.min(e.occurred_at)).where(*where, opens).scalar_subquery()
+    def lookup(what: int, rows: Any, column: Any = None) -> Select[Any]:
+        """The first human open per row of ``rows``: of its copy, and from its key in
+        ``column`` where one is given."""
+        where = [e.copy_id == rows.c.copy_id]
+        if column is not None:
+            where.append(column == rows.c.key)
+        first = select(func.min(e.occurred_at)).where(*where, opens).scalar_subquery()
+        key = null().label("key") if column is None else rows.c.key
+        return select(literal_column(str(what), Integer()), rows.c.copy_id, key, first)
 
     query = union_all(
-        select(
-            literal_column(str(COPY), Integer()),
-            copies.c.copy_id,
-            null().label("key"),
-            first(e.copy_id == copies.c.copy_id),
-        ),
-        select(
-            literal_column(str(PREFIX), Integer()),
-            by_prefix.c.copy_id,
-            by_prefix.c.key,
-            first(e.copy_id == by_prefix.c.copy_id, e.ip_prefix == by_prefix.c.key),
-        ),
-        select(
-            literal_column(str(AGENT), Integer()),
-            by_agent.c.copy_id,
-            by_agent.c.key,
-            first(e.copy_id == by_agent.c.copy_id, e.user_agent == by_agent.c.key),
-        ),
+        lookup(COPY, copies),
+        lookup(PREFIX, by_prefix, e.ip_prefix),
+        lookup(AGENT, by_agent, e.user_agent),
     )
     # all(): one fetch for the whole result, not a call through the result per row.
     rows = session.execute(
